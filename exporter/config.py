@@ -1,0 +1,445 @@
+"""Load and validate the YAML config before anything runs.
+
+Every problem becomes one `ConfigError` line naming the file, the account and
+the key, so a user fixing a config never reads a traceback, and no message
+ever contains a secret's value (only key names, file paths and variable names).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+from exporter.secrets import Secret
+from exporter.signing import HmacSigner, KeyPairSigner, Signer, load_private_key
+
+DEFAULT_BASE_URL = "https://fapi.binance.com"
+API_VERSIONS = ("v3", "v2")
+MAX_RECV_WINDOW_MS = 60000
+
+# Keys an account may set, that `defaults` may also set.
+SHARED_KEYS = (
+    "base_url",
+    "api_version",
+    "recv_window_ms",
+    "timeout_seconds",
+    "cache_seconds",
+    "min_available_balance",
+)
+CREDENTIAL_KEYS = (
+    "api_key",
+    "api_key_file",
+    "api_secret",
+    "api_secret_file",
+    "private_key_file",
+    "private_key_passphrase",
+    "private_key_passphrase_file",
+)
+ACCOUNT_KEYS = ("alias",) + CREDENTIAL_KEYS + SHARED_KEYS
+TOP_KEYS = (
+    "defaults",
+    "accounts",
+    "max_concurrency",
+    "weight_limit",
+    "scrape_interval_seconds",
+    "weight_budget_share",
+    "skip_zero_balances",
+)
+ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
+ASSET_RE = re.compile(r"^[A-Za-z0-9]{1,20}$")
+ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A config problem, phrased as one line a user can act on."""
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    alias: str
+    api_key: Secret = field(repr=False)
+    signer: Signer = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    api_version: str = "v3"
+    recv_window_ms: int = 5000
+    timeout_seconds: float = 5.0
+    cache_seconds: float = 0.0
+    min_available_balance: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        """The `host` label: Binance's weight limit and bans are per host and IP."""
+        return urlsplit(self.base_url).netloc
+
+    @property
+    def balance_path(self) -> str:
+        return f"/fapi/{self.api_version}/balance"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    accounts: tuple[AccountConfig, ...]
+    max_concurrency: int = 128
+    weight_limit: int = 2400
+    scrape_interval_seconds: float = 15.0
+    weight_budget_share: float = 0.5
+    skip_zero_balances: bool = True
+    warnings: tuple[str, ...] = ()
+
+    def account(self, alias: str) -> AccountConfig | None:
+        for acc in self.accounts:
+            if acc.alias == alias:
+                return acc
+        return None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of silently keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
+    # str(exc) would quote the offending line, which may hold a secret: use the
+    # problem text and position only.
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return ConfigError(f"{source}: YAML syntax error{where}: {problem}")
+
+
+class _Ctx:
+    """Where we are in the file, so every message can name file, account and key."""
+
+    def __init__(self, source: str, where: str) -> None:
+        self.source = source
+        self.where = where
+
+    def error(self, key: str | None, what: str) -> ConfigError:
+        parts = [self.source]
+        if self.where:
+            parts.append(self.where)
+        if key:
+            parts.append(key)
+        return ConfigError(": ".join(parts) + ": " + what)
+
+
+def _check_keys(ctx: _Ctx, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if not isinstance(key, str) or key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ctx.error(None, f"unknown key {str(key)!r}{suffix}")
+
+
+def _expand_env(ctx: _Ctx, key: str, value: str, environ: Mapping[str, str]) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        if name not in environ:
+            raise ctx.error(key, f"environment variable {name} is not set")
+        return environ[name]
+
+    return ENV_RE.sub(repl, value)
+
+
+def _string(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str]) -> str:
+    if not isinstance(value, str):
+        raise ctx.error(key, f"must be a string, got {_type_name(value)}")
+    return _expand_env(ctx, key, value, environ)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", type(None): "nothing",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+def _number(
+    ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], *,
+    minimum: float, maximum: float, integer: bool = False, exclusive_min: bool = False,
+) -> float:
+    if isinstance(value, str):
+        raw = _expand_env(ctx, key, value, environ).strip()
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            raise ctx.error(key, f"must be {'a whole number' if integer else 'a number'}, got {raw!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ctx.error(key, f"must be a number, got {_type_name(value)}")
+    if integer and not float(value).is_integer():
+        raise ctx.error(key, f"must be a whole number, got {value}")
+    if not math.isfinite(value):
+        raise ctx.error(key, "must be a finite number")
+    too_low = value <= minimum if exclusive_min else value < minimum
+    if too_low or value > maximum:
+        low = f"greater than {minimum:g}" if exclusive_min else f"at least {minimum:g}"
+        raise ctx.error(key, f"must be {low} and at most {maximum:g}, got {value:g}")
+    return int(value) if integer else float(value)
+
+
+def _boolean(ctx: _Ctx, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.error(key, f"must be true or false, got {_type_name(value)}")
+    return value
+
+
+def _base_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
+    url = _string(ctx, key, value, environ).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ctx.error(key, f"must be an http(s) URL like {DEFAULT_BASE_URL}, got {url!r}")
+    if parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ctx.error(key, f"must be scheme and host only (no path or query), got {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ctx.error(key, f"has an invalid port: {url!r}") from None
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        warnings.append(
+            f"{ctx.source}: {ctx.where}: {key}: plain http sends the API key unencrypted; use https"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _thresholds(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str]) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ctx.error(key, f"must be a mapping of asset to amount like {{USDT: 1000}}, got {_type_name(value)}")
+    out: dict[str, float] = {}
+    for asset, amount in value.items():
+        if not isinstance(asset, str) or not ASSET_RE.match(asset):
+            raise ctx.error(key, f"asset names must be letters and digits like USDT, got {asset!r}")
+        out[asset] = _number(ctx, f"{key}.{asset}", amount, environ, minimum=0, maximum=1e18)
+    return out
+
+
+def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str, str],
+                      warnings: list[str], *, binary: bool = False) -> str | bytes:
+    path = Path(_string(ctx, key, path_value, environ))
+    if not str(path).strip():
+        raise ctx.error(key, "is empty")
+    try:
+        data = path.read_bytes()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ctx.error(key, f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.append(
+            f"{ctx.source}: {ctx.where}: {key}: {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+        )
+    if binary:
+        return data
+    try:
+        return data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ctx.error(key, f"{path} is not UTF-8 text") from None
+
+
+def _one_of(ctx: _Ctx, raw: Mapping[str, Any], inline: str, from_file: str, environ: Mapping[str, str],
+            warnings: list[str], required: bool) -> str | None:
+    if inline in raw and from_file in raw:
+        raise ctx.error(inline, f"set either {inline} or {from_file}, not both")
+    if inline in raw:
+        value = _string(ctx, inline, raw[inline], environ)
+        key = inline
+    elif from_file in raw:
+        value = str(_read_secret_file(ctx, from_file, raw[from_file], environ, warnings))
+        key = from_file
+    elif required:
+        raise ctx.error(inline, f"is required (or {from_file})")
+    else:
+        return None
+    if not value:
+        raise ctx.error(key, "is empty")
+    return value
+
+
+def _credentials(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str],
+                 warnings: list[str]) -> tuple[Secret, Signer]:
+    api_key = _one_of(ctx, raw, "api_key", "api_key_file", environ, warnings, required=True)
+    assert api_key is not None
+    if any(ch.isspace() or not ch.isprintable() or ord(ch) > 126 for ch in api_key):
+        key = "api_key" if "api_key" in raw else "api_key_file"
+        raise ctx.error(key, "contains whitespace or non-ASCII characters (check for a stray newline or quote)")
+    has_secret = "api_secret" in raw or "api_secret_file" in raw
+    has_key_file = "private_key_file" in raw
+    if has_secret and has_key_file:
+        raise ctx.error("private_key_file", "set either api_secret(_file) or private_key_file, not both")
+    if not has_secret and not has_key_file:
+        raise ctx.error("api_secret", "is required (or api_secret_file, or private_key_file for Ed25519/RSA keys)")
+    if has_secret:
+        for extra in ("private_key_passphrase", "private_key_passphrase_file"):
+            if extra in raw:
+                raise ctx.error(extra, "only applies with private_key_file")
+        secret = _one_of(ctx, raw, "api_secret", "api_secret_file", environ, warnings, required=True)
+        assert secret is not None
+        return Secret(api_key), HmacSigner(Secret(secret))
+    pem = _read_secret_file(ctx, "private_key_file", raw["private_key_file"], environ, warnings, binary=True)
+    passphrase = _one_of(ctx, raw, "private_key_passphrase", "private_key_passphrase_file", environ,
+                         warnings, required=False)
+    try:
+        signer: KeyPairSigner = load_private_key(
+            bytes(pem), passphrase.encode("utf-8") if passphrase is not None else None
+        )
+    except ValueError as exc:
+        raise ctx.error("private_key_file", str(exc)) from None
+    return Secret(api_key), signer
+
+
+def _shared(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str], warnings: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "base_url" in raw:
+        out["base_url"] = _base_url(ctx, "base_url", raw["base_url"], environ, warnings)
+    if "api_version" in raw:
+        version = raw["api_version"]
+        if isinstance(version, str):
+            version = _expand_env(ctx, "api_version", version, environ).strip()
+        if version not in API_VERSIONS:
+            raise ctx.error("api_version", f"must be v3 or v2, got {version!r}")
+        out["api_version"] = version
+    if "recv_window_ms" in raw:
+        out["recv_window_ms"] = _number(ctx, "recv_window_ms", raw["recv_window_ms"], environ,
+                                        minimum=1, maximum=MAX_RECV_WINDOW_MS, integer=True)
+    if "timeout_seconds" in raw:
+        out["timeout_seconds"] = _number(ctx, "timeout_seconds", raw["timeout_seconds"], environ,
+                                         minimum=0, maximum=300, exclusive_min=True)
+    if "cache_seconds" in raw:
+        out["cache_seconds"] = _number(ctx, "cache_seconds", raw["cache_seconds"], environ,
+                                       minimum=0, maximum=3600)
+    if "min_available_balance" in raw:
+        out["min_available_balance"] = _thresholds(ctx, "min_available_balance", raw["min_available_balance"], environ)
+    return out
+
+
+def parse_config(data: Any, source: str = "config.yaml",
+                 environ: Mapping[str, str] | None = None) -> Config:
+    """Validate an already-parsed YAML document; `source` names it in errors."""
+    env = os.environ if environ is None else environ
+    top = _Ctx(source, "")
+    if data is None:
+        raise top.error(None, "the file is empty; it needs an 'accounts' list")
+    if not isinstance(data, dict):
+        raise top.error(None, f"the top level must be a mapping with an 'accounts' list, got {_type_name(data)}")
+    _check_keys(top, data, TOP_KEYS)
+    warnings: list[str] = []
+
+    defaults_raw = data.get("defaults") or {}
+    dctx = _Ctx(source, "defaults")
+    if not isinstance(defaults_raw, dict):
+        raise dctx.error(None, f"must be a mapping, got {_type_name(defaults_raw)}")
+    _check_keys(dctx, defaults_raw, SHARED_KEYS)
+    defaults = _shared(dctx, defaults_raw, env, warnings)
+
+    accounts_raw = data.get("accounts")
+    if not isinstance(accounts_raw, list) or not accounts_raw:
+        raise top.error("accounts", "must be a non-empty list of accounts")
+    accounts: list[AccountConfig] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(accounts_raw):
+        alias_hint = raw.get("alias") if isinstance(raw, dict) else None
+        label = f"accounts[{index}]" + (f" (alias {alias_hint!r})" if isinstance(alias_hint, str) else "")
+        ctx = _Ctx(source, label)
+        if not isinstance(raw, dict):
+            raise ctx.error(None, f"must be a mapping, got {_type_name(raw)}")
+        _check_keys(ctx, raw, ACCOUNT_KEYS)
+        alias = raw.get("alias")
+        if alias is None:
+            raise ctx.error("alias", "is required")
+        if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+            raise ctx.error("alias", "must be 1-64 characters of letters, digits and _ . : @ - "
+                            f"(it becomes a label and a /probe target), got {alias!r}")
+        if alias in seen:
+            raise ctx.error("alias", f"duplicate alias {alias!r} (also accounts[{seen[alias]}])")
+        seen[alias] = index
+        api_key, signer = _credentials(ctx, raw, env, warnings)
+        settings = {**defaults, **_shared(ctx, raw, env, warnings)}
+        if "min_available_balance" in raw and "min_available_balance" in defaults:
+            # Per-asset merge: an account adding BNB keeps the default USDT threshold.
+            settings["min_available_balance"] = {
+                **defaults["min_available_balance"], **settings["min_available_balance"]
+            }
+        accounts.append(AccountConfig(alias=alias, api_key=api_key, signer=signer, **settings))
+
+    globals_: dict[str, Any] = {}
+    if "max_concurrency" in data:
+        globals_["max_concurrency"] = _number(top, "max_concurrency", data["max_concurrency"], env,
+                                              minimum=1, maximum=1024, integer=True)
+    if "weight_limit" in data:
+        globals_["weight_limit"] = _number(top, "weight_limit", data["weight_limit"], env,
+                                           minimum=1, maximum=1_000_000, integer=True)
+    if "scrape_interval_seconds" in data:
+        globals_["scrape_interval_seconds"] = _number(top, "scrape_interval_seconds",
+                                                      data["scrape_interval_seconds"], env,
+                                                      minimum=1, maximum=86400)
+    if "weight_budget_share" in data:
+        globals_["weight_budget_share"] = _number(top, "weight_budget_share", data["weight_budget_share"],
+                                                  env, minimum=0, maximum=1, exclusive_min=True)
+    if "skip_zero_balances" in data:
+        globals_["skip_zero_balances"] = _boolean(top, "skip_zero_balances", data["skip_zero_balances"])
+    return Config(source=source, accounts=tuple(accounts), warnings=tuple(warnings), **globals_)
+
+
+def parse_config_text(text: str, source: str = "config.yaml",
+                      environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from None
+    return parse_config(data, source, environ)
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+                reader: Callable[[Path], bytes] = Path.read_bytes) -> Config:
+    """Read, parse and validate the config file at `path`."""
+    source = str(path)
+    try:
+        raw = reader(Path(path))
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc.strerror or type(exc).__name__}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: is not UTF-8 text") from None
+    return parse_config_text(text, source, environ)

@@ -1,0 +1,181 @@
+"""The HTTP front: a small WSGI app with a route map, served by a threading server.
+
+/metrics and /probe each build a fresh registry bound to that request's
+deadline (Prometheus' X-Prometheus-Scrape-Timeout-Seconds), and hand it to
+prometheus_client's own WSGI app for content negotiation and gzip.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import socket
+import ssl
+import threading
+from socketserver import ThreadingMixIn
+from typing import Callable, Iterable
+from urllib.parse import parse_qs, quote
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+
+from exporter import __version__
+from exporter.collector import Exporter, ScrapeCollector
+from exporter.webconfig import BasicAuth
+
+log = logging.getLogger("exporter.web")
+
+StartResponse = Callable[..., object]
+SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
+
+
+def scrape_budget(environ: dict, fallback: float | None) -> float | None:
+    """Time this scrape may spend fetching, leaving Prometheus a margin to receive it."""
+    raw = environ.get(SCRAPE_TIMEOUT_HEADER)
+    if not raw:
+        return fallback
+    try:
+        timeout = float(raw)
+    except ValueError:
+        return fallback
+    if not timeout > 0:
+        return fallback
+    margin = max(0.1, min(0.5, timeout * 0.1))
+    budget = max(0.05, timeout - margin)
+    return budget if fallback is None else min(budget, fallback)
+
+
+def _text(start_response: StartResponse, status: str, body: str,
+          ctype: str = "text/plain; charset=utf-8", extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+    data = body.encode("utf-8")
+    start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(data))), *(extra or [])])
+    return [data]
+
+
+def landing_page(exporter: Exporter, telemetry_path: str) -> str:
+    probes = "\n".join(
+        f'<li><a href="/probe?target={quote(alias)}">{html.escape(alias)}</a></li>'
+        for alias in exporter.scrapers
+    )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Binance Futures Exporter</title></head>
+<body>
+<h1>Binance Futures Exporter</h1>
+<p>Version {html.escape(__version__)}</p>
+<ul>
+<li><a href="{html.escape(telemetry_path)}">{html.escape(telemetry_path)}</a>: all accounts and exporter metrics</li>
+<li><a href="/-/healthy">/-/healthy</a>, <a href="/-/ready">/-/ready</a></li>
+</ul>
+<h2>Accounts (/probe?target=&lt;alias&gt;)</h2>
+<ul>
+{probes}
+</ul>
+</body></html>
+"""
+
+
+def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAuth | None = None,
+             ready: Callable[[], bool] = lambda: True) -> Callable[[dict, StartResponse], Iterable[bytes]]:
+    aliases = list(exporter.scrapers)
+
+    def metrics(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ScrapeCollector(exporter, aliases, scrape_budget(environ, None), include_exporter=True))
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        return make_wsgi_app(registry)(environ, start_response)
+
+    def probe(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        targets = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
+        if len(targets) != 1 or not targets[0]:
+            return _text(start_response, "400 Bad Request", "exactly one 'target' parameter (an account alias) is required\n")
+        target = targets[0]
+        if target not in exporter.scrapers:
+            return _text(start_response, "400 Bad Request",
+                         f"unknown target {target!r}: not an alias in the config\n")
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ScrapeCollector(exporter, [target], scrape_budget(environ, None), include_exporter=False))
+        return make_wsgi_app(registry)(environ, start_response)
+
+    def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if auth is not None and path != "/-/healthy" and not auth.check(environ.get("HTTP_AUTHORIZATION")):
+            return _text(start_response, "401 Unauthorized", "Unauthorized\n",
+                         extra=[("WWW-Authenticate", 'Basic realm="binance-futures-exporter"')])
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            return _text(start_response, "405 Method Not Allowed", "use GET\n", extra=[("Allow", "GET, HEAD")])
+        if path == telemetry_path:
+            return metrics(environ, start_response)
+        if path == "/probe":
+            return probe(environ, start_response)
+        if path == "/":
+            return _text(start_response, "200 OK", landing_page(exporter, telemetry_path), "text/html; charset=utf-8")
+        if path == "/-/healthy":
+            return _text(start_response, "200 OK", "Healthy\n")
+        if path == "/-/ready":
+            if ready():
+                return _text(start_response, "200 OK", "Ready\n")
+            return _text(start_response, "503 Service Unavailable", "Not ready\n")
+        return _text(start_response, "404 Not Found", f"not found; see / for the endpoints\n")
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("http %s", format % args)
+
+
+class ThreadingServer(ThreadingMixIn, WSGIServer):
+    """Thread per request; TLS handshakes happen in the request thread, not in accept()."""
+
+    daemon_threads = True
+    ssl_context: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, addr = super().get_request()
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(10)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake failed client=%s error=%s", client_address, type(exc).__name__)
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        log.debug("connection error client=%s", client_address, exc_info=True)
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """`:9894`, `0.0.0.0:9894`, `[::]:9894`, `localhost:9894` -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"--web.listen-address must look like ':9894' or '127.0.0.1:9894', got {value!r}")
+    host = host.strip("[]")
+    return host, int(port_text)
+
+
+def serve(app: Callable, address: str, ssl_context: ssl.SSLContext | None = None) -> ThreadingServer:
+    """Bind and start serving in a daemon thread; returns the server (for its port and shutdown)."""
+    host, port = parse_listen_address(address)
+    bind_host = host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+
+    class Server(ThreadingServer):
+        address_family = family
+
+    Server.ssl_context = ssl_context
+    server = make_server(bind_host, port, app, server_class=Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name="http", daemon=True)
+    thread.start()
+    return server

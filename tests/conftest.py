@@ -1,0 +1,197 @@
+"""Shared fixtures: a live simulator, configs pointing at it, and the exporter as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.simulator import SimAccount, Simulator
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The official example row (binance-api.md §2.2) and a second, multi-asset account.
+OFFICIAL_ROW = {"accountAlias": "SgsR", "asset": "USDT", "balance": "122607.35137903",
+                "crossWalletBalance": "23.72469206", "crossUnPnl": "0.00000000",
+                "availableBalance": "23.72469206", "maxWithdrawAmount": "23.72469206",
+                "marginAvailable": True, "updateTime": 1617939110373}
+
+
+def rows_b() -> list[dict]:
+    return [
+        {"accountAlias": "XqTz", "asset": "USDT", "balance": "1000.12345678", "crossWalletBalance": "990.00000001",
+         "crossUnPnl": "-12.34567890", "availableBalance": "950.50000000", "maxWithdrawAmount": "900.00000000",
+         "marginAvailable": True, "updateTime": 1700000000123},
+        {"accountAlias": "XqTz", "asset": "BNB", "balance": "3.14159265", "crossWalletBalance": "3.14159265",
+         "crossUnPnl": "0.00000000", "availableBalance": "2.71828182", "maxWithdrawAmount": "2.71828182",
+         "marginAvailable": False, "updateTime": 0},
+        {"accountAlias": "XqTz", "asset": "ETH", "balance": "0.00000000", "crossWalletBalance": "0.00000000",
+         "crossUnPnl": "0.00000000", "availableBalance": "0.00000000", "maxWithdrawAmount": "0.00000000",
+         "marginAvailable": True, "updateTime": 0},
+    ]
+
+
+@dataclass
+class Acct:
+    alias: str
+    key: str
+    secret: str
+
+
+ACCOUNTS = [Acct("alpha", "key-alpha-" + "a" * 20, "secret-alpha-" + "1" * 40),
+            Acct("bravo", "key-bravo-" + "b" * 20, "secret-bravo-" + "2" * 40),
+            Acct("charlie", "key-charlie-" + "c" * 18, "secret-charlie-" + "3" * 40)]
+ALL_SECRETS = [a.key for a in ACCOUNTS] + [a.secret for a in ACCOUNTS]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll with a deadline instead of sleeping a fixed time."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last error: {last_exc!r})")
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """`{(sample_name, sorted label items): value}` from exposition text."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator([
+        SimAccount(api_key=ACCOUNTS[0].key, api_secret=ACCOUNTS[0].secret, account_alias="SgsR",
+                   balances=[dict(OFFICIAL_ROW)]),
+        SimAccount(api_key=ACCOUNTS[1].key, api_secret=ACCOUNTS[1].secret, account_alias="XqTz",
+                   balances=rows_b()),
+        SimAccount(api_key=ACCOUNTS[2].key, api_secret=ACCOUNTS[2].secret, account_alias="Zz01",
+                   balances=[dict(OFFICIAL_ROW, accountAlias="Zz01", asset="USDC")]),
+    ])
+    simulator.start()
+    yield simulator
+    simulator.stop()
+
+
+def config_dict(base_url: str, accounts: list[Acct] = ACCOUNTS, **defaults: object) -> dict:
+    return {
+        "defaults": {"base_url": base_url, "timeout_seconds": 3, **defaults},
+        "accounts": [{"alias": a.alias, "api_key": a.key, "api_secret": a.secret} for a in accounts],
+    }
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class ExporterProcess:
+    args: list[str]
+    port: int
+    log_path: Path
+    env: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> "ExporterProcess":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{self.port}", *self.args],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+        )
+        if wait:
+            wait_until(self._healthy, timeout=20)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"exporter exited with {self.proc.returncode}: {self.logs()}")
+        try:
+            return requests.get(f"{self.url}/-/healthy", timeout=1, verify=False).status_code in (200, 401)
+        except requests.exceptions.SSLError:
+            return True  # mutual TLS without a client certificate: the server is up
+        except requests.RequestException:
+            return False
+
+    def get(self, path: str = "/metrics", **kw: object) -> requests.Response:
+        kw.setdefault("timeout", 15)
+        return requests.get(self.url + path, **kw)  # type: ignore[arg-type]
+
+    def metrics(self, path: str = "/metrics") -> dict:
+        resp = self.get(path)
+        assert resp.status_code == 200, resp.text
+        return parse_metrics(resp.text)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def run_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
+    started: list[ExporterProcess] = []
+
+    def start(*args: str, wait: bool = True, env: dict | None = None, scheme: str = "http") -> ExporterProcess:
+        proc = ExporterProcess(list(args), free_port(), tmp_path / f"exporter-{len(started)}.log", env or {},
+                               scheme=scheme)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start
+    for proc in started:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.stop()
+
+
+def assert_no_secrets(text: str, secrets: list[str] = ALL_SECRETS) -> None:
+    for secret in secrets:
+        assert secret not in text, "a secret leaked into output"

@@ -1,0 +1,220 @@
+"""Rate-limit and ban safety, clock sync, key pairs: the behaviours that keep an IP unbanned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from conftest import ACCOUNTS, OFFICIAL_ROW, config_dict, rows_b, value, wait_until, write_config
+from exporter.cli import weight_warnings
+from exporter.config import parse_config
+from exporter.hosts import HostState
+from exporter.simulator import Fault, SimAccount, Simulator
+from test_scrape import make_harness  # noqa: F401 - fixture
+
+
+def host_of(sim: Simulator) -> str:
+    return sim.base_url.split("//")[1]
+
+
+def test_429_pauses_every_account_on_that_host_only(make_harness) -> None:  # noqa: F811
+    limited = Simulator([SimAccount(ACCOUNTS[0].key, ACCOUNTS[0].secret, balances=[dict(OFFICIAL_ROW)]),
+                         SimAccount(ACCOUNTS[1].key, ACCOUNTS[1].secret, balances=rows_b())])
+    other = Simulator([SimAccount(ACCOUNTS[2].key, ACCOUNTS[2].secret, balances=rows_b())])
+    limited.start()
+    other.start()
+    try:
+        data = config_dict(limited.base_url)
+        data["accounts"][2]["base_url"] = other.base_url
+        h = make_harness(data)
+        h.scrape()
+        limited.set_fault(ACCOUNTS[0].key, Fault("rate_limit_429", retry_after_s=30, times=1))
+        m = h.scrape()
+        assert value(m, "binance_futures_up", alias="alpha") == 0.0
+        assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="rate_limited") == 1.0
+        assert 28 <= value(m, "binance_futures_backoff_seconds", host=host_of(limited)) <= 30
+        assert value(m, "binance_futures_backoff_seconds", host=host_of(other)) == 0
+        sent = limited.stats()["requests"]
+        for _ in range(3):
+            m = h.scrape()
+        assert limited.stats()["requests"] == sent, "no request may reach a host during its back-off"
+        assert value(m, "binance_futures_up", alias="alpha") == value(m, "binance_futures_up", alias="bravo") == 0.0
+        assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="rate_limited") >= 3
+        assert value(m, "binance_futures_up", alias="charlie") == 1.0
+        assert value(m, "binance_futures_balance", alias="charlie", asset="USDT") == 1000.12345678
+    finally:
+        limited.stop()
+        other.stop()
+
+
+def test_418_ban_then_recovery_after_retry_after(sim: Simulator, make_harness) -> None:  # noqa: F811
+    h = make_harness(config_dict(sim.base_url))
+    sim.set_fault(ACCOUNTS[1].key, Fault("ban_418", retry_after_s=1, times=1))
+    m = h.scrape()
+    assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="ip_banned") == 1.0
+    assert value(m, "binance_futures_backoff_seconds", host=host_of(sim)) > 0
+    m = wait_until(lambda: (lambda s: s if value(s, "binance_futures_up", alias="bravo") == 1.0 else None)(h.scrape()),
+                   timeout=5, interval=0.2)
+    assert value(m, "binance_futures_backoff_seconds", host=host_of(sim)) == 0
+
+
+def test_real_weight_limit_429_from_the_simulator(make_harness) -> None:  # noqa: F811
+    sim = Simulator([SimAccount(a.key, a.secret, balances=[dict(OFFICIAL_ROW)]) for a in ACCOUNTS], weight_limit=12)
+    sim.start()
+    try:
+        h = make_harness(config_dict(sim.base_url))
+        m = h.scrape()  # time (1) + 3 x 5 > 12: some account gets a real 429
+        errors = sum(value(m, "binance_futures_scrape_errors_total", alias=a.alias, reason="rate_limited") for a in ACCOUNTS)
+        assert errors >= 1
+        backoff = value(m, "binance_futures_backoff_seconds", host=host_of(sim))
+        assert 0 < backoff <= 60
+        sent = sim.stats()["requests"]
+        h.scrape()
+        h.scrape()
+        assert sim.stats()["requests"] == sent  # we never provoke the 418 escalation
+    finally:
+        sim.stop()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_default_backoff_without_retry_after_doubles_on_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    host = HostState("https://x", "x")
+    monkeypatch.setattr(host, "monotonic", clock)
+    assert host.note_limited(429, None, None) == 60
+    clock.now += 61
+    assert host.note_limited(429, None, None) == 120  # repeat without success in between
+    clock.now += 121
+    host.note_success()
+    assert host.note_limited(429, None, None) == 60
+    clock.now += 61
+    host.note_success()
+    assert host.note_limited(418, None, None) == 120
+    clock.now += 121
+    assert host.note_limited(418, None, None) == 240
+    assert host.current_backoff() == (240, "ip_banned")
+    assert host.note_limited(429, "7", None) == 240  # never shortens a running ban
+    clock.now += 1000
+    assert host.note_limited(418, None, f"IP banned until {int((host.wall() + 300) * 1000)}.") == pytest.approx(300, abs=1)
+
+
+@pytest.mark.parametrize("skew_ms", [-3000, 10000])
+def test_first_scrape_succeeds_with_a_skewed_server_clock(skew_ms: int, make_harness) -> None:  # noqa: F811
+    sim = Simulator([SimAccount(ACCOUNTS[0].key, ACCOUNTS[0].secret, balances=[dict(OFFICIAL_ROW)])],
+                    clock_skew_ms=skew_ms)
+    sim.start()
+    try:
+        h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
+        m = h.scrape()
+        assert value(m, "binance_futures_up", alias="alpha") == 1.0
+        assert value(m, "binance_futures_time_offset_seconds", host=host_of(sim)) == pytest.approx(skew_ms / 1000, abs=0.3)
+    finally:
+        sim.stop()
+
+
+def test_clock_jump_mid_run_resyncs_on_1021_and_retries(sim: Simulator, make_harness) -> None:  # noqa: F811
+    h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
+    assert value(h.scrape(), "binance_futures_up", alias="alpha") == 1.0
+    sim.clock_skew_ms = 20000  # server clock jumps 20 s ahead: our cached offset is now wrong
+    m = h.scrape()
+    assert value(m, "binance_futures_up", alias="alpha") == 1.0
+    assert value(m, "binance_futures_time_offset_seconds", host=host_of(sim)) == pytest.approx(20, abs=0.3)
+    assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="timestamp") == 0.0
+
+
+def test_persistent_1021_is_reported_as_timestamp(sim: Simulator, make_harness) -> None:  # noqa: F811
+    sim.set_fault(ACCOUNTS[0].key, Fault("timestamp_1021"))
+    m = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1])).scrape()
+    assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="timestamp") == 1.0
+
+
+def test_weight_budget_warning() -> None:
+    accounts = [{"alias": f"a{i}", "api_key": "k", "api_secret": "s"} for i in range(100)]
+    cfg = parse_config({"accounts": accounts, "scrape_interval_seconds": 15}, "c.yaml", {})
+    (warning,) = weight_warnings(cfg)
+    assert "2000 weight/minute" in warning and "fapi.binance.com" in warning
+    assert weight_warnings(parse_config({"accounts": accounts[:10]}, "c.yaml", {})) == []
+    v2 = parse_config({"accounts": accounts[:31], "defaults": {"api_version": "v2"}}, "c.yaml", {})
+    assert "1240 weight/minute" in weight_warnings(v2)[0]  # v2 assumed at the announced weight 10
+
+
+def test_weight_warning_is_logged_at_start(sim: Simulator, tmp_path: Path, run_exporter) -> None:
+    data = config_dict(sim.base_url)
+    data["scrape_interval_seconds"] = 1
+    data["weight_limit"] = 100
+    exp = run_exporter(f"--config.file={write_config(tmp_path / 'c.yaml', data)}")
+    exp.stop()
+    assert 'level=warn logger=exporter msg="weight budget: accounts on 127.0.0.1' in exp.logs()
+
+
+def _pem(key, password: bytes | None = None) -> bytes:
+    enc = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+
+
+def _public(key) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_ed25519_and_rsa_accounts_scrape(tmp_path: Path, make_harness) -> None:  # noqa: F811
+    ed = ed25519.Ed25519PrivateKey.generate()
+    rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    wrong = ed25519.Ed25519PrivateKey.generate()
+    sim = Simulator([SimAccount("ed-key", public_key_pem=_public(ed), balances=[dict(OFFICIAL_ROW)]),
+                     SimAccount("rsa-key", public_key_pem=_public(rs), balances=rows_b()),
+                     SimAccount("wrong-key", public_key_pem=_public(ed), balances=rows_b())])
+    sim.start()
+    try:
+        files = {}
+        for name, key, pw in (("ed", ed, None), ("rsa", rs, b"pass-phrase"), ("wrong", wrong, None)):
+            path = tmp_path / f"{name}.pem"
+            path.write_bytes(_pem(key, pw))
+            path.chmod(0o600)
+            files[name] = str(path)
+        data = {"defaults": {"base_url": sim.base_url}, "accounts": [
+            {"alias": "ed", "api_key": "ed-key", "private_key_file": files["ed"]},
+            {"alias": "rsa", "api_key": "rsa-key", "private_key_file": files["rsa"], "private_key_passphrase": "pass-phrase"},
+            {"alias": "wrong", "api_key": "wrong-key", "private_key_file": files["wrong"]},
+        ]}
+        m = make_harness(data).scrape()
+        assert value(m, "binance_futures_balance", alias="ed", asset="USDT") == 122607.35137903
+        assert value(m, "binance_futures_balance", alias="rsa", asset="BNB") == 3.14159265
+        assert value(m, "binance_futures_scrape_errors_total", alias="wrong", reason="signature") == 1.0
+    finally:
+        sim.stop()
+
+
+def test_no_secret_anywhere_in_a_full_faulty_run(sim: Simulator, tmp_path: Path, run_exporter) -> None:
+    """Every fault the simulator can play, at debug log level: scan all output for every key and secret."""
+    from conftest import ALL_SECRETS, assert_no_secrets
+    from exporter.simulator import FAULT_KINDS
+
+    data = config_dict(sim.base_url, timeout_seconds=1)
+    data["accounts"][2]["api_secret"] = "wrong-" + ACCOUNTS[2].secret  # a signature failure too
+    exp = run_exporter(f"--config.file={write_config(tmp_path / 'c.yaml', data)}", "--log.level=debug")
+    bodies = []
+    for kind in FAULT_KINDS:
+        sim.reset_rate_limits()
+        fault = Fault(kind, times=1, latency_s=1.5, retry_after_s=1) if kind == "latency" else Fault(kind, times=1, retry_after_s=1)
+        sim.set_fault(ACCOUNTS[1].key, fault)
+        for path in ("/metrics", "/probe?target=bravo", "/"):
+            resp = exp.get(path)
+            assert resp.status_code == 200
+            bodies.append(resp.text)
+        if kind in ("rate_limit_429", "ban_418"):  # let the 1 s back-off run out
+            wait_until(lambda: exp.metrics()[("binance_futures_up", (("alias", "bravo"),))] == 1.0, timeout=5, interval=0.2)
+    assert exp.stop() == 0
+    output = exp.logs() + "".join(bodies)
+    assert "Traceback" not in output
+    assert_no_secrets(output, ALL_SECRETS + ["wrong-" + ACCOUNTS[2].secret])
+    assert "scrape failed alias=bravo" in output.replace('msg="scrape failed" ', "scrape failed ")

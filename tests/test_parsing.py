@@ -1,0 +1,130 @@
+"""Response parsing: exact values from good payloads; everything else is a BadResponse, never a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.parsing import BadResponse, parse_balances, parse_error
+
+OFFICIAL = ('[{"accountAlias":"SgsR","asset":"USDT","balance":"122607.35137903","crossWalletBalance":"23.72469206",'
+            '"crossUnPnl":"0.00000000","availableBalance":"23.72469206","maxWithdrawAmount":"23.72469206",'
+            '"marginAvailable":true,"updateTime":1617939110373}]')
+
+
+def row(**kw: object) -> dict:
+    base = json.loads(OFFICIAL)[0]
+    base.update(kw)
+    return base
+
+
+def test_official_fixture_is_exact() -> None:
+    snap = parse_balances(OFFICIAL.encode())
+    assert snap.account_alias == "SgsR"
+    (usdt,) = snap.assets
+    assert usdt.asset == "USDT"
+    assert repr(usdt.balance) == "122607.35137903"  # survives the float round trip digit for digit
+    assert usdt.available_balance == 23.72469206 and usdt.cross_unrealized_pnl == 0.0
+    assert usdt.margin_available is True and usdt.update_time_ms == 1617939110373
+
+
+def test_asset_order_is_not_assumed_and_negative_pnl_parses() -> None:
+    body = json.dumps([row(asset="BNB", crossUnPnl="-0.50000000"), row(asset="USDT")])
+    snap = parse_balances(body)
+    assert [a.asset for a in snap.assets] == ["BNB", "USDT"]
+    assert snap.assets[0].cross_unrealized_pnl == -0.5
+
+
+def test_zero_rows_are_recognised() -> None:
+    zero = row(balance="0.00000000", crossWalletBalance="0.00000000", availableBalance="0.00000000",
+               maxWithdrawAmount="0.00000000", updateTime=0)
+    assert parse_balances(json.dumps([zero])).assets[0].is_zero()
+    assert not parse_balances(OFFICIAL).assets[0].is_zero()
+
+
+def test_empty_array_is_valid() -> None:
+    assert parse_balances("[]").assets == ()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("<html><body>403 Forbidden</body></html>", "not valid JSON"),
+    (OFFICIAL[: len(OFFICIAL) // 2], "not valid JSON"),
+    ("", "not valid JSON"),
+    ('{"code":-1000,"msg":"x"}', "expected a JSON array"),
+    (json.dumps([row(balance="abc")]), "USDT.balance is not a decimal string"),
+    (json.dumps([row(balance="NaN")]), "not a decimal string"),
+    (json.dumps([row(balance="1e5")]), "not a decimal string"),
+    (json.dumps([row(balance="1_000")]), "not a decimal string"),
+    (json.dumps([row(balance=" 1")]), "not a decimal string"),
+    (json.dumps([row(balance={"v": 1})]), "has type dict"),
+    (json.dumps([row(balance=True)]), "has type bool"),
+    (json.dumps([row(balance=None)]), "has type NoneType"),
+    (json.dumps([{k: v for k, v in row().items() if k != "availableBalance"}]), "availableBalance is missing"),
+    (json.dumps([row(asset="")]), "no valid asset name"),
+    (json.dumps([row(asset=5)]), "no valid asset name"),
+    (json.dumps([row(), row()]), "USDT appears twice"),
+    (json.dumps([row(marginAvailable="true")]), "marginAvailable is not a boolean"),
+    (json.dumps([row(updateTime="now")]), "updateTime"),
+    (json.dumps([1]), "element 0 is int"),
+])
+def test_bad_payloads(body: str, message: str) -> None:
+    with pytest.raises(BadResponse, match=message):
+        parse_balances(body)
+
+
+def test_numbers_instead_of_strings_are_accepted() -> None:
+    assert parse_balances(json.dumps([row(balance=12.5, availableBalance=3)])).assets[0].balance == 12.5
+
+
+def test_parse_error() -> None:
+    assert parse_error(b'{"code":-1022,"msg":"Signature for this request is not valid."}') == \
+        (-1022, "Signature for this request is not valid.")
+    assert parse_error(b"<html>") == (None, None)
+    assert parse_error(b'{"code":"x"}') == (None, None)
+    assert parse_error(b"[1]") == (None, None)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+field_values = st.one_of(st.text(max_size=12), st.integers(), st.floats(), st.booleans(), st.none(),
+                         st.from_regex(r"-?\d{1,6}\.\d{8}", fullmatch=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_arbitrary_json_never_raises_anything_but_bad_response(data: object) -> None:
+    try:
+        parse_balances(json.dumps(data))
+    except BadResponse:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_raise_anything_but_bad_response(body: bytes) -> None:
+    try:
+        parse_balances(body)
+    except BadResponse:
+        pass
+    parse_error(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["asset", "balance", "availableBalance", "crossWalletBalance", "crossUnPnl",
+                                        "maxWithdrawAmount", "marginAvailable", "updateTime", "accountAlias"]),
+                       field_values))
+def test_mutated_rows_parse_or_fail_cleanly(fields: dict) -> None:
+    try:
+        snap = parse_balances(json.dumps([row(**fields)]))
+    except BadResponse:
+        return
+    for asset in snap.assets:  # whatever parses is finite and typed
+        assert all(isinstance(v, float) and v == v and abs(v) != float("inf")
+                   for v in (asset.balance, asset.available_balance, asset.cross_wallet_balance,
+                             asset.cross_unrealized_pnl, asset.max_withdraw_amount))

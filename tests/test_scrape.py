@@ -1,0 +1,316 @@
+"""The exporter signing real requests over real HTTP to the simulator, in-process.
+
+Each test builds an `Exporter` + web app on a loopback port and scrapes it the
+way Prometheus does, parsing /metrics with prometheus_client's parser.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+import pytest
+import requests
+
+from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, Acct, config_dict, parse_metrics, value, rows_b
+from exporter.client import REASONS
+from exporter.collector import Exporter
+from exporter.config import parse_config
+from exporter.simulator import Fault, SimAccount, Simulator
+from exporter.web import make_app, serve
+
+
+class Harness:
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+        self.server = serve(make_app(exporter), "127.0.0.1:0")
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def get(self, path: str = "/metrics", **kw: object) -> requests.Response:
+        kw.setdefault("timeout", 20)
+        return requests.get(self.url + path, **kw)  # type: ignore[arg-type]
+
+    def scrape(self, path: str = "/metrics", **kw: object) -> dict:
+        resp = self.get(path, **kw)
+        assert resp.status_code == 200, resp.text
+        assert "Traceback" not in resp.text
+        for secret in ALL_SECRETS:
+            assert secret not in resp.text
+        return parse_metrics(resp.text)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.exporter.close()
+
+
+@pytest.fixture
+def make_harness() -> Iterator:
+    made: list[Harness] = []
+
+    def make(data: dict) -> Harness:
+        harness = Harness(Exporter(parse_config(data, "test.yaml", {})))
+        made.append(harness)
+        return harness
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_exact_values_for_every_account(sim: Simulator, make_harness) -> None:
+    h = make_harness(config_dict(sim.base_url))
+    m = h.scrape()
+    assert value(m, "binance_futures_balance", alias="alpha", asset="USDT") == 122607.35137903
+    assert value(m, "binance_futures_available_balance", alias="alpha", asset="USDT") == 23.72469206
+    assert value(m, "binance_futures_cross_wallet_balance", alias="alpha", asset="USDT") == 23.72469206
+    assert value(m, "binance_futures_cross_unrealized_pnl", alias="alpha", asset="USDT") == 0.0
+    assert value(m, "binance_futures_max_withdraw_amount", alias="alpha", asset="USDT") == 23.72469206
+    assert value(m, "binance_futures_margin_available", alias="alpha", asset="USDT") == 1.0
+    assert value(m, "binance_futures_balance_update_timestamp_seconds", alias="alpha", asset="USDT") == 1617939110.373
+    assert value(m, "binance_futures_account_info", alias="alpha", account_alias="SgsR") == 1.0
+    assert value(m, "binance_futures_cross_unrealized_pnl", alias="bravo", asset="USDT") == -12.3456789
+    assert value(m, "binance_futures_available_balance", alias="bravo", asset="BNB") == 2.71828182
+    assert value(m, "binance_futures_margin_available", alias="bravo", asset="BNB") == 0.0
+    assert value(m, "binance_futures_balance", alias="charlie", asset="USDC") == 122607.35137903
+    # All-zero ETH row is skipped (documented), nothing else is.
+    assert value(m, "binance_futures_balance", alias="bravo", asset="ETH") is None
+    for acc in ACCOUNTS:
+        assert value(m, "binance_futures_up", alias=acc.alias) == 1.0
+        assert 0 < value(m, "binance_futures_request_duration_seconds", alias=acc.alias) < 3
+        for reason in REASONS:
+            assert value(m, "binance_futures_scrape_errors_total", alias=acc.alias, reason=reason) == 0.0
+    assert value(m, "binance_futures_exporter_build_info", version=__import__("exporter").__version__) == 1.0
+    host = sim.base_url.split("//")[1]
+    assert value(m, "binance_futures_weight_limit", host=host, interval="1m") == 2400
+    assert value(m, "binance_futures_used_weight", host=host, interval="1m") >= 15
+    assert value(m, "binance_futures_backoff_seconds", host=host) == 0
+
+
+def test_exact_decimal_text_in_exposition(sim: Simulator, make_harness) -> None:
+    text = make_harness(config_dict(sim.base_url)).get().text
+    assert 'binance_futures_balance{alias="alpha",asset="USDT"} 122607.35137903\n' in text
+    assert 'binance_futures_cross_unrealized_pnl{alias="bravo",asset="USDT"} -12.3456789\n' in text
+
+
+def test_wrong_secret_is_signature_error_and_others_stay_up(sim: Simulator, make_harness, caplog) -> None:
+    data = config_dict(sim.base_url)
+    data["accounts"][1]["api_secret"] = "wrong-secret-" + "9" * 30
+    h = make_harness(data)
+    caplog.set_level("INFO")
+    m = h.scrape()
+    assert value(m, "binance_futures_up", alias="bravo") == 0.0
+    assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="signature") == 1.0
+    assert value(m, "binance_futures_balance", alias="bravo", asset="USDT") is None  # no stale or partial series
+    assert value(m, "binance_futures_up", alias="alpha") == 1.0
+    assert value(m, "binance_futures_balance", alias="alpha", asset="USDT") == 122607.35137903
+    assert value(m, "binance_futures_up", alias="charlie") == 1.0
+    lines = [r.getMessage() for r in caplog.records if "scrape failed" in r.getMessage()]
+    assert len(lines) == 1 and "alias=bravo reason=signature" in lines[0] and "code=-1022" in lines[0]
+    assert "wrong-secret" not in caplog.text
+    for secret in ALL_SECRETS:
+        assert secret not in caplog.text
+
+
+def test_unknown_key_is_auth(sim: Simulator, make_harness) -> None:
+    data = config_dict(sim.base_url)
+    data["accounts"][0]["api_key"] = "unknown-key"
+    m = make_harness(data).scrape()
+    assert value(m, "binance_futures_up", alias="alpha") == 0.0
+    assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="auth") == 1.0
+
+
+def test_v2_endpoint_is_selectable(sim: Simulator, make_harness) -> None:
+    m = make_harness(config_dict(sim.base_url, api_version="v2")).scrape()
+    assert value(m, "binance_futures_balance", alias="alpha", asset="USDT") == 122607.35137903
+    assert sim.stats()["requests_by_path"].get("/fapi/v2/balance") == 3
+    assert "/fapi/v3/balance" not in sim.stats()["requests_by_path"]
+
+
+FAULT_REASONS = [
+    (Fault("http_500"), "http_error"),
+    (Fault("http_503"), "http_error"),
+    (Fault("http_408"), "http_error"),
+    (Fault("html_403"), "http_error"),
+    (Fault("truncated_json"), "bad_response"),
+    (Fault("wrong_types"), "bad_response"),
+    (Fault("missing_fields"), "bad_response"),
+    (Fault("not_a_list"), "bad_response"),
+    (Fault("reset"), "connection"),
+    (Fault("auth_2015"), "auth"),
+    (Fault("timestamp_1021"), "timestamp"),
+    (Fault("latency", latency_s=2.0), "timeout"),
+    (Fault("rate_limit_429", retry_after_s=30), "rate_limited"),
+    (Fault("ban_418", retry_after_s=300), "ip_banned"),
+]
+
+
+@pytest.mark.parametrize("fault, reason", FAULT_REASONS, ids=[f.kind for f, _ in FAULT_REASONS])
+def test_each_fault_stays_inside_its_account(fault: Fault, reason: str, make_harness) -> None:
+    # Faulty account on its own simulator (a 429/418 pauses the whole host, by design),
+    # healthy accounts on another.
+    healthy = Simulator([SimAccount(ACCOUNTS[0].key, ACCOUNTS[0].secret, balances=[dict(OFFICIAL_ROW)]),
+                         SimAccount(ACCOUNTS[2].key, ACCOUNTS[2].secret, balances=rows_b())])
+    faulty = Simulator([SimAccount(ACCOUNTS[1].key, ACCOUNTS[1].secret, balances=rows_b())])
+    healthy.start()
+    faulty.start()
+    try:
+        faulty.set_fault(ACCOUNTS[1].key, fault)
+        data = config_dict(healthy.base_url)
+        data["accounts"][1]["base_url"] = faulty.base_url
+        data["accounts"][1]["timeout_seconds"] = 1
+        h = make_harness(data)
+        m = h.scrape()
+        assert value(m, "binance_futures_up", alias="bravo") == 0.0
+        assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason=reason) == 1.0, \
+            {k: v for k, v in m.items() if k[0] == "binance_futures_scrape_errors_total" and v}
+        assert value(m, "binance_futures_balance", alias="bravo", asset="USDT") is None
+        assert value(m, "binance_futures_balance", alias="alpha", asset="USDT") == 122607.35137903
+        assert value(m, "binance_futures_balance", alias="charlie", asset="BNB") == 3.14159265
+        assert value(m, "binance_futures_up", alias="alpha") == value(m, "binance_futures_up", alias="charlie") == 1.0
+        assert h.get("/-/healthy").status_code == 200  # still alive
+    finally:
+        healthy.stop()
+        faulty.stop()
+
+
+def test_transient_503_is_retried_once_within_the_scrape(sim: Simulator, make_harness) -> None:
+    sim.set_fault(ACCOUNTS[0].key, Fault("http_503", times=1))
+    h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
+    m = h.scrape()
+    assert value(m, "binance_futures_up", alias="alpha") == 1.0
+    assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="http_error") == 0.0
+    assert sim.stats()["requests_by_key"][ACCOUNTS[0].key] == 2
+
+
+def test_connection_reset_is_retried_once(sim: Simulator, make_harness) -> None:
+    sim.set_fault(ACCOUNTS[0].key, Fault("reset", times=1))
+    m = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1])).scrape()
+    assert value(m, "binance_futures_up", alias="alpha") == 1.0
+
+
+def test_4xx_is_never_retried(sim: Simulator, make_harness) -> None:
+    sim.set_fault(ACCOUNTS[0].key, Fault("auth_2015", times=1))
+    m = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1])).scrape()
+    assert value(m, "binance_futures_up", alias="alpha") == 0.0
+    assert sim.stats()["requests_by_key"][ACCOUNTS[0].key] == 1
+
+
+def test_connection_refused(make_harness) -> None:
+    from conftest import free_port
+
+    m = make_harness(config_dict(f"http://127.0.0.1:{free_port()}", accounts=ACCOUNTS[:1])).scrape()
+    assert value(m, "binance_futures_up", alias="alpha") == 0.0
+    assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="connection") == 1.0
+
+
+def test_accounts_are_fetched_in_parallel(sim: Simulator, make_harness) -> None:
+    sim.latency_s = 0.4
+    h = make_harness(config_dict(sim.base_url))
+    h.scrape()  # warm up (clock sync, connections)
+    start = time.monotonic()
+    m = h.scrape()
+    elapsed = time.monotonic() - start
+    assert all(value(m, "binance_futures_up", alias=a.alias) == 1.0 for a in ACCOUNTS)
+    assert elapsed < 0.4 * 2, f"3 accounts at 0.4 s each took {elapsed:.2f}s: not parallel"
+
+
+def test_keep_alive_one_connection_per_account(sim: Simulator, make_harness) -> None:
+    h = make_harness(config_dict(sim.base_url))
+    for _ in range(5):
+        h.scrape()
+    # One connection per account session, reused across scrapes (+ maybe none for time sync: it shares one).
+    assert sim.stats()["connections"] <= len(ACCOUNTS)
+
+
+def test_ha_concurrent_scrapes_share_one_fetch(sim: Simulator, make_harness) -> None:
+    sim.latency_s = 0.5
+    h = make_harness(config_dict(sim.base_url))
+    h.scrape()
+    before = dict(sim.stats()["requests_by_key"])
+    results: list[dict] = []
+    threads = [threading.Thread(target=lambda p=p: results.append(h.scrape(p)))
+               for p in ("/metrics", "/metrics", "/probe?target=alpha", "/probe?target=bravo")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    after = sim.stats()["requests_by_key"]
+    assert len(results) == 4
+    for acc in ACCOUNTS:
+        assert after[acc.key] - before[acc.key] == 1, "concurrent scrapes must share one request per account"
+    assert all(value(r, "binance_futures_up", alias="bravo") == 1.0 for r in results
+               if value(r, "binance_futures_up", alias="alpha") is None)
+    assert sum(value(r, "binance_futures_up", alias="alpha") == 1.0 for r in results) == 3
+
+
+def test_cache_seconds_serves_young_results(sim: Simulator, make_harness) -> None:
+    h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1], cache_seconds=60))
+    h.scrape()
+    h.scrape()
+    h.scrape()
+    assert sim.stats()["requests_by_key"][ACCOUNTS[0].key] == 1
+
+
+def test_scrape_timeout_header_bounds_slow_accounts(sim: Simulator, make_harness) -> None:
+    data = config_dict(sim.base_url, timeout_seconds=10)
+    h = make_harness(data)
+    h.scrape()
+    sim.set_fault(ACCOUNTS[1].key, Fault("latency", latency_s=5))
+    start = time.monotonic()
+    m = h.scrape(headers={"X-Prometheus-Scrape-Timeout-Seconds": "1.5"})
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.5, f"scrape took {elapsed:.2f}s with a 1.5 s Prometheus timeout"
+    assert value(m, "binance_futures_up", alias="bravo") == 0.0
+    assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="timeout") == 1.0
+    assert value(m, "binance_futures_up", alias="alpha") == 1.0
+
+
+def test_probe_returns_only_the_target(sim: Simulator, make_harness) -> None:
+    h = make_harness(config_dict(sim.base_url))
+    m = h.scrape("/probe?target=bravo")
+    aliases = {dict(labels).get("alias") for (name, labels) in m if "alias" in dict(labels)}
+    assert aliases == {"bravo"}
+    assert value(m, "binance_futures_balance", alias="bravo", asset="BNB") == 3.14159265
+    assert not any(name.startswith("process_") or name == "binance_futures_exporter_build_info" for name, _ in m)
+    assert sim.stats()["requests_by_key"].get(ACCOUNTS[0].key) is None  # other accounts not fetched
+    bad = h.get("/probe?target=nope")
+    assert bad.status_code == 400 and "unknown target 'nope'" in bad.text
+    assert h.get("/probe").status_code == 400
+
+
+def test_landing_page_and_health(sim: Simulator, make_harness) -> None:
+    h = make_harness(config_dict(sim.base_url))
+    page = h.get("/")
+    assert page.status_code == 200 and 'href="/metrics"' in page.text
+    for acc in ACCOUNTS:
+        assert f'href="/probe?target={acc.alias}"' in page.text
+    assert h.get("/-/healthy").text == "Healthy\n"
+    assert h.get("/-/ready").status_code == 200
+    assert h.get("/nope").status_code == 404
+
+
+def test_gzip_and_openmetrics_negotiation(sim: Simulator, make_harness) -> None:
+    h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
+    resp = h.get(headers={"Accept-Encoding": "gzip"})
+    assert resp.headers.get("Content-Encoding") == "gzip"
+    om = h.get(headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert om.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert om.text.rstrip().endswith("# EOF")
+
+
+def test_thresholds_are_exported_and_keep_zero_assets(sim: Simulator, make_harness) -> None:
+    data = config_dict(sim.base_url, min_available_balance={"USDT": 1000, "ETH": 0.5})
+    m = make_harness(data).scrape()
+    assert value(m, "binance_futures_min_available_balance", alias="alpha", asset="USDT") == 1000.0
+    # bravo's ETH row is all zeros but has a threshold: kept, so a drained asset still alerts.
+    assert value(m, "binance_futures_available_balance", alias="bravo", asset="ETH") == 0.0
+    assert value(m, "binance_futures_min_available_balance", alias="bravo", asset="ETH") == 0.5
+
+
+def test_skip_zero_balances_false_keeps_every_asset(sim: Simulator, make_harness) -> None:
+    data = config_dict(sim.base_url)
+    data["skip_zero_balances"] = False
+    m = make_harness(data).scrape()
+    assert value(m, "binance_futures_balance", alias="bravo", asset="ETH") == 0.0
