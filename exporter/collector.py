@@ -135,9 +135,8 @@ class Exporter:
         # pause (at the 429/418 itself) and keep the per-scrape repeats at debug.
         level = logging.DEBUG if error.status is None and error.reason in ("rate_limited", "ip_banned") \
             else logging.WARNING
-        log.log(level, "scrape failed alias=%s reason=%s status=%s code=%s msg=%r", alias, error.reason,
-                    error.status if error.status is not None else "",
-                    error.code if error.code is not None else "", error.detail)
+        extra = "".join(f" {k}={v}" for k, v in (("status", error.status), ("code", error.code)) if v is not None)
+        log.log(level, "scrape failed alias=%s reason=%s%s error=%r", alias, error.reason, extra, error.detail)
 
     def error_counts(self, aliases: Iterable[str]) -> list[tuple[str, str, int]]:
         wanted = set(aliases)

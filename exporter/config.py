@@ -75,11 +75,12 @@ class AccountConfig:
     timeout_seconds: float = 5.0
     cache_seconds: float = 0.0
     min_available_balance: Mapping[str, float] = field(default_factory=dict)
+    host_label: str = ""  # not a config key: lets --demo keep one `host` across restarts
 
     @property
     def host(self) -> str:
         """The `host` label: Binance's weight limit and bans are per host and IP."""
-        return urlsplit(self.base_url).netloc
+        return self.host_label or urlsplit(self.base_url).netloc
 
     @property
     def balance_path(self) -> str:

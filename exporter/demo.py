@@ -14,6 +14,9 @@ from exporter.signing import HmacSigner
 from exporter.simulator import SimAccount, Simulator
 
 DEFAULT_THRESHOLDS = {"USDT": 1000.0}
+# The simulator binds a random loopback port; a fixed `host` label keeps the demo's
+# per-host series continuous across restarts.
+DEMO_HOST = "demo-simulator"
 
 
 def _row(asset: str, balance: str, cross: str, pnl: str, available: str, withdraw: str,
@@ -55,6 +58,7 @@ def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
         accounts.append(AccountConfig(
             alias=alias, api_key=Secret(key), signer=HmacSigner(Secret(secret)), base_url=base_url,
             timeout_seconds=5.0, min_available_balance={**DEFAULT_THRESHOLDS, **extra_thresholds},
+            host_label=DEMO_HOST,
         ))
     for account in sim_accounts:
         sim.add_account(account)

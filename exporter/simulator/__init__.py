@@ -18,7 +18,7 @@ Choices where the Binance spec is silent (see /work/shared/binance-api.md ยง8, ย
   pipeline order in ``pipeline``.
 """
 
-from .demo import account_key, account_secret, generate_accounts
+from .generated import account_key, account_secret, generate_accounts
 from .faults import FAULT_KINDS, Fault
 from .server import Simulator
 from .state import SimAccount

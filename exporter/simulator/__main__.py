@@ -16,7 +16,7 @@ import tempfile
 import threading
 from types import FrameType
 
-from .demo import generate_accounts
+from .generated import generate_accounts
 from .server import Simulator
 
 
