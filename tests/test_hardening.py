@@ -218,3 +218,23 @@ def test_no_secret_anywhere_in_a_full_faulty_run(sim: Simulator, tmp_path: Path,
     assert "Traceback" not in output
     assert_no_secrets(output, ALL_SECRETS + ["wrong-" + ACCOUNTS[2].secret])
     assert "scrape failed alias=bravo" in output.replace('msg="scrape failed" ', "scrape failed ")
+
+
+def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:  # noqa: F811
+    """freezegun freezes our clock and the in-process simulator's alike, so the offset is exact."""
+    from freezegun import freeze_time
+
+    sim = Simulator([SimAccount(ACCOUNTS[0].key, ACCOUNTS[0].secret, balances=[dict(OFFICIAL_ROW)])],
+                    clock_skew_ms=-3000)
+    sim.start()
+    try:
+        with freeze_time("2026-03-01T12:00:00Z"):
+            h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
+            m = h.scrape()
+            host = h.exporter.hosts[sim.base_url]
+            assert host.offset_ms == -3000
+            assert host.now_ms() == 1772366400000 - 3000
+        assert value(m, "binance_futures_up", alias="alpha") == 1.0
+        assert value(m, "binance_futures_time_offset_seconds", host=host_of(sim)) == -3.0
+    finally:
+        sim.stop()

@@ -1,0 +1,103 @@
+"""Helpers shared by the monitoring-stack tests (test_promtool, test_stack_files, test_e2e_prometheus).
+
+A plain module, imported like conftest (tests/ is on sys.path):
+
+- `require_tool`: find promtool / prometheus on PATH, or skip (fail when CI is set),
+- `process`: run a command until it answers 200 on a ready URL, stop it afterwards,
+- `demo_exporter`: `python -m exporter --demo` on a free loopback port,
+- `http_get` / `fetch`: plain urllib GETs (fetch asserts 200 and returns the body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+import pytest
+
+from conftest import REPO, free_port
+
+__all__ = ["REPO", "PROM", "RULE_FILES", "DASHBOARD", "free_port", "require_tool", "http_get", "fetch",
+           "process", "demo_exporter"]
+
+PROM = REPO / "prometheus"
+RULE_FILES = [PROM / "rules.yml", PROM / "alerts.yml"]
+DASHBOARD = REPO / "grafana" / "dashboards" / "binance-futures.json"
+
+
+def require_tool(name: str) -> str:
+    """Path of `name` on PATH; skip without it, except under CI (then fail: CI installs it)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    msg = f"{name} not found on PATH (Debian/Ubuntu: apt-get install prometheus)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{msg}; CI is set, so this must not be skipped")
+    pytest.skip(msg)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET; HTTP errors are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def fetch(url: str, timeout: float = 15.0) -> str:
+    """Body of a GET that must answer 200 (e.g. the exporter's /metrics or /probe)."""
+    status, body = http_get(url, timeout=timeout)
+    assert status == 200, f"{url}: HTTP {status}: {body[:500]}"
+    return body
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], ready_url: str, name: str, timeout: float = 30.0) -> Iterator[None]:
+    """Start `cmd`, wait until `ready_url` answers 200, stop it (SIGTERM, then SIGKILL) on exit.
+
+    Fails the test with the tail of the process' output if it exits or is not ready in time.
+    """
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-4000:]
+
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"{name} exited with {proc.returncode}:\n{output()}")
+                with contextlib.suppress(OSError):
+                    if http_get(ready_url, timeout=2)[0] == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{name} not ready within {timeout}s:\n{output()}")
+                time.sleep(0.1)
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def demo_exporter(port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
+    """Run `python -m exporter --demo` on 127.0.0.1:`port` (default: a free one); yield its base URL."""
+    address = f"127.0.0.1:{port or free_port()}"
+    cmd = [sys.executable, "-m", "exporter", "--demo", f"--web.listen-address={address}"]
+    with process(cmd, f"http://{address}/-/ready", "exporter --demo", timeout=timeout):
+        yield f"http://{address}"
