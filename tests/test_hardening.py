@@ -238,3 +238,14 @@ def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:
         assert value(m, "binance_futures_time_offset_seconds", host=host_of(sim)) == -3.0
     finally:
         sim.stop()
+
+
+def test_proxy_environment_is_read_once_per_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.client import make_session
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    session = make_session("https://fapi.binance.com")
+    assert session.proxies.get("https") == "http://proxy.internal:3128"
+    assert session.trust_env is False  # no per-request environment scan
+    assert make_session("http://127.0.0.1:8080").proxies == {}
