@@ -1,6 +1,6 @@
 """Scrape-driven collection: fetch accounts in parallel, turn results into metric families.
 
-`Exporter` holds what lives across scrapes (sessions, host state, error
+`Exporter` holds what lives across scrapes (connection pools, host state, error
 counters, the thread pool). Each HTTP request builds a `ScrapeCollector`
 bound to its own deadline and target list, the blackbox_exporter pattern:
 nothing is polled in the background and nothing stale is exported.
@@ -119,7 +119,7 @@ class Exporter:
         futures = []
         for host in self.hosts.values():
             client = next(s.client for s in self.scrapers.values() if s.account.base_url == host.base_url)
-            futures.append(self.pool.submit(sync_clock, host, client.session,
+            futures.append(self.pool.submit(sync_clock, host, client.http,
                                             min(client.account.timeout_seconds, 5.0)))
         return futures
 

@@ -91,7 +91,7 @@ class AccountConfig:
 class Config:
     source: str
     accounts: tuple[AccountConfig, ...]
-    max_concurrency: int = 128
+    max_concurrency: int = 256
     weight_limit: int = 2400
     scrape_interval_seconds: float = 15.0
     weight_budget_share: float = 0.5

@@ -13,9 +13,6 @@ import hmac
 from typing import Protocol
 from urllib.parse import quote, urlencode
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-
 from exporter.secrets import Secret
 
 
@@ -57,10 +54,15 @@ class KeyPairSigner:
     """
 
     def __init__(self, key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
         self._key = key
         self.kind = "ed25519" if isinstance(key, ed25519.Ed25519PrivateKey) else "rsa"
 
     def sign(self, payload: str) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ed25519, padding
+
         data = payload.encode("ascii")
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
             raw = self._key.sign(data)
@@ -74,6 +76,10 @@ class KeyPairSigner:
 
 def load_private_key(pem: bytes, passphrase: bytes | None) -> KeyPairSigner:
     """Parse a PEM private key; errors are plain messages that never quote the key."""
+    # Imported here: cryptography adds ~7 MB RSS, and HMAC-only configs never need it.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     try:
         key = serialization.load_pem_private_key(pem, password=passphrase)
     except TypeError as exc:  # password given for an unencrypted key, or missing for an encrypted one

@@ -7,6 +7,7 @@ prometheus_client's own WSGI app for content negotiation and gzip.
 
 from __future__ import annotations
 
+import gzip
 import html
 import logging
 import socket
@@ -17,8 +18,9 @@ from typing import Callable, Iterable
 from urllib.parse import parse_qs, quote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter import __version__
 from exporter.collector import Exporter, ScrapeCollector
@@ -75,6 +77,54 @@ def landing_page(exporter: Exporter, telemetry_path: str) -> str:
 """
 
 
+# prometheus_client's make_wsgi_app gzips at level 9: with 300 accounts (1.1 MB of
+# text) that is ~47 ms of CPU per scrape against ~12 ms at level 6, for a body
+# only ~3 % smaller.
+GZIP_LEVEL = 6
+
+
+def _wants_text(accept: str) -> bool:
+    """Serve the classic text format whenever the client accepts it.
+
+    Prometheus lists OpenMetrics first but accepts text/plain too; rendering
+    OpenMetrics costs ~45 % more CPU in prometheus_client and adds nothing for
+    gauges and counters without exemplars. Go exporters behave the same by
+    default. A client that accepts only OpenMetrics still gets it.
+    """
+    return not accept or any(part.split(";")[0].strip() in ("text/plain", "*/*", "text/*")
+                             for part in accept.split(","))
+
+
+class _OnlyNames:
+    """`?name[]=…` filtering (as prometheus_client's own app offers) without needing describe()."""
+
+    def __init__(self, registry: CollectorRegistry, names: set[str]) -> None:
+        self._registry = registry
+        self._names = names
+
+    def collect(self) -> Iterable:
+        for family in self._registry.collect():
+            if family.name in self._names or f"{family.name}_total" in self._names:
+                yield family
+
+
+def exposition(registry: CollectorRegistry, environ: dict, start_response: StartResponse) -> list[bytes]:
+    accept = environ.get("HTTP_ACCEPT", "")
+    if _wants_text(accept):
+        encoder, content_type = generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+    else:
+        encoder, content_type = choose_encoder(accept)
+    names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
+    output = encoder(_OnlyNames(registry, set(names)) if names else registry)
+    headers = [("Content-Type", content_type)]
+    if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+        output = gzip.compress(output, compresslevel=GZIP_LEVEL)
+        headers.append(("Content-Encoding", "gzip"))
+    headers.append(("Content-Length", str(len(output))))
+    start_response("200 OK", headers)
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [output]
+
+
 def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAuth | None = None,
              ready: Callable[[], bool] = lambda: True) -> Callable[[dict, StartResponse], Iterable[bytes]]:
     aliases = list(exporter.scrapers)
@@ -85,7 +135,7 @@ def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAu
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        return make_wsgi_app(registry)(environ, start_response)
+        return exposition(registry, environ, start_response)
 
     def probe(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         targets = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
@@ -97,7 +147,7 @@ def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAu
                          f"unknown target {target!r}: not an alias in the config\n")
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ScrapeCollector(exporter, [target], scrape_budget(environ, None), include_exporter=False))
-        return make_wsgi_app(registry)(environ, start_response)
+        return exposition(registry, environ, start_response)
 
     def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")

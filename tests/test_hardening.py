@@ -240,12 +240,63 @@ def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:
         sim.stop()
 
 
-def test_proxy_environment_is_read_once_per_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    from exporter.client import make_session
+def test_proxy_environment_is_read_once_per_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib3
+
+    from exporter.client import make_http
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    session = make_session("https://fapi.binance.com")
-    assert session.proxies.get("https") == "http://proxy.internal:3128"
-    assert session.trust_env is False  # no per-request environment scan
-    assert make_session("http://127.0.0.1:8080").proxies == {}
+    via_proxy = make_http("https://fapi.binance.com")
+    assert isinstance(via_proxy, urllib3.ProxyManager)
+    assert via_proxy.proxy is not None and via_proxy.proxy.host == "proxy.internal"
+    direct = make_http("http://127.0.0.1:8080")
+    assert isinstance(direct, urllib3.HTTPConnectionPool)
+
+
+def test_requests_go_through_an_http_proxy_from_the_environment(sim: Simulator, make_harness,  # noqa: F811
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward proxy on loopback sees the balance requests; values arrive intact."""
+    import http.server
+    import threading
+    import urllib.request
+
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            seen.append(self.path.split("?")[0])
+            upstream = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            req = urllib.request.Request(self.path, headers={k: v for k, v in self.headers.items()
+                                                             if k.lower() not in ("host", "proxy-connection")})
+            try:
+                with upstream.open(req, timeout=5) as resp:
+                    status, headers, body = resp.status, resp.headers, resp.read()
+            except urllib.error.HTTPError as err:
+                status, headers, body = err.code, err.headers, err.read()
+            self.send_response(status)
+            for key in ("Content-Type", "X-MBX-USED-WEIGHT-1M"):
+                if headers.get(key):
+                    self.send_header(key, headers[key])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        # The exporter reaches the simulator as "localhost" (proxied); the test's own
+        # scrapes go to 127.0.0.1 (bypassed).
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.delenv("no_proxy", raising=False)
+        via_name = sim.base_url.replace("127.0.0.1", "localhost")
+        m = make_harness(config_dict(via_name, accounts=ACCOUNTS[:1])).scrape()
+        assert value(m, "binance_futures_balance", alias="alpha", asset="USDT") == 122607.35137903
+        assert "/fapi/v3/balance" in [p.replace(via_name, "") for p in seen]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

@@ -291,13 +291,20 @@ def test_landing_page_and_health(sim: Simulator, make_harness) -> None:
     assert h.get("/nope").status_code == 404
 
 
-def test_gzip_and_openmetrics_negotiation(sim: Simulator, make_harness) -> None:
+def test_gzip_and_format_negotiation(sim: Simulator, make_harness) -> None:
     h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
     resp = h.get(headers={"Accept-Encoding": "gzip"})
     assert resp.headers.get("Content-Encoding") == "gzip"
+    assert value(parse_metrics(resp.text), "binance_futures_up", alias="alpha") == 1.0
+    # What Prometheus sends: OpenMetrics preferred, text accepted -> the cheaper text format.
+    prom = h.get(headers={"Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                                    "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
+    assert prom.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     om = h.get(headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert om.headers["Content-Type"].startswith("application/openmetrics-text")
     assert om.text.rstrip().endswith("# EOF")
+    only_up = parse_metrics(h.get("/metrics?name[]=binance_futures_up").text)
+    assert {name for name, _ in only_up} == {"binance_futures_up"}
 
 
 def test_thresholds_are_exported_and_keep_zero_assets(sim: Simulator, make_harness) -> None:
