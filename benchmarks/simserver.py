@@ -27,10 +27,7 @@ if __package__ in (None, ""):  # `python benchmarks/simserver.py`
 
 from benchmarks.procstats import ASSETS, credentials  # noqa: E402
 from exporter.simulator import Fault, SimAccount, Simulator  # noqa: E402
-
-
-def _decimal(value: float) -> str:
-    return f"{value:.8f}"
+from exporter.simulator.schema import format_decimal  # noqa: E402
 
 
 def balance_rows(index: int, assets: int, seed: int = 0) -> list[dict]:
@@ -43,11 +40,11 @@ def balance_rows(index: int, assets: int, seed: int = 0) -> list[dict]:
         available = wallet * rng.uniform(0.5, 0.95)
         rows.append({
             "asset": asset,
-            "balance": _decimal(wallet),
-            "crossWalletBalance": _decimal(wallet),
-            "crossUnPnl": _decimal(wallet * rng.uniform(-0.02, 0.04)),
-            "availableBalance": _decimal(available),
-            "maxWithdrawAmount": _decimal(available * 0.98),
+            "balance": format_decimal(wallet),
+            "crossWalletBalance": format_decimal(wallet),
+            "crossUnPnl": format_decimal(wallet * rng.uniform(-0.02, 0.04)),
+            "availableBalance": format_decimal(available),
+            "maxWithdrawAmount": format_decimal(available * 0.98),
             "marginAvailable": n < 3,
             "updateTime": 1_700_000_000_000 + index * 1000 + n,
         })

@@ -60,13 +60,13 @@ class KeyPairSigner:
         self.kind = "ed25519" if isinstance(key, ed25519.Ed25519PrivateKey) else "rsa"
 
     def sign(self, payload: str) -> str:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ed25519, padding
-
         data = payload.encode("ascii")
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
+        if self.kind == "ed25519":
             raw = self._key.sign(data)
         else:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import padding
+
             raw = self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
         return quote(base64.b64encode(raw).decode("ascii"), safe="")
 

@@ -1,8 +1,8 @@
 """The HTTP front: a small WSGI app with a route map, served by a threading server.
 
 /metrics and /probe each build a fresh registry bound to that request's
-deadline (Prometheus' X-Prometheus-Scrape-Timeout-Seconds), and hand it to
-prometheus_client's own WSGI app for content negotiation and gzip.
+deadline (Prometheus' X-Prometheus-Scrape-Timeout-Seconds), rendered by
+prometheus_client's encoders (`exposition` below picks the format and gzips).
 """
 
 from __future__ import annotations
@@ -95,17 +95,12 @@ def _wants_text(accept: str) -> bool:
                              for part in accept.split(","))
 
 
-class _OnlyNames:
-    """`?name[]=…` filtering (as prometheus_client's own app offers) without needing describe()."""
-
-    def __init__(self, registry: CollectorRegistry, names: set[str]) -> None:
-        self._registry = registry
-        self._names = names
-
-    def collect(self) -> Iterable:
-        for family in self._registry.collect():
-            if family.name in self._names or f"{family.name}_total" in self._names:
-                yield family
+def scrape_registry(collector: ScrapeCollector) -> CollectorRegistry:
+    """A registry for one request; `support_collectors_without_names` lets `?name[]=`
+    filtering (restricted_registry) see our collector, which has no describe()."""
+    registry = CollectorRegistry(auto_describe=False, support_collectors_without_names=True)
+    registry.register(collector)
+    return registry
 
 
 def exposition(registry: CollectorRegistry, environ: dict, start_response: StartResponse) -> list[bytes]:
@@ -115,7 +110,7 @@ def exposition(registry: CollectorRegistry, environ: dict, start_response: Start
     else:
         encoder, content_type = choose_encoder(accept)
     names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
-    output = encoder(_OnlyNames(registry, set(names)) if names else registry)
+    output = encoder(registry.restricted_registry(names) if names else registry)
     headers = [("Content-Type", content_type)]
     if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
         output = gzip.compress(output, compresslevel=GZIP_LEVEL)
@@ -130,8 +125,8 @@ def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAu
     aliases = list(exporter.scrapers)
 
     def metrics(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(ScrapeCollector(exporter, aliases, scrape_budget(environ, None), include_exporter=True))
+        registry = scrape_registry(ScrapeCollector(exporter, aliases, scrape_budget(environ, None),
+                                                   include_exporter=True))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
@@ -145,8 +140,8 @@ def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAu
         if target not in exporter.scrapers:
             return _text(start_response, "400 Bad Request",
                          f"unknown target {target!r}: not an alias in the config\n")
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(ScrapeCollector(exporter, [target], scrape_budget(environ, None), include_exporter=False))
+        registry = scrape_registry(ScrapeCollector(exporter, [target], scrape_budget(environ, None),
+                                                   include_exporter=False))
         return exposition(registry, environ, start_response)
 
     def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
