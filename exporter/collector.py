@@ -243,7 +243,7 @@ def build_families(exporter: Exporter, results: Sequence[AccountResult],
 
 def host_families(exporter: Exporter, base_urls: set[str]) -> list[Metric]:
     weight = GaugeMetricFamily(f"{NS}_used_weight",
-                               "Request weight Binance reports used by this IP (last X-MBX-USED-WEIGHT-1M seen).",
+                               "Request weight Binance reports used by this IP: highest X-MBX-USED-WEIGHT-1M seen this minute.",
                                labels=["host", "interval"])
     limit = GaugeMetricFamily(f"{NS}_weight_limit", "Request weight limit per IP (config weight_limit).",
                               labels=["host", "interval"])
