@@ -10,21 +10,18 @@ import os
 import signal
 import sys
 import threading
-from collections import Counter
 from typing import Sequence
 
 from exporter import __version__
-from exporter.collector import Exporter
-from exporter.config import Config, ConfigError, load_config
-from exporter.logs import LEVELS, setup_logging
+from exporter.config import ConfigError, load_config
+from exporter.engine import Engine
+from exporter.logs import LEVELS, fields, setup_logging
 from exporter.web import make_app, parse_listen_address, serve
 from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9894
-# Documented weight of one balance call. v2 was announced to rise to 10; assume the worst.
-ENDPOINT_WEIGHT = {"v3": 5, "v2": 10}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,23 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def weight_warnings(config: Config) -> list[str]:
-    """Warn when polling alone would eat more than weight_budget_share of a host's per-IP limit."""
-    per_host: Counter[str] = Counter()
-    for acc in config.accounts:
-        per_host[acc.host] += ENDPOINT_WEIGHT[acc.api_version]
-    budget = config.weight_limit * config.weight_budget_share
-    out = []
-    for host, weight_per_round in per_host.items():
-        per_minute = weight_per_round * 60.0 / config.scrape_interval_seconds
-        if per_minute > budget:
-            out.append(
-                f"accounts on {host} would use {per_minute:.0f} weight/minute at a "
-                f"{config.scrape_interval_seconds:g}s scrape interval, more than "
-                f"{config.weight_budget_share:.0%} of the {config.weight_limit}/minute per-IP limit "
-                f"shared with your bots; scrape less often, set cache_seconds, or shard with /probe"
-            )
-    return out
+def log_budget(engine: Engine) -> None:
+    """Say at start what freshness the config will get within each host's weight budget."""
+    for plan in engine.budget_plans():
+        info = fields(host=plan.host, accounts=plan.accounts, demand_per_minute=round(plan.demand_per_minute),
+                      budget_per_minute=round(plan.budget_per_minute), refresh_every_s=round(plan.refresh_every_s, 1))
+        if plan.fits:
+            log.info("weight budget: every account refreshed each scrape", extra=info)
+        elif plan.refresh_every_s <= plan.max_data_age_s:
+            log.warning("weight budget: scraping every account every time would exceed the budget; "
+                        "each account is refreshed about every refresh_every_s seconds instead", extra=info)
+        else:
+            log.warning("weight budget: accounts cannot be refreshed within max_data_age_seconds and will "
+                        "show up=0 between refreshes; scrape less often, raise max_data_age_seconds, "
+                        "or shard with /probe over several IPs", extra=info)
 
 
 def limit_malloc_arenas() -> None:
@@ -106,33 +100,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             from exporter.demo import start_demo
 
             simulator, config = start_demo()
-            log.info("demo mode: simulated Binance API url=%s accounts=%d", simulator.base_url, len(config.accounts))
+            log.info("demo mode: simulated Binance API", extra=fields(url=simulator.base_url,
+                                                                      accounts=len(config.accounts)))
         else:
             config = load_config(args.config_file)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for warning in config.warnings:
-        log.warning("config: %s", warning)
-    for warning in weight_warnings(config):
-        log.warning("weight budget: %s", warning)
+        log.warning("config problem", extra=fields(warning=warning))
+    limit_malloc_arenas()
+    engine = Engine(config)
+    log_budget(engine)
     if args.config_check:
+        engine.close()
         print(f"{config.source}: OK, {len(config.accounts)} account(s)")
         return 0
 
-    limit_malloc_arenas()
-    exporter = Exporter(config)
     # Everything built so far (modules, config, pools) lives as long as the
     # process: move it out of the cyclic GC's way, so the collections that the
     # per-scrape garbage triggers stay cheap (~10 % less CPU per scrape).
     gc.freeze()
-    sync = exporter.sync_clocks()
-    app = make_app(exporter, args.telemetry_path, web.auth, ready=lambda: all(f.done() for f in sync))
+    sync = engine.start()
+    app = make_app(engine, args.telemetry_path, web.auth, ready=lambda: all(f.done() for f in sync))
     try:
         server = serve(app, args.listen_address, web.ssl_context)
     except OSError as exc:
         print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
-        exporter.close()
+        engine.close()
         if simulator is not None:
             simulator.stop()
         return 1
@@ -143,9 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shown = f"[{shown}]"
     scheme = "https" if web.ssl_context else "http"
     url = f"{scheme}://{shown}:{server.server_port}{args.telemetry_path}"
-    log.info("listening address=%s metrics=%s accounts=%d version=%s tls=%s basic_auth=%s",
-             args.listen_address, url, len(config.accounts), __version__,
-             web.ssl_context is not None, web.auth is not None)
+    log.info("listening", extra=fields(address=args.listen_address, metrics=url, accounts=len(config.accounts),
+                                       version=__version__, tls=web.ssl_context is not None,
+                                       basic_auth=web.auth is not None))
     print(f"Serving metrics at {url}", flush=True)
 
     stop = threading.Event()
@@ -158,9 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     while not stop.wait(1.0):
         pass
     log.info("shutting down")
+    engine.close()  # first: cuts requests in flight, so the scrapes waiting on them end now
     server.shutdown()
     server.server_close()
-    exporter.close()
     if simulator is not None:
         simulator.stop()
     return 0

@@ -24,8 +24,17 @@ from exporter.secrets import Secret
 from exporter.signing import HmacSigner, KeyPairSigner, Signer, load_private_key
 
 DEFAULT_BASE_URL = "https://fapi.binance.com"
+DEFAULT_COINM_BASE_URL = "https://dapi.binance.com"
+DEFAULT_PM_BASE_URL = "https://papi.binance.com"
+DEFAULT_SAPI_BASE_URL = "https://api.binance.com"
 API_VERSIONS = ("v3", "v2")
+ENDPOINTS = ("balance", "account")
+MARKETS = ("usdm", "coinm", "pm")
+SUB_ACCOUNT_MARKETS = ("usdm", "coinm")
 MAX_RECV_WINDOW_MS = 60000
+# A refresh younger than this share of the scrape interval serves the next scrape:
+# an HA pair (or /metrics and /probe) then costs the weight of one scraper.
+REFRESH_SHARE = 0.8
 
 # Keys an account may set, that `defaults` may also set.
 SHARED_KEYS = (
@@ -34,7 +43,17 @@ SHARED_KEYS = (
     "recv_window_ms",
     "timeout_seconds",
     "cache_seconds",
+    "max_data_age_seconds",
     "min_available_balance",
+    "markets",
+    "endpoint",
+    "positions",
+    "coinm_base_url",
+    "pm_base_url",
+    "sapi_base_url",
+    "max_margin_ratio",
+    "min_liquidation_distance",
+    "min_uni_mmr",
 )
 CREDENTIAL_KEYS = (
     "api_key",
@@ -45,12 +64,16 @@ CREDENTIAL_KEYS = (
     "private_key_passphrase",
     "private_key_passphrase_file",
 )
-ACCOUNT_KEYS = ("alias",) + CREDENTIAL_KEYS + SHARED_KEYS
+ACCOUNT_KEYS = ("alias",) + CREDENTIAL_KEYS + SHARED_KEYS + ("sub_accounts",)
+SUB_ACCOUNT_KEYS = ("include", "exclude", "aliases", "markets", "discovery_interval_seconds")
 TOP_KEYS = (
     "defaults",
     "accounts",
     "max_concurrency",
     "weight_limit",
+    "coinm_weight_limit",
+    "pm_weight_limit",
+    "sapi_weight_limit",
     "scrape_interval_seconds",
     "weight_budget_share",
     "skip_zero_balances",
@@ -65,6 +88,17 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class SubAccounts:
+    """`sub_accounts:` of a master account: which sub-accounts to discover and how to name them."""
+
+    include: tuple[str, ...] = ("*",)  # email globs
+    exclude: tuple[str, ...] = ()
+    aliases: Mapping[str, str] = field(default_factory=dict)  # email -> alias
+    markets: tuple[str, ...] = ("usdm",)
+    discovery_interval_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     alias: str
     api_key: Secret = field(repr=False)
@@ -73,18 +107,25 @@ class AccountConfig:
     api_version: str = "v3"
     recv_window_ms: int = 5000
     timeout_seconds: float = 5.0
-    cache_seconds: float = 0.0
+    cache_seconds: float | None = None  # None: derived from scrape_interval_seconds
+    max_data_age_seconds: float = 300.0
     min_available_balance: Mapping[str, float] = field(default_factory=dict)
+    markets: tuple[str, ...] = ("usdm",)
+    endpoint: str = "balance"
+    positions: bool = False
+    coinm_base_url: str = DEFAULT_COINM_BASE_URL
+    pm_base_url: str = DEFAULT_PM_BASE_URL
+    sapi_base_url: str = DEFAULT_SAPI_BASE_URL
+    max_margin_ratio: float | None = None
+    min_liquidation_distance: float | None = None
+    min_uni_mmr: float | None = None
+    sub_accounts: SubAccounts | None = None
     host_label: str = ""  # not a config key: lets --demo keep one `host` across restarts
 
-    @property
-    def host(self) -> str:
-        """The `host` label: Binance's weight limit and bans are per host and IP."""
-        return self.host_label or urlsplit(self.base_url).netloc
-
-    @property
-    def balance_path(self) -> str:
-        return f"/fapi/{self.api_version}/balance"
+    def base_url_for(self, market: str) -> str:
+        """The API host of a market ("sapi" for the sub-account endpoints)."""
+        return {"usdm": self.base_url, "coinm": self.coinm_base_url, "pm": self.pm_base_url,
+                "sapi": self.sapi_base_url}[market]
 
 
 @dataclass(frozen=True)
@@ -93,16 +134,24 @@ class Config:
     accounts: tuple[AccountConfig, ...]
     max_concurrency: int = 256
     weight_limit: int = 2400
+    coinm_weight_limit: int = 2400
+    pm_weight_limit: int = 6000
+    sapi_weight_limit: int = 12000
     scrape_interval_seconds: float = 15.0
     weight_budget_share: float = 0.5
     skip_zero_balances: bool = True
     warnings: tuple[str, ...] = ()
 
-    def account(self, alias: str) -> AccountConfig | None:
-        for acc in self.accounts:
-            if acc.alias == alias:
-                return acc
-        return None
+    def weight_limit_for(self, kind: str) -> int:
+        """Binance's request-weight limit per minute and IP on a kind of host."""
+        return {"usdm": self.weight_limit, "coinm": self.coinm_weight_limit, "pm": self.pm_weight_limit,
+                "sapi": self.sapi_weight_limit}[kind]
+
+    def refresh_after(self, account: AccountConfig) -> float:
+        """How old an account's data may be before a scrape asks for a new fetch."""
+        if account.cache_seconds is not None:
+            return account.cache_seconds
+        return REFRESH_SHARE * self.scrape_interval_seconds
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -349,9 +398,80 @@ def _shared(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str], warni
     if "cache_seconds" in raw:
         out["cache_seconds"] = _number(ctx, "cache_seconds", raw["cache_seconds"], environ,
                                        minimum=0, maximum=3600)
+    if "max_data_age_seconds" in raw:
+        out["max_data_age_seconds"] = _number(ctx, "max_data_age_seconds", raw["max_data_age_seconds"], environ,
+                                              minimum=1, maximum=86400)
     if "min_available_balance" in raw:
         out["min_available_balance"] = _thresholds(ctx, "min_available_balance", raw["min_available_balance"], environ)
+    if "markets" in raw:
+        out["markets"] = _choices(ctx, "markets", raw["markets"], MARKETS, allow_empty=True)
+    if "endpoint" in raw:
+        endpoint = raw["endpoint"]
+        if endpoint not in ENDPOINTS:
+            raise ctx.error("endpoint", f"must be balance or account, got {_type_name(endpoint)}"
+                            if not isinstance(endpoint, str) else "must be balance or account")
+        out["endpoint"] = endpoint
+    if "positions" in raw:
+        out["positions"] = _boolean(ctx, "positions", raw["positions"])
+    for key in ("coinm_base_url", "pm_base_url", "sapi_base_url"):
+        if key in raw:
+            out[key] = _base_url(ctx, key, raw[key], environ, warnings)
+    for key, low, high in (("max_margin_ratio", 0, 1), ("min_liquidation_distance", 0, 1), ("min_uni_mmr", 0, 1000)):
+        if key in raw:
+            out[key] = _number(ctx, key, raw[key], environ, minimum=low, maximum=high, exclusive_min=True)
     return out
+
+
+def _choices(ctx: _Ctx, key: str, value: Any, allowed: tuple[str, ...], allow_empty: bool = False) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ctx.error(key, f"must be a list of {', '.join(allowed)}, got {_type_name(value)}")
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        raise ctx.error(key, f"must only hold {', '.join(allowed)}")
+    if len(set(value)) != len(value):
+        raise ctx.error(key, "lists a market twice")
+    if not value and not allow_empty:
+        raise ctx.error(key, "must not be empty")
+    return tuple(value)
+
+
+def _globs(ctx: _Ctx, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ctx.error(key, "must be a non-empty list of email patterns like '*@example.com'")
+    return tuple(value)
+
+
+def _sub_accounts(ctx: _Ctx, value: Any, environ: Mapping[str, str]) -> SubAccounts:
+    if value is None:
+        return SubAccounts()
+    if not isinstance(value, dict):
+        raise ctx.error("sub_accounts", f"must be a mapping (include, exclude, aliases, markets, "
+                        f"discovery_interval_seconds), got {_type_name(value)}")
+    sub = _Ctx(ctx.source, f"{ctx.where}: sub_accounts")
+    _check_keys(sub, value, SUB_ACCOUNT_KEYS)
+    out: dict[str, Any] = {}
+    for key in ("include", "exclude"):
+        if key in value:
+            out[key] = _globs(sub, key, value[key])
+    if "markets" in value:
+        out["markets"] = _choices(sub, "markets", value["markets"], SUB_ACCOUNT_MARKETS)
+    if "discovery_interval_seconds" in value:
+        out["discovery_interval_seconds"] = _number(sub, "discovery_interval_seconds",
+                                                    value["discovery_interval_seconds"], environ,
+                                                    minimum=10, maximum=86400)
+    if "aliases" in value:
+        aliases = value["aliases"]
+        if not isinstance(aliases, dict):
+            raise sub.error("aliases", f"must be a mapping of email to alias, got {_type_name(aliases)}")
+        for email, alias in aliases.items():
+            if not isinstance(email, str) or "@" not in email:
+                raise sub.error("aliases", "keys must be sub-account emails")
+            if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+                raise sub.error(f"aliases.{email}", "must be 1-64 characters of letters, digits and _ . : @ -")
+        if len(set(aliases.values())) != len(aliases):
+            raise sub.error("aliases", "gives two sub-accounts the same alias")
+        out["aliases"] = dict(aliases)
+    return SubAccounts(**out)
 
 
 def parse_config(data: Any, source: str = "config.yaml",
@@ -401,15 +521,19 @@ def parse_config(data: Any, source: str = "config.yaml",
             settings["min_available_balance"] = {
                 **defaults["min_available_balance"], **settings["min_available_balance"]
             }
+        if "sub_accounts" in raw:
+            settings["sub_accounts"] = _sub_accounts(ctx, raw["sub_accounts"], env)
+        elif not settings.get("markets", ("usdm",)):
+            raise ctx.error("markets", "must not be empty (an empty list only makes sense with sub_accounts)")
         accounts.append(AccountConfig(alias=alias, api_key=api_key, signer=signer, **settings))
 
     globals_: dict[str, Any] = {}
     if "max_concurrency" in data:
         globals_["max_concurrency"] = _number(top, "max_concurrency", data["max_concurrency"], env,
                                               minimum=1, maximum=1024, integer=True)
-    if "weight_limit" in data:
-        globals_["weight_limit"] = _number(top, "weight_limit", data["weight_limit"], env,
-                                           minimum=1, maximum=1_000_000, integer=True)
+    for key in ("weight_limit", "coinm_weight_limit", "pm_weight_limit", "sapi_weight_limit"):
+        if key in data:
+            globals_[key] = _number(top, key, data[key], env, minimum=1, maximum=1_000_000, integer=True)
     if "scrape_interval_seconds" in data:
         globals_["scrape_interval_seconds"] = _number(top, "scrape_interval_seconds",
                                                       data["scrape_interval_seconds"], env,

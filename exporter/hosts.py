@@ -1,8 +1,8 @@
-"""State shared by every account on one Binance host: clock offset, back-off, used weight.
+"""What every account on one Binance host shares: back-off, clock, weight budget, counters.
 
 Binance counts request weight and bans per IP, and its clock is the same for
-all accounts, so these live per `base_url` rather than per account: one 429
-stops every account on that host, one /time call fixes the clock for all.
+all accounts, so these live per base URL rather than per account: one 429
+pauses every account on that host, one time request fixes the clock for all.
 """
 
 from __future__ import annotations
@@ -10,106 +10,122 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+
+from exporter.clock import Clock
+from exporter.governor import Governor
 
 DEFAULT_429_BACKOFF_S = 60.0
 DEFAULT_418_BACKOFF_S = 120.0
-MAX_BACKOFF_S = 3 * 24 * 3600.0
+MAX_BACKOFF_S = 3 * 24 * 3600.0  # Binance's longest ban
 BAN_UNTIL_RE = re.compile(r"banned until (\d{12,14})")
+SECONDS_RE = re.compile(r"\s*(\d{1,9})\s*")
+WEIGHT_RE = re.compile(r"\s*(\d{1,9})\s*")
+
+
+def retry_after_seconds(raw: str | None) -> float | None:
+    """Retry-After in seconds, or None when missing, unparsable or absurd (then a default applies)."""
+    if raw is None:
+        return None
+    match = SECONDS_RE.fullmatch(raw)
+    if not match:
+        return None
+    seconds = float(match.group(1))
+    return seconds if 0 < seconds <= MAX_BACKOFF_S else None
+
+
+def parse_weight(raw: str | None) -> int | None:
+    """X-MBX-USED-WEIGHT-1M as a small integer; anything else is ignored."""
+    match = WEIGHT_RE.fullmatch(raw) if raw is not None else None
+    return int(match.group(1)) if match else None
 
 
 @dataclass
-class HostState:
-    base_url: str
-    host: str
-    weight_limit: int = 2400
-    offset_ms: int = 0
-    synced_at: float | None = None  # monotonic time of the last successful /time
-    used_weight: int | None = None
-    backoff_until: float = 0.0  # monotonic
-    backoff_reason: str = ""  # "rate_limited" or "ip_banned"
-    _penalties: int = 0
-    _weight_minute: int = -1
+class Backoff:
+    """The pause after a 429/418. One event pauses once; only a repeat after a pause escalates.
+
+    Answers to requests that were already in flight when a pause began are the
+    same event (they were sent before we knew): they extend nothing. A 429/418
+    to a request sent after a pause ended, with no success in between, doubles
+    the default pause, because Binance escalates bans for repeat offenders.
+    """
+
+    until: float = 0.0  # monotonic
+    started: float = float("-inf")  # monotonic start of the latest pause
+    reason: str = ""  # "rate_limited" or "ip_banned"
+    penalties: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    sync_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    # Looked up on each call (not bound at import) so freezegun/time-machine can steer them.
-    def wall(self) -> float:
-        return time.time()
-
-    def monotonic(self) -> float:
+    @staticmethod
+    def monotonic() -> float:
         return time.monotonic()
 
-    def now_ms(self) -> int:
-        """Binance's clock as we best know it: local time plus the measured offset."""
-        return int(self.wall() * 1000) + self.offset_ms
+    @staticmethod
+    def wall() -> float:
+        return time.time()
 
-    def backoff_remaining(self) -> float:
+    def remaining(self) -> tuple[float, str]:
         with self.lock:
-            return max(0.0, self.backoff_until - self.monotonic())
+            left = max(0.0, self.until - self.monotonic())
+            return left, (self.reason if left > 0 else "")
 
-    def current_backoff(self) -> tuple[float, str]:
-        with self.lock:
-            remaining = max(0.0, self.backoff_until - self.monotonic())
-            return remaining, (self.backoff_reason if remaining > 0 else "")
-
-    def note_weight(self, value: str | None) -> None:
-        if value is None:
-            return
-        try:
-            weight = int(value)
-        except ValueError:
-            return
-        # Answers to parallel requests arrive out of order; within one minute
-        # window the counter only grows, so keep the highest value seen.
-        minute = self.now_ms() // 60000
-        with self.lock:
-            if minute == self._weight_minute and self.used_weight is not None:
-                weight = max(weight, self.used_weight)
-            self.used_weight = weight
-            self._weight_minute = minute
-
-    def note_offset(self, offset_ms: int) -> None:
-        with self.lock:
-            self.offset_ms = offset_ms
-            self.synced_at = self.monotonic()
-
-    def sync_age(self) -> float | None:
-        with self.lock:
-            return None if self.synced_at is None else self.monotonic() - self.synced_at
-
-    def note_limited(self, status: int, retry_after: str | None, message: str | None) -> float:
-        """Record a 429/418 and return how long every account on this host now waits.
-
-        Retry-After wins when present; a 418's "banned until <ms>" is next; else
-        60 s (429) or 120 s (418), doubling for each repeat without a success
-        in between, because Binance escalates bans for repeat offenders.
-        """
+    def note(self, status: int, retry_after: str | None, message: str | None, sent_at: float) -> float:
+        """Record a 429/418 to a request sent at `sent_at` (monotonic); return the pause left."""
         banned = status == 418
-        seconds: float | None = None
-        if retry_after is not None:
-            try:
-                seconds = float(int(retry_after.strip()))
-            except ValueError:
-                seconds = None
-        if seconds is None and banned and message:
+        explicit = retry_after_seconds(retry_after)
+        if explicit is None and banned and message:
             match = BAN_UNTIL_RE.search(message)
             if match:
-                seconds = int(match.group(1)) / 1000.0 - self.wall()
+                left = int(match.group(1)) / 1000.0 - self.wall()
+                explicit = left if 0 < left <= MAX_BACKOFF_S else None
         with self.lock:
-            if seconds is None or seconds <= 0:
+            now = self.monotonic()
+            if sent_at < self.started:
+                # In flight when the pause began: the same event. Binance's own
+                # "until" can only make us wait for what it already enforces.
+                if explicit is not None and now + explicit > self.until:
+                    self.until = now + explicit
+                if banned:
+                    self.reason = "ip_banned"
+                return max(0.0, self.until - now)
+            repeat = self.started > float("-inf") and self.until <= now and self.penalties > 0
+            self.penalties = self.penalties + 1 if repeat else 1
+            if explicit is None:
                 base = DEFAULT_418_BACKOFF_S if banned else DEFAULT_429_BACKOFF_S
-                seconds = base * (2 ** min(self._penalties, 20))
-            seconds = min(seconds, MAX_BACKOFF_S)
-            self._penalties += 1
-            until = self.monotonic() + seconds
-            if until > self.backoff_until:
-                self.backoff_until = until
-                self.backoff_reason = "ip_banned" if banned else "rate_limited"
-            elif banned:
-                self.backoff_reason = "ip_banned"
-            return max(0.0, self.backoff_until - self.monotonic())
+                explicit = min(base * 2 ** min(self.penalties - 1, 20), MAX_BACKOFF_S)
+            self.until = max(self.until, now + explicit)
+            self.started = now
+            self.reason = "ip_banned" if banned else "rate_limited"
+            return self.until - now
 
     def note_success(self) -> None:
         with self.lock:
-            self._penalties = 0
+            self.penalties = 0
+
+
+@dataclass(eq=False)  # compared and hashed by identity: a dict key of the engine
+class Host:
+    """One Binance API host (one base URL) and everything its accounts share."""
+
+    base_url: str
+    label: str  # the `host` label
+    kind: str  # "usdm", "coinm", "pm" or "sapi": which time endpoint and weight header apply
+    governor: Governor
+    clock: Clock
+    backoff: Backoff = field(default_factory=Backoff)
+    deferred: int = 0
+    limited_responses: Counter[int] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_deferred(self, n: int = 1) -> None:
+        with self.lock:
+            self.deferred += n
+
+    def count_limited(self, status: int) -> None:
+        with self.lock:
+            self.limited_responses[status] += 1
+
+    def counters(self) -> tuple[int, dict[int, int]]:
+        with self.lock:
+            return self.deferred, dict(self.limited_responses)

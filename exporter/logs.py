@@ -1,55 +1,65 @@
-"""One line per event on stderr, logfmt (`ts=… level=… msg=…`) or JSON, like the Go exporters."""
+"""One line per event on stderr, logfmt (`ts=… level=… msg=…`) or JSON, like the Go exporters.
+
+Structured fields travel as fields, never inside the message text:
+
+    log.warning("scrape failed", extra=fields(alias="main", reason="auth"))
+
+so a value holding spaces, quotes, `=` or newlines is quoted once, by the
+formatter, instead of being re-parsed out of a formatted string.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
+from typing import Any, Mapping
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
-_KV_RE = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S*)")
+FIELDS_ATTR = "fields"
+
+
+def fields(**values: Any) -> dict[str, Mapping[str, Any]]:
+    """The `extra=` of a log call carrying structured fields; None values are left out."""
+    return {FIELDS_ATTR: {k: v for k, v in values.items() if v is not None}}
 
 
 def _level_name(record: logging.LogRecord) -> str:
     return {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname, record.levelname.lower())
 
 
-def _split(message: str) -> tuple[str, list[tuple[str, str]]]:
-    """Our messages are written 'what happened key=value ...': split the text from the fields."""
-    first = _KV_RE.search(message)
-    if not first:
-        return message, []
-    text = message[: first.start()].strip()
-    fields = [(m.group(1), m.group(2).strip("'\"")) for m in _KV_RE.finditer(message, first.start())]
-    return text, fields
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+def _record_fields(record: logging.LogRecord) -> list[tuple[str, str]]:
+    out = [(str(k), v if isinstance(v, str) else str(v))
+           for k, v in (getattr(record, FIELDS_ATTR, None) or {}).items()]
+    if record.exc_info:
+        # The last line of a traceback ("ValueError: boom") is the part worth a log line.
+        out.append(("error", logging.Formatter().formatException(record.exc_info).splitlines()[-1]))
+    return out
 
 
 def _quote(value: str) -> str:
     if value == "" or any(c in value for c in ' "=\\') or not value.isprintable():
-        return json.dumps(value)
+        return json.dumps(value)  # ASCII escapes: a lone surrogate must not break stderr
     return value
 
 
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text, fields = _split(record.getMessage())
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        parts = [f"ts={ts}", f"level={_level_name(record)}", f"logger={record.name}", f"msg={_quote(text)}"]
-        parts += [f"{k}={_quote(v)}" for k, v in fields]
-        if record.exc_info:
-            parts.append(f"error={_quote(self.formatException(record.exc_info).splitlines()[-1])}")
+        parts = [f"ts={_timestamp(record)}", f"level={_level_name(record)}", f"logger={record.name}",
+                 f"msg={_quote(record.getMessage())}"]
+        parts += [f"{k}={_quote(v)}" for k, v in _record_fields(record)]
         return " ".join(parts)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text, fields = _split(record.getMessage())
-        doc = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-               "level": _level_name(record), "logger": record.name, "msg": text, **dict(fields)}
-        if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        doc = {"ts": _timestamp(record), "level": _level_name(record), "logger": record.name,
+               "msg": record.getMessage(), **dict(_record_fields(record))}
         return json.dumps(doc)
 
 

@@ -1,9 +1,11 @@
-"""Turn Binance's balance JSON into typed rows, rejecting anything we can't trust.
+"""Turn Binance's JSON answers into typed snapshots, rejecting anything we can't trust.
 
-Decimals arrive as strings ("122607.35137903"). They are checked against a
-strict decimal grammar before conversion, because Python's float() also
-accepts "nan", "inf", "1_000" and " 1 ", none of which Binance sends and none
-of which we want to export as a balance.
+Everything that will become a label or a sample is validated here, before it
+gets near the renderer: a label value that is not plain printable ASCII of a
+sane length, or a number that is not a plain decimal, makes the answer a
+`BadResponse` (the account's `bad_response`), never a failed exposition.
+Decimals are checked against a strict grammar because float() also accepts
+"nan", "inf", "1_000" and " 1 ", none of which Binance sends.
 """
 
 from __future__ import annotations
@@ -11,111 +13,301 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from exporter.schema import (
+    COINM_ACCOUNT_ASSET,
+    COINM_BALANCE,
+    PM_ACCOUNT,
+    PM_ACCOUNT_STATUSES,
+    PM_BALANCE,
+    POSITION_RISK,
+    SUB_ACCOUNT_ASSET,
+    SUB_ACCOUNT_TOTALS,
+    USDM_ACCOUNT_ASSET,
+    USDM_ACCOUNT_TOTALS,
+    USDM_BALANCE,
+    Field,
+)
 
 DECIMAL_RE = re.compile(r"-?\d{1,30}(\.\d{1,30})?")
-
-# JSON field -> attribute name, in the order metrics are emitted.
-DECIMAL_FIELDS = (
-    ("balance", "balance"),
-    ("availableBalance", "available_balance"),
-    ("crossWalletBalance", "cross_wallet_balance"),
-    ("crossUnPnl", "cross_unrealized_pnl"),
-    ("maxWithdrawAmount", "max_withdraw_amount"),
-)
+# Label values from Binance: printable ASCII only (a lone surrogate or a control
+# character in a label would break the exposition for every account).
+ASSET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
+SYMBOL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+POSITION_SIDES = frozenset({"BOTH", "LONG", "SHORT"})
+ACCOUNT_ALIAS_RE = re.compile(r"[\x21-\x7e]{1,64}")
+EMAIL_RE = re.compile(r"[\x21-\x3f\x41-\x7e]{1,128}@[\x21-\x3f\x41-\x7e]{1,128}")
+MAX_MILLIS = 2**53  # keeps /1000 exact enough and finite
+MAX_ADL = 100
+MAX_ROWS = 100_000
 
 
 class BadResponse(ValueError):
-    """The answer was not the balance array we expect; the message is safe to log."""
+    """The answer was not what we expect; the message is safe to log (it quotes no upstream text)."""
 
 
 @dataclass(frozen=True, slots=True)
-class AssetBalance:
+class AssetRow:
     asset: str
-    balance: float
-    available_balance: float
-    cross_wallet_balance: float
-    cross_unrealized_pnl: float
-    max_withdraw_amount: float
-    margin_available: bool | None
-    update_time_ms: int | None
-
-    def is_zero(self) -> bool:
-        return not (self.balance or self.available_balance or self.cross_wallet_balance
-                    or self.cross_unrealized_pnl or self.max_withdraw_amount)
+    values: Mapping[str, float]
+    zero: bool  # every amount is exactly zero (skip_zero_balances)
 
 
 @dataclass(frozen=True, slots=True)
-class BalanceSnapshot:
-    account_alias: str | None
-    assets: tuple[AssetBalance, ...]
+class PositionRow:
+    symbol: str
+    side: str
+    values: Mapping[str, float]
 
 
-def parse_decimal(value: Any, field_name: str) -> float:
-    if isinstance(value, str):
-        if not DECIMAL_RE.fullmatch(value):
-            raise BadResponse(f"field {field_name} is not a decimal string")
-        return float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-        if math.isfinite(number):
-            return number
-    raise BadResponse(f"field {field_name} has type {type(value).__name__}, expected a decimal string")
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What one refresh of one account and market read; several answers merge into one."""
 
-
-def _row(item: Any, index: int) -> AssetBalance:
-    if not isinstance(item, dict):
-        raise BadResponse(f"element {index} is {type(item).__name__}, expected an object")
-    asset = item.get("asset")
-    if not isinstance(asset, str) or not asset or len(asset) > 32 or not asset.isprintable():
-        raise BadResponse(f"element {index} has no valid asset name")
-    values: dict[str, Any] = {}
-    for json_name, attr in DECIMAL_FIELDS:
-        if json_name not in item:
-            raise BadResponse(f"asset {asset}: field {json_name} is missing")
-        values[attr] = parse_decimal(item[json_name], f"{asset}.{json_name}")
-    margin = item.get("marginAvailable")
-    if margin is not None and not isinstance(margin, bool):
-        raise BadResponse(f"asset {asset}: field marginAvailable is not a boolean")
-    update = item.get("updateTime")
-    if update is not None and (isinstance(update, bool) or not isinstance(update, int) or update < 0):
-        raise BadResponse(f"asset {asset}: field updateTime is not a millisecond timestamp")
-    return AssetBalance(asset=asset, margin_available=margin, update_time_ms=update, **values)
-
-
-def parse_balances(body: bytes | str) -> BalanceSnapshot:
-    """Parse a `/fapi/v{2,3}/balance` body; raise BadResponse with a loggable reason."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadResponse(f"body is not valid JSON ({type(exc).__name__})") from None
-    if not isinstance(data, list):
-        raise BadResponse(f"expected a JSON array of assets, got {type(data).__name__}")
-    rows: list[AssetBalance] = []
-    seen: set[str] = set()
+    assets: tuple[AssetRow, ...] = ()
+    totals: Mapping[str, float] = field(default_factory=dict)
+    positions: tuple[PositionRow, ...] = ()
     account_alias: str | None = None
-    for index, item in enumerate(data):
-        row = _row(item, index)
-        if row.asset in seen:
-            raise BadResponse(f"asset {row.asset} appears twice")
-        seen.add(row.asset)
-        rows.append(row)
-        alias = item.get("accountAlias")
-        if isinstance(alias, str) and alias and account_alias is None:
-            account_alias = alias[:64]
-    return BalanceSnapshot(account_alias=account_alias, assets=tuple(rows))
+    status: str | None = None  # Portfolio Margin accountStatus
+
+    def merge(self, other: Snapshot) -> Snapshot:
+        return Snapshot(
+            assets=self.assets + other.assets,
+            totals={**self.totals, **other.totals},
+            positions=self.positions + other.positions,
+            account_alias=self.account_alias or other.account_alias,
+            status=self.status or other.status,
+        )
 
 
-def parse_error(body: bytes | str) -> tuple[int | None, str | None]:
+# ---- JSON --------------------------------------------------------------------------------------
+def load_json(body: bytes) -> Any:
+    """Decode an answer; BadResponse for anything that is not sane JSON.
+
+    json's C decoder recurses per nesting level: 100,000 brackets raise
+    RecursionError, which is just another malformed body here.
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadResponse(f"body is not valid JSON ({type(exc).__name__})") from None
+
+
+def parse_error(body: bytes) -> tuple[int | None, str | None]:
     """Binance's `{"code": -1022, "msg": "..."}`; (None, None) for anything else (HTML, text)."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = load_json(body)
+    except BadResponse:
         return None, None
     if not isinstance(data, dict):
         return None, None
     code = data.get("code")
     msg = data.get("msg")
-    return (code if isinstance(code, int) and not isinstance(code, bool) else None,
-            msg[:200] if isinstance(msg, str) else None)
+    if not (isinstance(code, int) and not isinstance(code, bool) and -10**9 < code < 10**9):
+        code = None
+    return code, (printable(msg, 200) if isinstance(msg, str) else None)
+
+
+def printable(text: str, limit: int) -> str:
+    """Upstream text made safe for a log line: printable ASCII, at most `limit` characters."""
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text[: limit + 1])
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+# ---- values ------------------------------------------------------------------------------------
+def parse_decimal(value: Any, where: str) -> float:
+    if isinstance(value, str):
+        if not DECIMAL_RE.fullmatch(value):
+            raise BadResponse(f"field {where} is not a decimal string")
+        number = float(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise BadResponse(f"field {where} has type {type(value).__name__}, expected a decimal string")
+    if not math.isfinite(number):
+        raise BadResponse(f"field {where} is out of range")
+    return number
+
+
+def _millis(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MILLIS:
+        raise BadResponse(f"field {where} is not a millisecond timestamp")
+    return value / 1000.0
+
+
+def read_fields(item: Mapping[str, Any], fields: Sequence[Field], where: str) -> dict[str, float]:
+    """The metric values of one JSON object, per its field table."""
+    values: dict[str, float] = {}
+    for spec in fields:
+        if spec.json not in item or spec.metric is None:
+            if spec.kind == "decimal" and spec.metric is not None:
+                raise BadResponse(f"{where}: field {spec.json} is missing")
+            continue
+        raw = item[spec.json]
+        name = f"{where}.{spec.json}"
+        if spec.kind == "bool":
+            if raw is None:
+                continue
+            if not isinstance(raw, bool):
+                raise BadResponse(f"field {name} is not a boolean")
+            values[spec.metric] = 1.0 if raw else 0.0
+        elif spec.kind == "millis":
+            if raw is not None:
+                values[spec.metric] = _millis(raw, name)
+        elif spec.kind == "opt_decimal" and (raw == "" or raw is None):
+            continue  # "no value" (Portfolio Margin sends "" in numeric fields)
+        else:
+            values[spec.metric] = parse_decimal(raw, name)
+    return values
+
+
+def _amounts_zero(values: Mapping[str, float], fields: Sequence[Field]) -> bool:
+    return all(values.get(f.metric, 0.0) == 0.0 for f in fields
+               if f.metric is not None and f.kind in ("decimal", "opt_decimal"))
+
+
+def _label(value: Any, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise BadResponse(f"{what} is missing or not a plain name")
+    return value
+
+
+def _object(item: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(item, dict):
+        raise BadResponse(f"{where} is {type(item).__name__}, expected an object")
+    return item
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadResponse(f"{where}: expected a JSON array, got {type(value).__name__}")
+    if len(value) > MAX_ROWS:
+        raise BadResponse(f"{where}: more than {MAX_ROWS} elements")
+    return value
+
+
+def asset_rows(items: Iterable[Any], fields: Sequence[Field], where: str) -> tuple[AssetRow, ...]:
+    rows: list[AssetRow] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(items):
+        item = _object(raw, f"{where}[{index}]")
+        asset = _label(item.get("asset"), ASSET_RE, f"{where}[{index}].asset")
+        if asset in seen:
+            raise BadResponse(f"asset {asset} appears twice")
+        seen.add(asset)
+        values = read_fields(item, fields, asset)
+        rows.append(AssetRow(asset, values, _amounts_zero(values, fields)))
+    return tuple(rows)
+
+
+def _account_alias(items: Iterable[Any]) -> str | None:
+    for item in items:
+        alias = item.get("accountAlias") if isinstance(item, dict) else None
+        if alias not in (None, ""):
+            return _label(alias, ACCOUNT_ALIAS_RE, "accountAlias")
+    return None
+
+
+# ---- endpoints ---------------------------------------------------------------------------------
+def parse_balance(body: bytes, fields: Sequence[Field] = USDM_BALANCE) -> Snapshot:
+    """`/fapi/v2|v3/balance` (and `/dapi/v1/balance` with COINM_BALANCE): an array of assets."""
+    items = _list(load_json(body), "balance")
+    return Snapshot(assets=asset_rows(items, fields, "balance"), account_alias=_account_alias(items))
+
+
+def parse_coinm_balance(body: bytes) -> Snapshot:
+    return parse_balance(body, COINM_BALANCE)
+
+
+def parse_usdm_account(body: bytes) -> Snapshot:
+    """`/fapi/v2|v3/account`: totals and assets; positions come from positionRisk instead."""
+    data = _object(load_json(body), "account")
+    assets = asset_rows(_list(data.get("assets"), "assets"), USDM_ACCOUNT_ASSET, "assets")
+    return Snapshot(assets=assets, totals=read_fields(data, USDM_ACCOUNT_TOTALS, "account"))
+
+
+def parse_coinm_account(body: bytes) -> Snapshot:
+    """`/dapi/v1/account`: assets only (COIN-M has no account totals)."""
+    data = _object(load_json(body), "account")
+    return Snapshot(assets=asset_rows(_list(data.get("assets"), "assets"), COINM_ACCOUNT_ASSET, "assets"))
+
+
+def parse_position_risk(body: bytes) -> Snapshot:
+    """`/fapi/v2|v3/positionRisk`, `/dapi/v1/positionRisk`: open positions.
+
+    Rows with positionAmt 0 (symbols with open orders but no position) are not
+    positions and are dropped; a liquidation price of 0 means "none" and gives
+    no liquidation-price series, so it can never look like a position at risk.
+    """
+    rows: list[PositionRow] = []
+    seen: set[tuple[str, str]] = set()
+    for index, raw in enumerate(_list(load_json(body), "positionRisk")):
+        item = _object(raw, f"positionRisk[{index}]")
+        symbol = _label(item.get("symbol"), SYMBOL_RE, f"positionRisk[{index}].symbol")
+        side = item.get("positionSide", "BOTH")
+        if side not in POSITION_SIDES:
+            raise BadResponse(f"positionRisk[{index}].positionSide is not BOTH, LONG or SHORT")
+        values = read_fields(item, POSITION_RISK, symbol)
+        adl = item.get("adl", item.get("adlQuantile"))
+        if adl is not None:
+            if isinstance(adl, bool) or not isinstance(adl, int) or not 0 <= adl <= MAX_ADL:
+                raise BadResponse(f"field {symbol}.adl is not a small integer")
+            values["position_adl_quantile"] = float(adl)
+        if values.get("position_amount", 0.0) == 0.0:
+            continue
+        if values.get("position_liquidation_price") == 0.0:
+            del values["position_liquidation_price"]
+        if (symbol, side) in seen:
+            raise BadResponse(f"position {symbol} {side} appears twice")
+        seen.add((symbol, side))
+        rows.append(PositionRow(symbol, side, values))
+    return Snapshot(positions=tuple(rows))
+
+
+def parse_pm_balance(body: bytes) -> Snapshot:
+    """`/papi/v1/balance`: a list of assets, or a single asset object (the SDK's oneOf)."""
+    data = load_json(body)
+    items = [data] if isinstance(data, dict) else _list(data, "balance")
+    return Snapshot(assets=asset_rows(items, PM_BALANCE, "balance"))
+
+
+def parse_pm_account(body: bytes) -> Snapshot:
+    """`/papi/v1/account`: uniMMR, equity, margins, and accountStatus as a state."""
+    data = _object(load_json(body), "account")
+    status = data.get("accountStatus")
+    if status is not None and status not in PM_ACCOUNT_STATUSES:
+        raise BadResponse("accountStatus is not a known status")
+    return Snapshot(totals=read_fields(data, PM_ACCOUNT, "account"), status=status)
+
+
+SUB_ACCOUNT_KEYS = {1: "futureAccountResp", 2: "deliveryAccountResp"}
+
+
+def parse_sub_account(body: bytes, futures_type: int) -> Snapshot:
+    """`/sapi/v2/sub-account/futures/account`: one sub-account's assets (and USD-M totals)."""
+    data = _object(load_json(body), "answer")
+    key = SUB_ACCOUNT_KEYS[futures_type]
+    resp = _object(data.get(key), key)
+    assets = asset_rows(_list(resp.get("assets"), "assets"), SUB_ACCOUNT_ASSET, "assets")
+    totals = read_fields(resp, SUB_ACCOUNT_TOTALS, key) if futures_type == 1 else {}
+    return Snapshot(assets=assets, totals=totals)
+
+
+@dataclass(frozen=True, slots=True)
+class SubAccountEntry:
+    email: str
+    frozen: bool
+
+
+def parse_sub_account_list(body: bytes) -> tuple[SubAccountEntry, ...]:
+    """`/sapi/v1/sub-account/list`: one page of `{"subAccounts": [...]}`."""
+    data = _object(load_json(body), "answer")
+    out: list[SubAccountEntry] = []
+    for index, raw in enumerate(_list(data.get("subAccounts", []), "subAccounts")):
+        item = _object(raw, f"subAccounts[{index}]")
+        email = _label(item.get("email"), EMAIL_RE, f"subAccounts[{index}].email")
+        frozen = item.get("isFreeze", False)
+        out.append(SubAccountEntry(email, frozen is True))
+    return tuple(out)

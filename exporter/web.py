@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 from socketserver import ThreadingMixIn
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, quote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -22,8 +22,12 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
 from exporter import __version__
-from exporter.collector import Exporter, ScrapeCollector
+from exporter.engine import Engine
+from exporter.render import families
 from exporter.webconfig import BasicAuth
 
 log = logging.getLogger("exporter.web")
@@ -32,20 +36,31 @@ StartResponse = Callable[..., object]
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 
 
-def scrape_budget(environ: dict, fallback: float | None) -> float | None:
+def scrape_budget(environ: dict) -> float | None:
     """Time this scrape may spend fetching, leaving Prometheus a margin to receive it."""
     raw = environ.get(SCRAPE_TIMEOUT_HEADER)
-    if not raw:
-        return fallback
     try:
-        timeout = float(raw)
+        timeout = float(raw) if raw else None
     except ValueError:
-        return fallback
-    if not timeout > 0:
-        return fallback
+        return None
+    if timeout is None or not 0 < timeout < 86400:
+        return None
     margin = max(0.1, min(0.5, timeout * 0.1))
-    budget = max(0.05, timeout - margin)
-    return budget if fallback is None else min(budget, fallback)
+    return max(0.05, timeout - margin)
+
+
+class ScrapeCollector(Collector):
+    """The metrics of one HTTP request: `/metrics` (all accounts) or `/probe` (one account)."""
+
+    def __init__(self, engine: Engine, aliases: list[str], budget: float | None, include_exporter: bool) -> None:
+        self.engine = engine
+        self.aliases = aliases
+        self.budget = budget
+        self.include_exporter = include_exporter
+
+    def collect(self) -> Iterator[Metric]:
+        result = self.engine.scrape(self.aliases, self.budget)
+        yield from families(result, self.engine.config.skip_zero_balances, self.include_exporter)
 
 
 def _text(start_response: StartResponse, status: str, body: str,
@@ -55,10 +70,10 @@ def _text(start_response: StartResponse, status: str, body: str,
     return [data]
 
 
-def landing_page(exporter: Exporter, telemetry_path: str) -> str:
+def landing_page(engine: Engine, telemetry_path: str) -> str:
     probes = "\n".join(
         f'<li><a href="/probe?target={quote(alias)}">{html.escape(alias)}</a></li>'
-        for alias in exporter.scrapers
+        for alias in engine.aliases()
     )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Binance Futures Exporter</title></head>
@@ -120,12 +135,11 @@ def exposition(registry: CollectorRegistry, environ: dict, start_response: Start
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [output]
 
 
-def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAuth | None = None,
+def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth | None = None,
              ready: Callable[[], bool] = lambda: True) -> Callable[[dict, StartResponse], Iterable[bytes]]:
-    aliases = list(exporter.scrapers)
 
     def metrics(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        registry = scrape_registry(ScrapeCollector(exporter, aliases, scrape_budget(environ, None),
+        registry = scrape_registry(ScrapeCollector(engine, engine.aliases(), scrape_budget(environ),
                                                    include_exporter=True))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -137,10 +151,10 @@ def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAu
         if len(targets) != 1 or not targets[0]:
             return _text(start_response, "400 Bad Request", "exactly one 'target' parameter (an account alias) is required\n")
         target = targets[0]
-        if target not in exporter.scrapers:
+        if not engine.has_alias(target):
             return _text(start_response, "400 Bad Request",
-                         f"unknown target {target!r}: not an alias in the config\n")
-        registry = scrape_registry(ScrapeCollector(exporter, [target], scrape_budget(environ, None),
+                         f"unknown target {target[:64]!r}: not an account alias\n")
+        registry = scrape_registry(ScrapeCollector(engine, [target], scrape_budget(environ),
                                                    include_exporter=False))
         return exposition(registry, environ, start_response)
 
@@ -156,7 +170,7 @@ def make_app(exporter: Exporter, telemetry_path: str = "/metrics", auth: BasicAu
         if path == "/probe":
             return probe(environ, start_response)
         if path == "/":
-            return _text(start_response, "200 OK", landing_page(exporter, telemetry_path), "text/html; charset=utf-8")
+            return _text(start_response, "200 OK", landing_page(engine, telemetry_path), "text/html; charset=utf-8")
         if path == "/-/healthy":
             return _text(start_response, "200 OK", "Healthy\n")
         if path == "/-/ready":

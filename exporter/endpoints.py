@@ -1,0 +1,85 @@
+"""What to call for each kind of account, at what weight, and how to read the answer.
+
+One refresh of one account in one market is a short list of signed calls
+(`Call`); their weights are Binance's documented IP weights (where Binance
+announced a higher figure than its pages show, the higher one), and every one
+of them is charged to its host's budget before it is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from exporter import parsing
+from exporter.parsing import Snapshot
+
+
+@dataclass(frozen=True)
+class HostKind:
+    """What differs between Binance's API hosts."""
+
+    name: str
+    time_path: str | None  # unsigned, weight 1; None: measure the clock through the USD-M host
+    weight_header: str  # the IP's used weight this minute
+    default_limit: int  # request weight per minute per IP
+
+
+# Limits: USD-M 2400 (exchangeInfo); COIN-M 2400 (its exchangeInfo page says 2400 in one
+# language and 6000 in another: take the lower); Portfolio Margin 6000 ("Portfolio Margin
+# IP Limit is 6000/min"); /sapi 12,000 per endpoint, reported in X-SAPI-USED-IP-WEIGHT-1M
+# (one budget for both sub-account endpoints is the cautious reading). Portfolio Margin
+# has no time endpoint (only /papi/v1/ping): its accounts sign with the USD-M clock.
+HOST_KINDS = {
+    "usdm": HostKind("usdm", "/fapi/v1/time", "X-MBX-USED-WEIGHT-1M", 2400),
+    "coinm": HostKind("coinm", "/dapi/v1/time", "X-MBX-USED-WEIGHT-1M", 2400),
+    "pm": HostKind("pm", None, "X-MBX-USED-WEIGHT-1M", 6000),
+    "sapi": HostKind("sapi", "/api/v3/time", "X-SAPI-USED-IP-WEIGHT-1M", 12000),
+}
+TIME_WEIGHT = 1
+
+
+@dataclass(frozen=True)
+class Call:
+    path: str
+    weight: int
+    parse: Callable[[bytes], Snapshot]
+    params: tuple[tuple[str, str], ...] = ()
+
+
+def usdm_calls(api_version: str, endpoint: str, positions: bool) -> tuple[Call, ...]:
+    # v2 was announced at 10 (2024-09-03 change log) while its pages still say 5: assume 10.
+    weight = 10 if api_version == "v2" else 5
+    main = (Call(f"/fapi/{api_version}/balance", weight, parsing.parse_balance) if endpoint == "balance"
+            else Call(f"/fapi/{api_version}/account", weight, parsing.parse_usdm_account))
+    if not positions:
+        return (main,)
+    return main, Call(f"/fapi/{api_version}/positionRisk", weight, parsing.parse_position_risk)
+
+
+def coinm_calls(endpoint: str, positions: bool) -> tuple[Call, ...]:
+    main = (Call("/dapi/v1/balance", 1, parsing.parse_coinm_balance) if endpoint == "balance"
+            else Call("/dapi/v1/account", 5, parsing.parse_coinm_account))
+    if not positions:
+        return (main,)
+    return main, Call("/dapi/v1/positionRisk", 1, parsing.parse_position_risk)
+
+
+def pm_calls() -> tuple[Call, ...]:
+    return (Call("/papi/v1/balance", 20, parsing.parse_pm_balance),
+            Call("/papi/v1/account", 20, parsing.parse_pm_account))
+
+
+FUTURES_TYPES = {"usdm": 1, "coinm": 2}
+
+
+def sub_account_calls(email: str, market: str) -> tuple[Call, ...]:
+    futures_type = FUTURES_TYPES[market]
+    return (Call("/sapi/v2/sub-account/futures/account", 1,
+                 lambda body: parsing.parse_sub_account(body, futures_type),
+                 (("email", email), ("futuresType", str(futures_type)))),)
+
+
+SUB_ACCOUNT_LIST = "/sapi/v1/sub-account/list"
+SUB_ACCOUNT_LIST_WEIGHT = 1
+SUB_ACCOUNT_PAGE_SIZE = 200

@@ -1,0 +1,438 @@
+"""Scrape-driven fetching: which accounts to refresh now, within the weight budget, and their results.
+
+A scrape asks for the accounts it covers. An account whose data is younger
+than `refresh_after` (default 0.8 x scrape_interval_seconds, or cache_seconds)
+is served as it is, so an HA pair of Prometheus servers costs the weight of
+one. Older ones are refreshed, oldest first: at once if their host's budget
+has room (the scrape then waits for them, up to its deadline), otherwise they
+join their host's queue, which a dispatcher drains as the budget allows and a
+back-off ends. A scrape never waits for budget: meanwhile it exports the
+account's last successful fetch, for at most `max_data_age_seconds`.
+
+Nothing runs unless a scrape asked for it: the queues only hold accounts a
+scrape wanted, each once, and empty as they are served.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+from urllib.parse import urlsplit
+
+from exporter.client import REASONS, Client, HostClock, ScrapeError, Skipped
+from exporter.clock import Clock
+from exporter.config import AccountConfig, Config
+from exporter.endpoints import HOST_KINDS, Call, coinm_calls, pm_calls, usdm_calls
+from exporter.governor import Governor
+from exporter.hosts import Host
+from exporter.logs import fields
+from exporter.parsing import Snapshot
+from exporter.transport import Transport, Watchdog
+
+log = logging.getLogger("exporter.engine")
+
+WAIT_GRACE_S = 0.05  # a fetch cut at the deadline reports within milliseconds
+STARTUP_SYNC_S = 5.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One fetch unit: one account in one market (one `up`, one error counter)."""
+
+    alias: str
+    market: str
+    account: AccountConfig
+    host: Host
+    client: Client
+    calls: tuple[Call, ...]
+    master: str | None = None  # sub-accounts: the master account's alias
+    email: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.alias, self.market
+
+    @property
+    def weight(self) -> int:
+        return sum(call.weight for call in self.calls)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    started: float  # monotonic
+    finished: float  # monotonic
+    fetched_at: float  # wall clock, when the answer arrived
+    snapshot: Snapshot | None
+    error: ScrapeError | None
+
+
+@dataclass
+class TargetState:
+    target: Target
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    inflight: Future[None] | None = None
+    queued: bool = False
+    admitted_at: float | None = None  # monotonic start of the latest admitted refresh
+    last: Attempt | None = None
+    last_ok: Attempt | None = None
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """What the renderer reads about one target in one scrape."""
+
+    target: Target
+    up: bool
+    snapshot: Snapshot | None  # only when up
+    duration: float | None
+    last_success: float | None  # wall clock
+    errors: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class HostView:
+    label: str
+    used_weight: int | None  # Binance's figure, only for the current minute
+    weight_limit: int
+    budget: float
+    exporter_used_weight: int
+    backoff_seconds: float
+    offset_seconds: float
+    deferred: int
+    limited: dict[int, int]
+
+
+@dataclass(frozen=True)
+class ScrapeResult:
+    targets: list[TargetView]
+    hosts: list[HostView]
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    host: str
+    accounts: int
+    round_weight: int  # refreshing every account on the host once
+    demand_per_minute: float  # at the configured scrape interval
+    budget_per_minute: float
+    refresh_every_s: float  # how often each account can be refreshed within the budget
+    max_data_age_s: float
+
+    @property
+    def fits(self) -> bool:
+        return self.demand_per_minute <= self.budget_per_minute
+
+
+class _HostQueue:
+    """Targets of one host waiting for budget or the end of a back-off, oldest data first."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, TargetState]] = []
+        self.thread: threading.Thread | None = None
+
+
+class Engine:
+    """Everything that outlives a single scrape."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.watchdog = Watchdog()
+        self.hosts: dict[tuple[str, str], Host] = {}
+        self._host_clocks: dict[tuple[str, str], HostClock] = {}
+        self._transports: list[Transport] = []
+        self.states: dict[tuple[str, str], TargetState] = {}
+        self.by_alias: dict[str, list[tuple[str, str]]] = {}
+        self.pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="fetch")
+        self._cond = threading.Condition()
+        self._queues: dict[Host, _HostQueue] = {}
+        self._seq = itertools.count()
+        self._closed = False
+        for account in config.accounts:
+            for market in account.markets:
+                self.add_target(self._target(account, market))
+        self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
+        self.plan_budgets()
+
+    # ---- building ------------------------------------------------------------------------
+    def host(self, account: AccountConfig, kind: str) -> Host:
+        base_url = account.base_url_for(kind)
+        key = (base_url, kind)
+        if key in self.hosts:
+            return self.hosts[key]
+        if HOST_KINDS[kind].time_path is None:  # Portfolio Margin: sign with the USD-M host's clock
+            time_host = self.host(account, "usdm")
+            clock, host_clock = time_host.clock, self._host_clocks[(time_host.base_url, "usdm")]
+        else:
+            clock, host_clock = Clock(), None
+        netloc = account.host_label or urlsplit(base_url).netloc
+        shared = any(k[0] == base_url for k in self.hosts) or bool(account.host_label and kind != "usdm")
+        governor = Governor(self.config.weight_limit_for(kind), self.config.weight_budget_share, clock.now_ms)
+        host = Host(base_url=base_url, label=f"{netloc}/{kind}" if shared else netloc, kind=kind,
+                    governor=governor, clock=clock)
+        self.hosts[key] = host
+        self._host_clocks[key] = host_clock or HostClock(host, self._transport(base_url, 1))
+        return host
+
+    def _transport(self, base_url: str, pool_size: int) -> Transport:
+        transport = Transport(base_url, pool_size, self.watchdog)
+        self._transports.append(transport)
+        return transport
+
+    def client(self, account: AccountConfig, host: Host, pool_size: int = 2) -> Client:
+        clock = self._host_clocks[(host.base_url, host.kind)]
+        return Client(host, self._transport(host.base_url, pool_size), clock, account.api_key, account.signer,
+                      account.recv_window_ms)
+
+    def _target(self, account: AccountConfig, market: str) -> Target:
+        host = self.host(account, market)
+        if market == "usdm":
+            calls = usdm_calls(account.api_version, account.endpoint, account.positions)
+        elif market == "coinm":
+            calls = coinm_calls(account.endpoint, account.positions)
+        else:
+            calls = pm_calls()
+        return Target(account.alias, market, account, host, self.client(account, host), calls)
+
+    def add_target(self, target: Target) -> None:
+        with self._cond:
+            self.states[target.key] = TargetState(target)
+            self.by_alias.setdefault(target.alias, []).append(target.key)
+
+    def remove_target(self, key: tuple[str, str]) -> None:
+        with self._cond:
+            state = self.states.pop(key, None)
+            if state is None:
+                return
+            keys = self.by_alias.get(key[0], [])
+            if key in keys:
+                keys.remove(key)
+            if not keys:
+                self.by_alias.pop(key[0], None)
+
+    def plan_budgets(self) -> None:
+        """Tell each host's governor what a full round costs, so it knows whether to pace."""
+        rounds: dict[Host, int] = {}
+        largest: dict[Host, int] = {}
+        with self._cond:
+            targets = [s.target for s in self.states.values()]
+        for target in targets:
+            rounds[target.host] = rounds.get(target.host, 0) + target.weight
+            largest[target.host] = max(largest.get(target.host, 0), target.weight)
+        for host, weight in rounds.items():
+            host.governor.plan(weight, self.config.scrape_interval_seconds, largest[host])
+
+    def budget_plans(self) -> list[BudgetPlan]:
+        """What the config will cost each host and, within its budget, how fresh its data will be."""
+        rounds: dict[Host, list[int]] = {}
+        with self._cond:
+            targets = [s.target for s in self.states.values()]
+        for target in targets:
+            rounds.setdefault(target.host, []).append(target.weight)
+        plans = []
+        interval = self.config.scrape_interval_seconds
+        for host in _ordered(rounds):
+            weights = rounds[host]
+            demand = sum(weights) * 60.0 / interval
+            cap = host.governor.cap
+            every = max(interval, sum(weights) * 60.0 / cap)
+            max_age = min(t.account.max_data_age_seconds for t in targets if t.host is host)
+            plans.append(BudgetPlan(host.label, len(weights), sum(weights), demand, cap, every, max_age))
+        return plans
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self) -> list[Future[None]]:
+        """Measure every host's clock once, so the first scrape signs correctly."""
+        deadline = time.monotonic() + STARTUP_SYNC_S
+        clocks = {id(c): c for c in self._host_clocks.values()}.values()  # PM shares the USD-M one
+        return [self.pool.submit(clock.ensure, deadline) for clock in clocks]
+
+    def close(self) -> None:
+        """Stop promptly: cut every request in flight, whatever the upstream does."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.watchdog.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for transport in self._transports:
+            transport.close()
+
+    # ---- scraping ------------------------------------------------------------------------
+    def aliases(self) -> list[str]:
+        """Every account alias, configured ones first, in config order."""
+        with self._cond:
+            return list(self.by_alias)
+
+    def has_alias(self, alias: str) -> bool:
+        with self._cond:
+            return alias in self.by_alias
+
+    def keys_for(self, aliases: Iterable[str]) -> list[tuple[str, str]]:
+        with self._cond:
+            return [key for alias in aliases for key in self.by_alias.get(alias, ())]
+
+    def scrape(self, aliases: Sequence[str], budget: float | None) -> ScrapeResult:
+        now = time.monotonic()
+        deadline = now + (self.default_budget if budget is None else budget)
+        with self._cond:
+            states = [self.states[k] for k in self.keys_for(aliases) if k in self.states]
+        waits: list[Future[None]] = []
+        for state in sorted(states, key=_age_key):
+            future = self._refresh(state, now, deadline)
+            if future is not None:
+                waits.append(future)
+        if waits:
+            wait_futures(waits, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE_S)
+        hosts = {s.target.host for s in states}
+        return ScrapeResult([self.view(s) for s in states], [host_view(h) for h in _ordered(hosts)])
+
+    def _refresh(self, state: TargetState, now: float, deadline: float) -> Future[None] | None:
+        """Start, queue or skip one target's refresh; returns what the scrape should wait for."""
+        target = state.target
+        host = target.host
+        with state.lock:
+            if state.inflight is not None:
+                return state.inflight
+            if state.admitted_at is not None and now - state.admitted_at < self.config.refresh_after(target.account):
+                return None
+            queued = state.queued
+        if not queued and host.backoff.remaining()[0] == 0 and not self._host_busy(host) \
+                and host.governor.try_acquire(target.weight):
+            return self._start(state, min(deadline, now + target.account.timeout_seconds))
+        host.count_deferred()
+        self._enqueue(state)
+        return None
+
+    def _start(self, state: TargetState, deadline: float) -> Future[None] | None:
+        with state.lock:
+            if state.inflight is not None:  # another scrape won the race; its fetch serves both
+                return state.inflight
+            state.admitted_at = time.monotonic()
+            state.queued = False
+            try:
+                state.inflight = future = self.pool.submit(self._run, state, deadline)
+            except RuntimeError:  # pool shut down
+                state.inflight = None
+                return None
+            return future
+
+    def _run(self, state: TargetState, deadline: float) -> None:
+        target = state.target
+        started = time.monotonic()
+        snapshot: Snapshot | None = None
+        error: ScrapeError | None = None
+        try:
+            snapshot = target.client.fetch(target.calls, deadline)
+        except Skipped:
+            with state.lock:
+                state.inflight = None
+            return
+        except ScrapeError as exc:
+            error = exc
+        except Exception as exc:  # never let a bug take the scrape down
+            log.error("unexpected error", exc_info=True, extra=fields(alias=target.alias, market=target.market))
+            error = ScrapeError("bad_response", f"internal error: {type(exc).__name__}")
+        finished = time.monotonic()
+        attempt = Attempt(started, finished, time.time(), snapshot, error)
+        with state.lock:
+            state.last = attempt
+            if error is None:
+                state.last_ok = attempt
+            else:
+                state.errors[error.reason] += 1
+            state.inflight = None
+        if error is not None:
+            log.warning("scrape failed", extra=fields(
+                alias=target.alias, market=target.market, reason=error.reason, status=error.status,
+                code=error.code, error=error.detail))
+
+    def view(self, state: TargetState) -> TargetView:
+        with state.lock:
+            last, ok, errors = state.last, state.last_ok, tuple(state.errors.items())
+        target = state.target
+        up = (last is not None and last.error is None and ok is not None
+              and time.time() - ok.fetched_at <= target.account.max_data_age_seconds)
+        return TargetView(
+            target=target, up=up, snapshot=ok.snapshot if up and ok is not None else None,
+            duration=None if last is None else last.finished - last.started,
+            last_success=None if ok is None else ok.fetched_at, errors=errors,
+        )
+
+    # ---- the queue -----------------------------------------------------------------------
+    def _host_busy(self, host: Host) -> bool:
+        with self._cond:
+            queue = self._queues.get(host)
+            return bool(queue and queue.heap)
+
+    def _enqueue(self, state: TargetState) -> None:
+        host = state.target.host
+        with state.lock:
+            if state.queued or state.inflight is not None:
+                return
+            state.queued = True
+            age = state.admitted_at if state.admitted_at is not None else float("-inf")
+        with self._cond:
+            if self._closed:
+                return
+            queue = self._queues.setdefault(host, _HostQueue())
+            heapq.heappush(queue.heap, (age, next(self._seq), state))
+            if queue.thread is None:
+                queue.thread = threading.Thread(target=self._dispatch, args=(host, queue),
+                                                name=f"dispatch-{host.kind}", daemon=True)
+                queue.thread.start()
+            self._cond.notify_all()
+
+    def _dispatch(self, host: Host, queue: _HostQueue) -> None:
+        """Start queued refreshes of one host, oldest data first, as its budget and back-off allow."""
+        while True:
+            with self._cond:
+                while not self._closed and not queue.heap:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                state = queue.heap[0][2]
+                if self.states.get(state.target.key) is not state:  # removed meanwhile
+                    heapq.heappop(queue.heap)
+                    continue
+                paused = host.backoff.remaining()[0]
+                wait = paused or host.governor.wait_time(state.target.weight)
+                if paused:
+                    host.governor.stall()
+                if wait > 0:
+                    self._cond.wait(min(wait, 1.0))
+                    continue
+                if not host.governor.try_acquire(state.target.weight):
+                    self._cond.wait(0.05)
+                    continue
+                heapq.heappop(queue.heap)
+            self._start(state, time.monotonic() + state.target.account.timeout_seconds)
+
+
+def _age_key(state: TargetState) -> float:
+    return state.admitted_at if state.admitted_at is not None else float("-inf")
+
+
+def _ordered(hosts: Iterable[Host]) -> list[Host]:
+    return sorted(hosts, key=lambda h: (h.label, h.kind))
+
+
+def host_view(host: Host) -> HostView:
+    deferred, limited = host.counters()
+    return HostView(
+        label=host.label,
+        used_weight=host.governor.reported_this_minute(),
+        weight_limit=host.governor.weight_limit,
+        budget=host.governor.cap,
+        exporter_used_weight=host.governor.used_last_minute(),
+        backoff_seconds=host.backoff.remaining()[0],
+        offset_seconds=host.clock.offset_ms / 1000.0,
+        deferred=deferred,
+        limited={429: limited.get(429, 0), 418: limited.get(418, 0)},
+    )

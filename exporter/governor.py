@@ -1,0 +1,150 @@
+"""The weight budget of one Binance host: never the cause of a 429.
+
+Binance counts request weight per IP and minute, and the user's trading bots
+share that limit, so the exporter holds itself to `weight_limit x
+weight_budget_share` per rolling 60 s (the cap), counting every request it
+makes at Binance's documented weights, and sends nothing more in a minute for
+which Binance reports the IP's total (bots included) near `weight_limit`.
+
+Within the cap, requests are paced (a GCRA, i.e. a token bucket in virtual
+time): when a full round of refreshes fits the cap, a whole round may go at
+once, so a scrape costs one round trip; when it does not, refreshes flow at
+the cap's steady rate, so every account is refreshed equally often instead of
+a burst at the top of each minute followed by a stall. Credit for a burst only
+builds up while nothing waits: after a stall (cap, IP total, a back-off) the
+flow resumes at the steady rate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+WINDOW_S = 60.0
+# Binance's X-MBX-USED-WEIGHT-1M counts the bots too. Stop at 90 % of the limit:
+# the figure is as old as our last answer, bots may spend weight meanwhile, and
+# what they need is worth more than one more refresh of ours.
+IP_RESERVE_SHARE = 0.10
+
+
+class Governor:
+    def __init__(self, weight_limit: int, share: float, server_ms: Callable[[], int],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.weight_limit = weight_limit
+        self.cap = float(weight_limit) * share
+        self._rate = self.cap / WINDOW_S  # weight per second
+        self._server_ms = server_ms
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._sent: deque[tuple[float, int]] = deque()
+        self._sent_sum = 0
+        self._tat: float | None = None  # theoretical arrival time (GCRA)
+        self._tau = 0.0  # burst tolerance, seconds
+        self._reported_minute = -1
+        self._reported_used = 0
+        self._reported_at = 0.0
+
+    # ---- configuration -------------------------------------------------------------------
+    def plan(self, round_weight: int, interval_s: float, largest_call: int) -> None:
+        """Burst freely (within the cap) when rounds at `interval_s` fit it; else pace every call.
+
+        `round_weight`: what refreshing every account on this host once costs.
+        When it fits, the cap alone limits (an extra scrape or an HA pair can only
+        borrow from the same 60 s). When it doesn't, bursts would come back every
+        minute as the window slides; a steady flow refreshes accounts evenly.
+        """
+        per_minute = round_weight * WINDOW_S / interval_s
+        burst = self.cap if per_minute <= self.cap else largest_call
+        with self._lock:
+            self._tau = min(burst, self.cap) / self._rate
+
+    # ---- accounting ----------------------------------------------------------------------
+    def _expire(self, now: float) -> None:
+        while self._sent and self._sent[0][0] <= now - WINDOW_S:
+            self._sent_sum -= self._sent.popleft()[1]
+
+    def _ip_blocked(self, weight: int) -> float:
+        """Seconds until the next Binance minute, if the IP's total leaves no room now; else 0."""
+        server_ms = self._server_ms()
+        if server_ms // 60000 != self._reported_minute:
+            return 0.0
+        ours_since = sum(w for t, w in self._sent if t > self._reported_at)
+        if self._reported_used + ours_since + weight <= self.weight_limit * (1 - IP_RESERVE_SHARE):
+            return 0.0
+        return (60000 - server_ms % 60000) / 1000.0 + 0.05
+
+    def _cap_wait(self, now: float, weight: int) -> float:
+        if self._sent_sum + weight <= self.cap:
+            return 0.0
+        need = self._sent_sum + weight - self.cap
+        for t, w in self._sent:
+            need -= w
+            if need <= 0:
+                return t + WINDOW_S - now
+        return WINDOW_S  # a single request heavier than the cap: never (caller caps weights)
+
+    def _pace_wait(self, now: float) -> float:
+        if self._tat is None:
+            return 0.0
+        return max(0.0, self._tat - self._tau - now)
+
+    def wait_time(self, weight: int) -> float:
+        """Seconds until `try_acquire(weight)` can succeed, as far as the budget is concerned."""
+        with self._lock:
+            now = self._monotonic()
+            self._expire(now)
+            return max(self._cap_wait(now, weight), self._ip_blocked(weight), self._pace_wait(now))
+
+    def try_acquire(self, weight: int, pace: bool = True) -> bool:
+        """Take `weight` from the budget for a request about to be sent; False: don't send it.
+
+        `pace=False` is for single follow-ups of an admitted refresh (a retry, a clock
+        re-sync): they still count against the cap and the IP total, but don't wait
+        for the steady rate.
+        """
+        with self._lock:
+            now = self._monotonic()
+            self._expire(now)
+            if self._cap_wait(now, weight) > 0 or self._ip_blocked(weight) > 0:
+                self._stall_locked(now)
+                return False
+            if pace and self._pace_wait(now) > 0:
+                return False
+            tat = now if self._tat is None else max(self._tat, now)
+            self._tat = tat + weight / self._rate
+            self._sent.append((now, weight))
+            self._sent_sum += weight
+            return True
+
+    def stall(self) -> None:
+        """Demand is waiting (e.g. on a back-off): let no burst credit build up meanwhile."""
+        with self._lock:
+            self._stall_locked(self._monotonic())
+
+    def _stall_locked(self, now: float) -> None:
+        self._tat = max(self._tat if self._tat is not None else now, now + self._tau)
+
+    def note_reported(self, used: int) -> None:
+        """Binance's X-MBX-USED-WEIGHT-1M from an answer: the IP's total this minute."""
+        minute = self._server_ms() // 60000
+        with self._lock:
+            if minute != self._reported_minute:
+                self._reported_minute, self._reported_used = minute, used
+            else:
+                self._reported_used = max(self._reported_used, used)
+            self._reported_at = self._monotonic()
+
+    # ---- reading -------------------------------------------------------------------------
+    def used_last_minute(self) -> int:
+        """Weight this exporter sent to the host in the last 60 s."""
+        with self._lock:
+            self._expire(self._monotonic())
+            return self._sent_sum
+
+    def reported_this_minute(self) -> int | None:
+        """Binance's figure for the IP, only while it is about the current minute."""
+        minute = self._server_ms() // 60000
+        with self._lock:
+            return self._reported_used if minute == self._reported_minute else None

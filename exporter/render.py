@@ -1,0 +1,157 @@
+"""Scrape results to metric families: the only place that knows metric names, help and labels.
+
+It reads `ScrapeResult` (what the engine decided to show), never the engine's
+internals, and emits families in a fixed order with series in config order, so
+the exposition is stable enough to pin in golden files.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from exporter import __version__
+from exporter.engine import HostView, ScrapeResult
+from exporter.schema import (
+    ACCOUNT_FAMILIES,
+    ACCOUNT_LABELS,
+    ASSET_FAMILIES,
+    ASSET_LABELS,
+    NS,
+    PM_ACCOUNT_STATUSES,
+    POSITION_FAMILIES,
+    Family,
+)
+
+
+def _gauges(families: tuple[Family, ...]) -> dict[str, GaugeMetricFamily]:
+    return {f.name: GaugeMetricFamily(f"{NS}_{f.name}", f.help, labels=list(f.labels)) for f in families}
+
+
+def _gauge(name: str, text: str, labels: tuple[str, ...]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{NS}_{name}", text, labels=list(labels))
+
+
+def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
+    """Everything labelled by account: balances, totals, positions, thresholds, health."""
+    assets = _gauges(ASSET_FAMILIES)
+    totals = _gauges(ACCOUNT_FAMILIES)
+    positions = _gauges(POSITION_FAMILIES)
+    min_available = _gauge("min_available_balance", "Configured low-balance threshold "
+                           "(min_available_balance) per account, market and asset.", ASSET_LABELS)
+    info = _gauge("account_info", "Binance's accountAlias for an account (balance endpoints only); always 1.",
+                  ("alias", "market", "account_alias"))
+    status = _gauge("pm_account_status", "Portfolio Margin accountStatus as a state set: 1 for the current "
+                    "status, 0 for the others.", ("alias", "market", "status"))
+    max_margin_ratio = _gauge("max_margin_ratio", "Configured margin-ratio alert threshold (max_margin_ratio).",
+                              ACCOUNT_LABELS)
+    min_liq_distance = _gauge("min_liquidation_distance", "Configured minimum distance from mark price to "
+                              "liquidation price, as a fraction of mark price (min_liquidation_distance).",
+                              ACCOUNT_LABELS)
+    min_uni_mmr = _gauge("min_uni_mmr", "Configured Portfolio Margin uniMMR alert threshold (min_uni_mmr).",
+                         ACCOUNT_LABELS)
+    sub_info = _gauge("sub_account_info", "Sub-accounts found through a master account's key; always 1.",
+                      ("alias", "master", "email"))
+    up = _gauge("up", "1 while the account has values to export: its latest fetch succeeded, no longer "
+                "ago than max_data_age_seconds.", ACCOUNT_LABELS)
+    duration = _gauge("request_duration_seconds", "How long the account's latest fetch took.", ACCOUNT_LABELS)
+    last_success = _gauge("last_success_timestamp_seconds", "When the account's latest successful fetch "
+                          "(the values exported) was made, Unix seconds.", ACCOUNT_LABELS)
+    errors = CounterMetricFamily(f"{NS}_scrape_errors", "Failed fetches by account and reason.",
+                                 labels=["alias", "market", "reason"])
+    seen_sub: set[str] = set()
+    for view in result.targets:
+        target = view.target
+        account = target.account
+        key = [target.alias, target.market]
+        if target.market != "pm":
+            for asset, amount in account.min_available_balance.items():
+                min_available.add_metric([*key, asset], amount)
+            if account.max_margin_ratio is not None:
+                max_margin_ratio.add_metric(key, account.max_margin_ratio)
+            if account.min_liquidation_distance is not None:
+                min_liq_distance.add_metric(key, account.min_liquidation_distance)
+        elif account.min_uni_mmr is not None:
+            min_uni_mmr.add_metric(key, account.min_uni_mmr)
+        if target.master is not None and target.alias not in seen_sub:
+            seen_sub.add(target.alias)
+            sub_info.add_metric([target.alias, target.master, target.email or ""], 1.0)
+        up.add_metric(key, 1.0 if view.up else 0.0)
+        if view.duration is not None:
+            duration.add_metric(key, view.duration)
+        if view.last_success is not None:
+            last_success.add_metric(key, view.last_success)
+        for reason, count in view.errors:
+            errors.add_metric([*key, reason], count)
+        snap = view.snapshot
+        if snap is None:
+            continue
+        if snap.account_alias:
+            info.add_metric([*key, snap.account_alias], 1.0)
+        for row in snap.assets:
+            if skip_zero and row.zero and row.asset not in account.min_available_balance:
+                continue
+            labels = [*key, row.asset]
+            for name, value in row.values.items():
+                assets[name].add_metric(labels, value)
+        for name, value in snap.totals.items():
+            totals[name].add_metric(key, value)
+        if snap.status is not None:
+            for state in PM_ACCOUNT_STATUSES:
+                status.add_metric([*key, state], 1.0 if state == snap.status else 0.0)
+        for pos in snap.positions:
+            labels = [*key, pos.symbol, pos.side]
+            for name, value in pos.values.items():
+                positions[name].add_metric(labels, value)
+    yield from assets.values()
+    yield from (min_available, info)
+    yield from totals.values()
+    yield status
+    yield from positions.values()
+    yield from (max_margin_ratio, min_liq_distance, min_uni_mmr, sub_info, up, duration, last_success, errors)
+
+
+def host_families(hosts: list[HostView]) -> Iterator[Metric]:
+    """Per API host: Binance's figure, our budget and use, back-off, clock."""
+    used = _gauge("used_weight", "Request weight Binance reports used by this IP in the current minute "
+                  "(highest X-MBX-USED-WEIGHT-1M seen); absent when no answer this minute reported it.",
+                  ("host", "interval"))
+    limit = _gauge("weight_limit", "Binance's request-weight limit per minute and IP (config).", ("host", "interval"))
+    budget = _gauge("weight_budget", "The exporter's own weight cap per rolling minute: weight_limit x "
+                    "weight_budget_share.", ("host",))
+    ours = _gauge("exporter_used_weight", "Weight this exporter sent to the host in the last 60 s.", ("host",))
+    backoff = _gauge("backoff_seconds", "Seconds left before requests to this host resume after a 429/418 "
+                     "(0 = none).", ("host",))
+    offset = _gauge("time_offset_seconds", "Binance's clock minus the local clock, as measured.", ("host",))
+    deferred = CounterMetricFamily(f"{NS}_fetches_deferred", "Fetches a scrape wanted but did not start "
+                                   "at once, because of the weight budget or a back-off.", labels=["host"])
+    limited = CounterMetricFamily(f"{NS}_rate_limited_responses", "429 and 418 answers received.",
+                                  labels=["host", "status"])
+    for host in hosts:
+        if host.used_weight is not None:
+            used.add_metric([host.label, "1m"], float(host.used_weight))
+        limit.add_metric([host.label, "1m"], float(host.weight_limit))
+        budget.add_metric([host.label], host.budget)
+        ours.add_metric([host.label], float(host.exporter_used_weight))
+        backoff.add_metric([host.label], host.backoff_seconds)
+        offset.add_metric([host.label], host.offset_seconds)
+        deferred.add_metric([host.label], host.deferred)
+        for status in (429, 418):
+            limited.add_metric([host.label, str(status)], host.limited[status])
+    yield from (used, limit, budget, ours, backoff, offset, deferred, limited)
+
+
+def build_info() -> Metric:
+    build = _gauge("exporter_build_info", "Exporter version; always 1.", ("version",))
+    build.add_metric([__version__], 1.0)
+    return build
+
+
+def families(result: ScrapeResult, skip_zero: bool, include_exporter: bool) -> Iterator[Metric]:
+    """Every family with at least one sample (an empty family says nothing)."""
+    for metric in (*target_families(result, skip_zero), *host_families(result.hosts)):
+        if metric.samples:
+            yield metric
+    if include_exporter:
+        yield build_info()

@@ -1,0 +1,264 @@
+"""Binance's answers field by field, and the metric each field becomes: defined once.
+
+Parsing reads answers through these tables, the renderer names and documents
+families from them, and the simulator builds its answers from them, so a field
+added here shows up everywhere at once.
+
+Kinds of field:
+- ``decimal``: a JSON string holding a decimal ("122607.35137903"); required.
+- ``opt_decimal``: like ``decimal``, but may be missing or "" (Portfolio
+  Margin's examples send "" in numeric fields): then no series, no error.
+- ``bool``: a JSON boolean, exported as 1/0; optional.
+- ``millis``: an integer millisecond timestamp, exported in seconds; optional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NS = "binance_futures"
+MARKETS = ("usdm", "coinm", "pm")
+
+# Label sets, by what a series describes.
+ACCOUNT_LABELS = ("alias", "market")
+ASSET_LABELS = ("alias", "market", "asset")
+POSITION_LABELS = ("alias", "market", "symbol", "position_side")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One gauge family: `binance_futures_<name>`."""
+
+    name: str
+    labels: tuple[str, ...]
+    help: str
+
+
+@dataclass(frozen=True)
+class Field:
+    """One JSON field of an answer and the family it feeds (None: read but not exported)."""
+
+    json: str
+    metric: str | None
+    kind: str = "decimal"
+
+
+def _families(labels: tuple[str, ...], *rows: tuple[str, str]) -> tuple[Family, ...]:
+    return tuple(Family(name, labels, text) for name, text in rows)
+
+
+# ---- families, in exposition order --------------------------------------------------------
+ASSET_FAMILIES = _families(
+    ASSET_LABELS,
+    ("balance", "Wallet balance: balance (balance endpoints), walletBalance (account endpoints, "
+                "sub-accounts), totalWalletBalance (Portfolio Margin)."),
+    ("available_balance", "Available balance (availableBalance)."),
+    ("cross_wallet_balance", "Cross wallet balance (crossWalletBalance)."),
+    ("cross_unrealized_pnl", "Unrealized PnL of cross positions (crossUnPnl)."),
+    ("max_withdraw_amount", "Maximum amount for transfer out (maxWithdrawAmount; withdrawAvailable on COIN-M)."),
+    ("margin_available", "1 if the asset can be used as margin in Multi-Assets mode (marginAvailable)."),
+    ("balance_update_timestamp_seconds", "Last update time reported by Binance (updateTime), Unix seconds."),
+    ("margin_balance", "Margin balance: wallet balance plus unrealized PnL (marginBalance)."),
+    ("maint_margin", "Maintenance margin required (maintMargin; maintenanceMargin for sub-accounts)."),
+    ("initial_margin", "Initial margin required at the current mark price (initialMargin)."),
+    ("position_initial_margin", "Initial margin required for positions at the current mark price "
+                                "(positionInitialMargin)."),
+    ("open_order_initial_margin", "Initial margin required for open orders at the current mark price "
+                                  "(openOrderInitialMargin)."),
+    ("unrealized_pnl", "Unrealized PnL of all positions in this asset (unrealizedProfit)."),
+    ("pm_cross_margin_asset", "Portfolio Margin: cross margin asset (crossMarginAsset)."),
+    ("pm_cross_margin_borrowed", "Portfolio Margin: cross margin borrowed (crossMarginBorrowed)."),
+    ("pm_cross_margin_free", "Portfolio Margin: cross margin free (crossMarginFree)."),
+    ("pm_cross_margin_interest", "Portfolio Margin: cross margin interest (crossMarginInterest)."),
+    ("pm_cross_margin_locked", "Portfolio Margin: cross margin locked (crossMarginLocked)."),
+    ("pm_um_wallet_balance", "Portfolio Margin: USD-M wallet balance (umWalletBalance)."),
+    ("pm_um_unrealized_pnl", "Portfolio Margin: USD-M unrealized PnL (umUnrealizedPNL)."),
+    ("pm_cm_wallet_balance", "Portfolio Margin: COIN-M wallet balance (cmWalletBalance)."),
+    ("pm_cm_unrealized_pnl", "Portfolio Margin: COIN-M unrealized PnL (cmUnrealizedPNL)."),
+    ("pm_negative_balance", "Portfolio Margin: negative balance (negativeBalance)."),
+)
+
+_TOTALS_NOTE = " USDT in single-asset mode; the sum of USD values in Multi-Assets mode."
+ACCOUNT_FAMILIES = _families(
+    ACCOUNT_LABELS,
+    ("account_wallet_balance", "Account total wallet balance (totalWalletBalance)." + _TOTALS_NOTE),
+    ("account_margin_balance", "Account total margin balance (totalMarginBalance)." + _TOTALS_NOTE),
+    ("account_maint_margin", "Account total maintenance margin (totalMaintMargin; totalMaintenanceMargin "
+                             "for sub-accounts)." + _TOTALS_NOTE),
+    ("account_initial_margin", "Account total initial margin (totalInitialMargin)." + _TOTALS_NOTE),
+    ("account_position_initial_margin", "Account initial margin for positions (totalPositionInitialMargin)."
+                                        + _TOTALS_NOTE),
+    ("account_open_order_initial_margin", "Account initial margin for open orders "
+                                          "(totalOpenOrderInitialMargin)." + _TOTALS_NOTE),
+    ("account_unrealized_pnl", "Account total unrealized PnL (totalUnrealizedProfit)." + _TOTALS_NOTE),
+    ("account_cross_wallet_balance", "Account cross wallet balance (totalCrossWalletBalance)." + _TOTALS_NOTE),
+    ("account_cross_unrealized_pnl", "Account unrealized PnL of cross positions (totalCrossUnPnl)."
+                                     + _TOTALS_NOTE),
+    ("account_available_balance", "Account available balance (availableBalance)." + _TOTALS_NOTE),
+    ("account_max_withdraw_amount", "Account maximum amount for transfer out (maxWithdrawAmount)."
+                                    + _TOTALS_NOTE),
+    ("pm_uni_mmr", "Portfolio Margin unified maintenance margin ratio (uniMMR); Binance liquidates "
+                   "at a low uniMMR (see README)."),
+    ("pm_account_equity", "Portfolio Margin account equity in USD (accountEquity)."),
+    ("pm_actual_equity", "Portfolio Margin actual equity in USD, without collateral rate (actualEquity)."),
+    ("pm_account_maint_margin", "Portfolio Margin account maintenance margin in USD (accountMaintMargin)."),
+    ("pm_account_initial_margin", "Portfolio Margin account initial margin in USD (accountInitialMargin)."),
+    ("pm_virtual_max_withdraw_amount", "Portfolio Margin maximum virtual amount for transfer out in USD "
+                                       "(virtualMaxWithdrawAmount)."),
+    ("pm_total_available_balance", "Portfolio Margin total available balance in USD (totalAvailableBalance)."),
+    ("pm_total_margin_open_loss", "Portfolio Margin margin of open loss in USD (totalMarginOpenLoss)."),
+)
+
+POSITION_FAMILIES = _families(
+    POSITION_LABELS,
+    ("position_amount", "Position amount, negative when short (positionAmt)."),
+    ("position_entry_price", "Average entry price (entryPrice)."),
+    ("position_break_even_price", "Break-even price (breakEvenPrice)."),
+    ("position_mark_price", "Mark price (markPrice)."),
+    ("position_liquidation_price", "Liquidation price (liquidationPrice); absent when Binance reports 0, "
+                                   "i.e. no liquidation price."),
+    ("position_notional", "Notional value at the mark price (notional; notionalValue on COIN-M)."),
+    ("position_unrealized_pnl", "Unrealized PnL of the position (unRealizedProfit)."),
+    ("position_required_initial_margin", "Initial margin required for the position at the current mark "
+                                         "price (initialMargin)."),
+    ("position_maint_margin", "Maintenance margin required for the position (maintMargin)."),
+    ("position_isolated_margin", "Isolated margin of the position (isolatedMargin)."),
+    ("position_adl_quantile", "Auto-deleveraging queue quantile, 0 (last) to 4 (first) (adl)."),
+)
+
+# ---- USD-M (fapi) -----------------------------------------------------------------------------
+BALANCE_AMOUNTS = ("balance", "available_balance", "cross_wallet_balance", "cross_unrealized_pnl",
+                   "max_withdraw_amount")
+"""The five amounts of a balance row; an asset with all five at zero is skipped (skip_zero_balances)."""
+
+USDM_BALANCE = (
+    Field("balance", "balance"),
+    Field("crossWalletBalance", "cross_wallet_balance"),
+    Field("crossUnPnl", "cross_unrealized_pnl"),
+    Field("availableBalance", "available_balance"),
+    Field("maxWithdrawAmount", "max_withdraw_amount"),
+    Field("marginAvailable", "margin_available", "bool"),
+    Field("updateTime", "balance_update_timestamp_seconds", "millis"),
+)
+
+USDM_ACCOUNT_ASSET = (
+    Field("walletBalance", "balance"),
+    Field("unrealizedProfit", "unrealized_pnl"),
+    Field("marginBalance", "margin_balance"),
+    Field("maintMargin", "maint_margin"),
+    Field("initialMargin", "initial_margin"),
+    Field("positionInitialMargin", "position_initial_margin"),
+    Field("openOrderInitialMargin", "open_order_initial_margin"),
+    Field("crossWalletBalance", "cross_wallet_balance"),
+    Field("crossUnPnl", "cross_unrealized_pnl"),
+    Field("availableBalance", "available_balance"),
+    Field("maxWithdrawAmount", "max_withdraw_amount"),
+    Field("marginAvailable", "margin_available", "bool"),  # v2 only
+    Field("updateTime", "balance_update_timestamp_seconds", "millis"),
+)
+
+USDM_ACCOUNT_TOTALS = (
+    Field("totalInitialMargin", "account_initial_margin"),
+    Field("totalMaintMargin", "account_maint_margin"),
+    Field("totalWalletBalance", "account_wallet_balance"),
+    Field("totalUnrealizedProfit", "account_unrealized_pnl"),
+    Field("totalMarginBalance", "account_margin_balance"),
+    Field("totalPositionInitialMargin", "account_position_initial_margin"),
+    Field("totalOpenOrderInitialMargin", "account_open_order_initial_margin"),
+    Field("totalCrossWalletBalance", "account_cross_wallet_balance"),
+    Field("totalCrossUnPnl", "account_cross_unrealized_pnl"),
+    Field("availableBalance", "account_available_balance"),
+    Field("maxWithdrawAmount", "account_max_withdraw_amount"),
+)
+
+POSITION_RISK = (
+    Field("positionAmt", "position_amount"),
+    Field("entryPrice", "position_entry_price", "opt_decimal"),
+    Field("breakEvenPrice", "position_break_even_price", "opt_decimal"),
+    Field("markPrice", "position_mark_price", "opt_decimal"),
+    Field("unRealizedProfit", "position_unrealized_pnl", "opt_decimal"),
+    Field("liquidationPrice", "position_liquidation_price", "opt_decimal"),
+    Field("isolatedMargin", "position_isolated_margin", "opt_decimal"),
+    Field("notional", "position_notional", "opt_decimal"),
+    Field("notionalValue", "position_notional", "opt_decimal"),  # COIN-M's name
+    Field("initialMargin", "position_required_initial_margin", "opt_decimal"),
+    Field("maintMargin", "position_maint_margin", "opt_decimal"),
+)
+
+# ---- COIN-M (dapi) ----------------------------------------------------------------------------
+COINM_BALANCE = (
+    Field("balance", "balance"),
+    Field("withdrawAvailable", "max_withdraw_amount"),
+    Field("crossWalletBalance", "cross_wallet_balance"),
+    Field("crossUnPnl", "cross_unrealized_pnl"),
+    Field("availableBalance", "available_balance"),
+    Field("updateTime", "balance_update_timestamp_seconds", "millis"),
+)
+
+COINM_ACCOUNT_ASSET = (
+    Field("walletBalance", "balance"),
+    Field("unrealizedProfit", "unrealized_pnl", "opt_decimal"),
+    Field("marginBalance", "margin_balance", "opt_decimal"),
+    Field("maintMargin", "maint_margin", "opt_decimal"),
+    Field("initialMargin", "initial_margin", "opt_decimal"),
+    Field("positionInitialMargin", "position_initial_margin", "opt_decimal"),
+    Field("openOrderInitialMargin", "open_order_initial_margin", "opt_decimal"),
+    Field("maxWithdrawAmount", "max_withdraw_amount", "opt_decimal"),
+    Field("crossWalletBalance", "cross_wallet_balance", "opt_decimal"),
+    Field("crossUnPnl", "cross_unrealized_pnl", "opt_decimal"),
+    Field("availableBalance", "available_balance", "opt_decimal"),
+    Field("updateTime", "balance_update_timestamp_seconds", "millis"),
+)
+
+# ---- Portfolio Margin (papi) ------------------------------------------------------------------
+PM_BALANCE = (
+    Field("totalWalletBalance", "balance"),
+    Field("crossMarginAsset", "pm_cross_margin_asset", "opt_decimal"),
+    Field("crossMarginBorrowed", "pm_cross_margin_borrowed", "opt_decimal"),
+    Field("crossMarginFree", "pm_cross_margin_free", "opt_decimal"),
+    Field("crossMarginInterest", "pm_cross_margin_interest", "opt_decimal"),
+    Field("crossMarginLocked", "pm_cross_margin_locked", "opt_decimal"),
+    Field("umWalletBalance", "pm_um_wallet_balance", "opt_decimal"),
+    Field("umUnrealizedPNL", "pm_um_unrealized_pnl", "opt_decimal"),
+    Field("cmWalletBalance", "pm_cm_wallet_balance", "opt_decimal"),
+    Field("cmUnrealizedPNL", "pm_cm_unrealized_pnl", "opt_decimal"),
+    Field("updateTime", "balance_update_timestamp_seconds", "millis"),
+    Field("negativeBalance", "pm_negative_balance", "opt_decimal"),
+)
+
+PM_ACCOUNT = (
+    Field("uniMMR", "pm_uni_mmr", "opt_decimal"),
+    Field("accountEquity", "pm_account_equity", "opt_decimal"),
+    Field("actualEquity", "pm_actual_equity", "opt_decimal"),
+    Field("accountInitialMargin", "pm_account_initial_margin", "opt_decimal"),
+    Field("accountMaintMargin", "pm_account_maint_margin", "opt_decimal"),
+    Field("virtualMaxWithdrawAmount", "pm_virtual_max_withdraw_amount", "opt_decimal"),
+    Field("totalAvailableBalance", "pm_total_available_balance", "opt_decimal"),
+    Field("totalMarginOpenLoss", "pm_total_margin_open_loss", "opt_decimal"),
+)
+
+PM_ACCOUNT_STATUSES = ("NORMAL", "MARGIN_CALL", "SUPPLY_MARGIN", "REDUCE_ONLY", "ACTIVE_LIQUIDATION",
+                       "FORCE_LIQUIDATION", "BANKRUPTED")
+
+# ---- sub-accounts (sapi, master key) ----------------------------------------------------------
+SUB_ACCOUNT_ASSET = (
+    Field("walletBalance", "balance"),
+    Field("initialMargin", "initial_margin", "opt_decimal"),
+    Field("maintenanceMargin", "maint_margin", "opt_decimal"),
+    Field("marginBalance", "margin_balance", "opt_decimal"),
+    Field("maxWithdrawAmount", "max_withdraw_amount", "opt_decimal"),
+    Field("openOrderInitialMargin", "open_order_initial_margin", "opt_decimal"),
+    Field("positionInitialMargin", "position_initial_margin", "opt_decimal"),
+    Field("unrealizedProfit", "unrealized_pnl", "opt_decimal"),
+)
+
+SUB_ACCOUNT_TOTALS = (
+    Field("maxWithdrawAmount", "account_max_withdraw_amount", "opt_decimal"),
+    Field("totalInitialMargin", "account_initial_margin", "opt_decimal"),
+    Field("totalMaintenanceMargin", "account_maint_margin", "opt_decimal"),
+    Field("totalMarginBalance", "account_margin_balance", "opt_decimal"),
+    Field("totalOpenOrderInitialMargin", "account_open_order_initial_margin", "opt_decimal"),
+    Field("totalPositionInitialMargin", "account_position_initial_margin", "opt_decimal"),
+    Field("totalUnrealizedProfit", "account_unrealized_pnl", "opt_decimal"),
+    Field("totalWalletBalance", "account_wallet_balance", "opt_decimal"),
+)

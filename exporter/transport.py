@@ -1,0 +1,318 @@
+"""HTTP to Binance: keep-alive pools whose requests end at a hard deadline, with capped bodies.
+
+urllib3's timeouts are per socket operation: a server that trickles one byte
+a second through headers or body never trips them, and keeps a fetch (and the
+account it belongs to) blind for as long as it likes. So every request here
+runs under a deadline enforced by `Watchdog`, one thread that shuts down the
+socket of any request still running when its deadline passes. What is read
+is capped (`MAX_BODY_BYTES`), and a compressed body we never asked for is only
+inflated up to the same cap.
+
+We started on `requests.Session`, which sits on the same pools; profiling
+300 accounts showed its per-call layers costing about as much CPU as
+everything else in a scrape together, so we talk to urllib3 directly. Proxies
+from the environment and the system CA store still apply.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import socket
+import threading
+import time
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import urlsplit
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError
+
+from exporter import __version__
+
+USER_AGENT = f"binance-futures-exporter/{__version__}"
+# Binance's answers are kilobytes: a balance row is ~250 bytes, a position ~600.
+# 4 MiB holds ~16,000 asset rows or ~6,000 positions, far beyond any real
+# account, while one hostile body can cost at most this much memory.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+READ_CHUNK = 64 * 1024
+MIN_ATTEMPT_S = 0.05  # don't start a request with less time than this left
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive (urllib3's HTTPHeaderDict)
+    body: bytes
+
+
+class TransportError(Exception):
+    """The request got no usable HTTP answer. `kind`: timeout, connection or bad_response."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+# ---- deadlines ---------------------------------------------------------------------------------
+class _Guard:
+    """One request's deadline; the connection it runs on registers itself here."""
+
+    __slots__ = ("deadline", "conn", "fired", "done", "_lock")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.conn: HTTPConnection | None = None
+        self.fired = False
+        self.done = False
+        self._lock = threading.Lock()
+
+    def attach(self, conn: HTTPConnection) -> None:
+        with self._lock:
+            self.conn = conn
+            fired = self.fired
+        if fired:
+            _cut(conn)
+
+    def fire(self) -> None:
+        with self._lock:
+            if self.done or self.fired:
+                return
+            self.fired = True
+            conn = self.conn
+        if conn is not None:
+            _cut(conn)
+
+
+def _cut(conn: HTTPConnection) -> None:
+    """Wake whatever blocks on this connection's socket: its recv/send returns at once."""
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return
+    try:
+        # socket.socket.shutdown, not SSLSocket.shutdown: the latter would first
+        # drop the TLS object another thread is reading through.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
+
+
+class Watchdog:
+    """One daemon thread that cuts requests past their deadline (and all of them at shutdown)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Guard]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def arm(self, deadline: float) -> _Guard:
+        guard = _Guard(deadline)
+        with self._cond:
+            if self._closed:
+                guard.fired = True
+                return guard
+            heapq.heappush(self._heap, (deadline, next(self._seq), guard))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="deadline-watchdog", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is guard:
+                self._cond.notify()
+        return guard
+
+    @staticmethod
+    def disarm(guard: _Guard) -> None:
+        with guard._lock:
+            guard.done = True
+            guard.conn = None
+
+    def close(self) -> None:
+        """Cut every running request: used at shutdown, so no thread waits on a slow upstream."""
+        with self._cond:
+            self._closed = True
+            guards = [g for _, _, g in self._heap]
+            self._heap.clear()
+            self._cond.notify()
+        for guard in guards:
+            guard.fire()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
+                    _, _, guard = heapq.heappop(self._heap)
+                    if not guard.done:
+                        guard.fire()
+                timeout = (self._heap[0][0] - now) if self._heap else None
+                self._cond.wait(timeout)
+
+
+WATCHDOG = Watchdog()
+_local = threading.local()
+
+
+class _GuardedMixin:
+    """Registers the connection with the calling thread's current guard on every use."""
+
+    def connect(self) -> None:
+        _attach(self)  # type: ignore[arg-type]
+        super().connect()  # type: ignore[misc]
+
+    def request(self, *args: object, **kwargs: object) -> None:
+        _attach(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+def _attach(conn: HTTPConnection) -> None:
+    guard: _Guard | None = getattr(_local, "guard", None)
+    if guard is not None:
+        guard.attach(conn)
+
+
+class _GuardedHTTPConnection(_GuardedMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedMixin, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+# ---- bodies ------------------------------------------------------------------------------------
+def _inflate(raw: bytes, encoding: str) -> bytes:
+    """Decode gzip/deflate up to MAX_BODY_BYTES: a 1 MB bomb must not become 1 GB."""
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
+    if wbits is None:
+        raise TransportError("bad_response", f"unsupported Content-Encoding {encoding[:20]!r}")
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(raw, MAX_BODY_BYTES + 1)
+    except zlib.error:
+        raise TransportError("bad_response", f"corrupt {encoding} body") from None
+    if len(out) > MAX_BODY_BYTES or decoder.unconsumed_tail:
+        raise TransportError("bad_response", f"body inflates to more than {MAX_BODY_BYTES} bytes")
+    return out
+
+
+def _read_body(resp: urllib3.BaseHTTPResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = resp.read(READ_CHUNK, decode_content=False)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TransportError("bad_response", f"body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    return body if encoding in ("", "identity") else _inflate(body, encoding)
+
+
+def _transport_detail(exc: BaseException) -> str:
+    """A description of a transport error without the URL it would otherwise quote."""
+    text = type(exc).__name__
+    cause: BaseException | None = exc
+    for _ in range(6):  # find the socket-level reason (e.g. ConnectionRefusedError)
+        cause = (cause.__cause__ or cause.__context__) if cause else None
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and type(cause).__module__ == "builtins":
+            return f"{text} ({type(cause).__name__})"
+    for arg in getattr(exc, "args", ()):  # urllib3 puts the socket error in args
+        if isinstance(arg, OSError) and type(arg).__module__ == "builtins":
+            return f"{text} ({type(arg).__name__})"
+    return text
+
+
+# ---- the pool ----------------------------------------------------------------------------------
+class Transport:
+    """A keep-alive connection pool to one base URL, through a proxy if the environment sets one.
+
+    Proxy settings (HTTPS_PROXY, NO_PROXY, ...) are read once, here.
+    """
+
+    def __init__(self, base_url: str, pool_size: int = 2, watchdog: Watchdog = WATCHDOG) -> None:
+        self.base_url = base_url
+        self._watchdog = watchdog
+        parts = urlsplit(base_url)
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        headers = {"User-Agent": USER_AGENT}
+        self._http: urllib3.PoolManager | HTTPConnectionPool
+        if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+            manager = urllib3.ProxyManager(proxy, num_pools=1, maxsize=pool_size, headers=headers)
+            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+            self._http = manager
+        else:
+            pool_cls = _HTTPSPool if parts.scheme == "https" else _HTTPPool
+            self._http = pool_cls(parts.hostname, parts.port, maxsize=pool_size, block=False,
+                                  headers=headers)
+
+    def close(self) -> None:
+        if isinstance(self._http, urllib3.PoolManager):
+            self._http.clear()
+        else:
+            self._http.close()
+
+    def get(self, target: str, headers: Mapping[str, str] | None, deadline: float) -> Response:
+        """GET `target` (path and query), all of it done by `deadline` (monotonic) or TransportError."""
+        remaining = deadline - time.monotonic()
+        if remaining <= MIN_ATTEMPT_S:
+            raise TransportError("timeout", "no time left before the deadline")
+        url = self.base_url + target if isinstance(self._http, urllib3.PoolManager) else target
+        guard = self._watchdog.arm(deadline)
+        _local.guard = guard
+        resp: urllib3.BaseHTTPResponse | None = None
+        try:
+            resp = self._http.urlopen(
+                "GET", url, headers=dict(headers or {}), retries=False, redirect=False,
+                timeout=urllib3.Timeout(connect=remaining, read=remaining),
+                preload_content=False, decode_content=False,
+            )
+            body = _read_body(resp)
+        except TransportError:
+            self._discard(resp)
+            raise
+        except (HTTPError, OSError, ValueError) as exc:
+            self._discard(resp)
+            if guard.fired:
+                raise TransportError("timeout", f"no complete answer within {remaining:.2f}s") from None
+            if isinstance(exc, urllib3.exceptions.NewConnectionError):
+                raise TransportError("connection", _transport_detail(exc)) from None
+            if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+                raise TransportError("timeout", f"no answer within {remaining:.2f}s ({type(exc).__name__})") \
+                    from None
+            raise TransportError("connection", _transport_detail(exc)) from None
+        finally:
+            _local.guard = None
+            self._watchdog.disarm(guard)
+        if guard.fired:  # cut just as the last byte arrived: the socket is gone either way
+            self._discard(resp)
+        else:
+            resp.release_conn()
+        return Response(resp.status, resp.headers, body)
+
+    @staticmethod
+    def _discard(resp: urllib3.BaseHTTPResponse | None) -> None:
+        """Close a connection that may hold unread or cut data, and hand its slot back."""
+        if resp is None:
+            return
+        conn = resp.connection
+        if conn is not None:
+            conn.close()
+        resp.release_conn()
