@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 FIELDS_ATTR = "fields"
+MAX_ERROR_CHARS = 500
 
 
 def fields(**values: Any) -> dict[str, Mapping[str, Any]]:
@@ -36,9 +37,10 @@ def _timestamp(record: logging.LogRecord) -> str:
 def _record_fields(record: logging.LogRecord) -> list[tuple[str, str]]:
     out = [(str(k), v if isinstance(v, str) else str(v))
            for k, v in (getattr(record, FIELDS_ATTR, None) or {}).items()]
-    if record.exc_info:
-        # The last line of a traceback ("ValueError: boom") is the part worth a log line.
-        out.append(("error", logging.Formatter().formatException(record.exc_info).splitlines()[-1]))
+    if record.exc_info and record.exc_info[0] is not None:
+        # What a traceback ends with ("ValueError: boom") is the part worth a log line.
+        exc_type, exc, _ = record.exc_info
+        out.append(("error", f"{exc_type.__name__}: {exc}"[:MAX_ERROR_CHARS]))
     return out
 
 

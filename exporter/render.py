@@ -51,6 +51,8 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
                               ACCOUNT_LABELS)
     min_uni_mmr = _gauge("min_uni_mmr", "Configured Portfolio Margin uniMMR alert threshold (min_uni_mmr).",
                          ACCOUNT_LABELS)
+    host_info = _gauge("account_host_info", "The API host an account's market is fetched from (whose budget, "
+                       "back-off and bans apply to it); always 1.", ("alias", "market", "host"))
     sub_info = _gauge("sub_account_info", "Sub-accounts found through a master account's key; always 1.",
                       ("alias", "master", "email"))
     up = _gauge("up", "1 while the account has values to export: its latest fetch succeeded, no longer "
@@ -74,6 +76,7 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
                 min_liq_distance.add_metric(key, account.min_liquidation_distance)
         elif account.min_uni_mmr is not None:
             min_uni_mmr.add_metric(key, account.min_uni_mmr)
+        host_info.add_metric([*key, target.host.label], 1.0)
         if target.master is not None and target.alias not in seen_sub:
             seen_sub.add(target.alias)
             sub_info.add_metric([target.alias, target.master, target.email or ""], 1.0)
@@ -109,7 +112,8 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
     yield from totals.values()
     yield status
     yield from positions.values()
-    yield from (max_margin_ratio, min_liq_distance, min_uni_mmr, sub_info, up, duration, last_success, errors)
+    yield from (max_margin_ratio, min_liq_distance, min_uni_mmr, host_info, sub_info, up, duration, last_success,
+                errors)
 
 
 def host_families(hosts: list[HostView]) -> Iterator[Metric]:

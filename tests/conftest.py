@@ -17,7 +17,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.simulator import SimAccount, Simulator
+from testkit import SimAccount, Simulator
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,6 +86,9 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def value(samples: dict, name: str, **labels: str) -> float | None:
+    """One sample's value; series labelled `alias` default to market="usdm" (most tests use USD-M)."""
+    if "alias" in labels and "market" not in labels and name != "binance_futures_sub_account_info":
+        labels["market"] = "usdm"
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
@@ -106,7 +109,8 @@ def sim() -> Iterator[Simulator]:
 
 def config_dict(base_url: str, accounts: list[Acct] = ACCOUNTS, **defaults: object) -> dict:
     return {
-        "defaults": {"base_url": base_url, "timeout_seconds": 3, **defaults},
+        # cache_seconds 0: every scrape refreshes (the default would serve data younger than 12 s).
+        "defaults": {"base_url": base_url, "timeout_seconds": 3, "cache_seconds": 0, **defaults},
         "accounts": [{"alias": a.alias, "api_key": a.key, "api_secret": a.secret} for a in accounts],
     }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import ACCOUNTS, ALL_SECRETS, REPO, assert_no_secrets, config_dict, value, wait_until, write_config
 from exporter import __version__
-from exporter.simulator import Simulator
+from testkit import Simulator
 
 
 def test_version() -> None:
@@ -38,7 +38,8 @@ def test_serves_metrics_from_config_and_logs_no_secrets(sim: Simulator, tmp_path
     assert exp.stop() == 0
     logs = exp.logs()
     assert "Serving metrics at http://127.0.0.1:" in logs
-    assert re.search(r'level=warn logger=exporter.collector msg="scrape failed" alias=charlie reason=signature', logs)
+    assert re.search(r'level=warn logger=exporter.engine msg="scrape failed" alias=charlie market=usdm '
+                     r'reason=signature status=400 code=-1022 error="Signature for this request is not valid."', logs)
     assert "Traceback" not in logs
     assert_no_secrets(logs, ALL_SECRETS + ["not-the-right-secret-"])
     # debug level shows no signed URL either

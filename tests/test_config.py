@@ -61,9 +61,9 @@ def test_defaults_and_overrides() -> None:
     cfg = load({"defaults": {"base_url": "https://demo-fapi.binance.com/", "api_version": "v2", "timeout_seconds": 2},
                 "accounts": [account(), account(alias="b", timeout_seconds="7.5", recv_window_ms=10000)]})
     a, b = cfg.accounts
-    assert a.base_url == "https://demo-fapi.binance.com" and a.balance_path == "/fapi/v2/balance"
+    assert a.base_url == "https://demo-fapi.binance.com" and a.api_version == "v2"
     assert a.timeout_seconds == 2 and b.timeout_seconds == 7.5 and b.recv_window_ms == 10000
-    assert a.host == "demo-fapi.binance.com"
+    assert a.base_url_for("coinm") == "https://dapi.binance.com"
 
 
 def test_repr_and_str_never_show_secrets() -> None:

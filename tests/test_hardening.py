@@ -9,11 +9,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from conftest import ACCOUNTS, OFFICIAL_ROW, config_dict, rows_b, value, wait_until, write_config
-from exporter.cli import weight_warnings
 from exporter.config import parse_config
-from exporter.hosts import HostState
-from exporter.simulator import Fault, SimAccount, Simulator
+from exporter.engine import Engine
+from exporter.hosts import Backoff
 from test_scrape import make_harness  # noqa: F401 - fixture
+from testkit import Fault, SimAccount, Simulator
 
 
 def host_of(sim: Simulator) -> str:
@@ -35,14 +35,19 @@ def test_429_pauses_every_account_on_that_host_only(make_harness) -> None:  # no
         m = h.scrape()
         assert value(m, "binance_futures_up", alias="alpha") == 0.0
         assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="rate_limited") == 1.0
+        assert value(m, "binance_futures_rate_limited_responses_total", host=host_of(limited), status="429") == 1.0
         assert 28 <= value(m, "binance_futures_backoff_seconds", host=host_of(limited)) <= 30
         assert value(m, "binance_futures_backoff_seconds", host=host_of(other)) == 0
         sent = limited.stats()["requests"]
         for _ in range(3):
             m = h.scrape()
         assert limited.stats()["requests"] == sent, "no request may reach a host during its back-off"
-        assert value(m, "binance_futures_up", alias="alpha") == value(m, "binance_futures_up", alias="bravo") == 0.0
-        assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="rate_limited") >= 3
+        # bravo was not refreshed, but still has its last values: not an error, still up.
+        assert value(m, "binance_futures_up", alias="bravo") == 1.0
+        assert value(m, "binance_futures_balance", alias="bravo", asset="BNB") == 3.14159265
+        assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="rate_limited") == 0.0
+        assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="rate_limited") == 1.0
+        assert value(m, "binance_futures_fetches_deferred_total", host=host_of(limited)) >= 6
         assert value(m, "binance_futures_up", alias="charlie") == 1.0
         assert value(m, "binance_futures_balance", alias="charlie", asset="USDT") == 1000.12345678
     finally:
@@ -55,13 +60,40 @@ def test_418_ban_then_recovery_after_retry_after(sim: Simulator, make_harness) -
     sim.set_fault(ACCOUNTS[1].key, Fault("ban_418", retry_after_s=1, times=1))
     m = h.scrape()
     assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="ip_banned") == 1.0
+    assert value(m, "binance_futures_rate_limited_responses_total", host=host_of(sim), status="418") == 1.0
     assert value(m, "binance_futures_backoff_seconds", host=host_of(sim)) > 0
     m = wait_until(lambda: (lambda s: s if value(s, "binance_futures_up", alias="bravo") == 1.0 else None)(h.scrape()),
                    timeout=5, interval=0.2)
     assert value(m, "binance_futures_backoff_seconds", host=host_of(sim)) == 0
+    assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="ip_banned") == 1.0
+
+
+def test_budget_matching_the_ip_limit_never_provokes_a_429(make_harness) -> None:  # noqa: F811
+    """The simulator allows 12 weight a minute; told so, the exporter spends at most half and defers the rest."""
+    sim = Simulator([SimAccount(a.key, a.secret, balances=[dict(OFFICIAL_ROW)]) for a in ACCOUNTS], weight_limit=12)
+    sim.start()
+    try:
+        data = config_dict(sim.base_url)
+        data["weight_limit"] = 12  # cap 6: the clock (1) and one balance (5)
+        h = make_harness(data)
+        for _ in range(4):
+            m = h.scrape()
+        assert sim.stats()["requests_by_path"] == {"/fapi/v1/time": 1, "/fapi/v3/balance": 1}
+        assert [value(m, "binance_futures_up", alias=a.alias) for a in ACCOUNTS] == [1.0, 0.0, 0.0]
+        for acc in ACCOUNTS:  # deferred fetches are not errors
+            assert all(value(m, "binance_futures_scrape_errors_total", alias=acc.alias, reason=r) == 0
+                       for r in ("rate_limited", "ip_banned", "timeout"))
+        host = host_of(sim)
+        assert value(m, "binance_futures_rate_limited_responses_total", host=host, status="429") == 0
+        assert value(m, "binance_futures_exporter_used_weight", host=host) == 6
+        assert value(m, "binance_futures_weight_budget", host=host) == 6
+        assert value(m, "binance_futures_fetches_deferred_total", host=host) >= 8
+    finally:
+        sim.stop()
 
 
 def test_real_weight_limit_429_from_the_simulator(make_harness) -> None:  # noqa: F811
+    """The limit is lower than configured (bots on the IP): one real 429, then silence."""
     sim = Simulator([SimAccount(a.key, a.secret, balances=[dict(OFFICIAL_ROW)]) for a in ACCOUNTS], weight_limit=12)
     sim.start()
     try:
@@ -87,25 +119,48 @@ class FakeClock:
         return self.now
 
 
-def test_default_backoff_without_retry_after_doubles_on_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backoff_pauses_once_per_event_and_escalates_only_on_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
-    host = HostState("https://x", "x")
-    monkeypatch.setattr(host, "monotonic", clock)
-    assert host.note_limited(429, None, None) == 60
+    backoff = Backoff()
+    monkeypatch.setattr(backoff, "monotonic", clock)
+    sent = clock.now - 0.1
+    assert backoff.note(429, None, None, sent) == 60
+    for _ in range(29):  # the other 29 requests of that burst: the same event
+        assert backoff.note(429, None, None, sent) == 60
     clock.now += 61
-    assert host.note_limited(429, None, None) == 120  # repeat without success in between
+    assert backoff.note(429, None, None, clock.now) == 120  # a repeat after the pause, no success between
     clock.now += 121
-    host.note_success()
-    assert host.note_limited(429, None, None) == 60
+    backoff.note_success()
+    assert backoff.note(429, None, None, clock.now) == 60
     clock.now += 61
-    host.note_success()
-    assert host.note_limited(418, None, None) == 120
+    backoff.note_success()
+    assert backoff.note(418, None, None, clock.now) == 120
     clock.now += 121
-    assert host.note_limited(418, None, None) == 240
-    assert host.current_backoff() == (240, "ip_banned")
-    assert host.note_limited(429, "7", None) == 240  # never shortens a running ban
+    assert backoff.note(418, None, None, clock.now) == 240
+    assert backoff.remaining() == (240, "ip_banned")
+    assert backoff.note(429, "7", None, clock.now) == 240  # never shortens a running ban
     clock.now += 1000
-    assert host.note_limited(418, None, f"IP banned until {int((host.wall() + 300) * 1000)}.") == pytest.approx(300, abs=1)
+    until = f"IP banned until {int((backoff.wall() + 300) * 1000)}."
+    assert backoff.note(418, None, until, clock.now) == pytest.approx(300, abs=1)
+
+
+def test_in_flight_418_during_a_429_pause_takes_binances_end_but_does_not_escalate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    backoff = Backoff()
+    monkeypatch.setattr(backoff, "monotonic", clock)
+    sent = clock.now - 0.1
+    backoff.note(429, None, None, sent)
+    assert backoff.note(418, "600", None, sent) == 600
+    assert backoff.remaining() == (600, "ip_banned")
+    assert backoff.penalties == 1
+
+
+@pytest.mark.parametrize("retry_after", ["4" * 400, "-5", "abc", "1e9", "0", str(10 * 24 * 3600), " 30 s"])
+def test_absurd_retry_after_falls_back_to_the_default(retry_after: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backoff = Backoff()
+    monkeypatch.setattr(backoff, "monotonic", FakeClock())
+    assert backoff.note(429, retry_after, None, 0.0) == 60
 
 
 @pytest.mark.parametrize("skew_ms", [-3000, 10000])
@@ -138,23 +193,32 @@ def test_persistent_1021_is_reported_as_timestamp(sim: Simulator, make_harness) 
     assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="timestamp") == 1.0
 
 
-def test_weight_budget_warning() -> None:
-    accounts = [{"alias": f"a{i}", "api_key": "k", "api_secret": "s"} for i in range(100)]
-    cfg = parse_config({"accounts": accounts, "scrape_interval_seconds": 15}, "c.yaml", {})
-    (warning,) = weight_warnings(cfg)
-    assert "2000 weight/minute" in warning and "fapi.binance.com" in warning
-    assert weight_warnings(parse_config({"accounts": accounts[:10]}, "c.yaml", {})) == []
-    v2 = parse_config({"accounts": accounts[:31], "defaults": {"api_version": "v2"}}, "c.yaml", {})
-    assert "1240 weight/minute" in weight_warnings(v2)[0]  # v2 assumed at the announced weight 10
+def test_budget_plan_says_what_freshness_the_config_gets() -> None:
+    accounts = [{"alias": f"a{i}", "api_key": "k", "api_secret": "s"} for i in range(300)]
+    engine = Engine(parse_config({"accounts": accounts, "scrape_interval_seconds": 15}, "c.yaml", {}))
+    try:
+        (plan,) = engine.budget_plans()
+    finally:
+        engine.close()
+    assert plan.host == "fapi.binance.com" and plan.accounts == 300 and plan.round_weight == 1500
+    assert plan.demand_per_minute == 6000 and plan.budget_per_minute == 1200 and not plan.fits
+    assert plan.refresh_every_s == 75.0
+    small = Engine(parse_config({"accounts": accounts[:10]}, "c.yaml", {}))
+    try:
+        assert small.budget_plans()[0].fits and small.budget_plans()[0].refresh_every_s == 15
+    finally:
+        small.close()
 
 
-def test_weight_warning_is_logged_at_start(sim: Simulator, tmp_path: Path, run_exporter) -> None:
+def test_budget_plan_is_logged_at_start(sim: Simulator, tmp_path: Path, run_exporter) -> None:
     data = config_dict(sim.base_url)
     data["scrape_interval_seconds"] = 1
     data["weight_limit"] = 100
     exp = run_exporter(f"--config.file={write_config(tmp_path / 'c.yaml', data)}")
     exp.stop()
-    assert 'level=warn logger=exporter msg="weight budget: accounts on 127.0.0.1' in exp.logs()
+    line = next(line for line in exp.logs().splitlines() if "weight budget" in line)
+    assert "level=warn" in line and "each account is refreshed about every refresh_every_s seconds" in line
+    assert "demand_per_minute=900 budget_per_minute=50 refresh_every_s=18.0" in line
 
 
 def _pem(key, password: bytes | None = None) -> bytes:
@@ -197,7 +261,7 @@ def test_ed25519_and_rsa_accounts_scrape(tmp_path: Path, make_harness) -> None: 
 def test_no_secret_anywhere_in_a_full_faulty_run(sim: Simulator, tmp_path: Path, run_exporter) -> None:
     """Every fault the simulator can play, at debug log level: scan all output for every key and secret."""
     from conftest import ALL_SECRETS, assert_no_secrets
-    from exporter.simulator import FAULT_KINDS
+    from testkit import FAULT_KINDS
 
     data = config_dict(sim.base_url, timeout_seconds=1)
     data["accounts"][2]["api_secret"] = "wrong-" + ACCOUNTS[2].secret  # a signature failure too
@@ -212,7 +276,8 @@ def test_no_secret_anywhere_in_a_full_faulty_run(sim: Simulator, tmp_path: Path,
             assert resp.status_code == 200
             bodies.append(resp.text)
         if kind in ("rate_limit_429", "ban_418"):  # let the 1 s back-off run out
-            wait_until(lambda: exp.metrics()[("binance_futures_up", (("alias", "bravo"),))] == 1.0, timeout=5, interval=0.2)
+            wait_until(lambda: value(exp.metrics(), "binance_futures_up", alias="bravo") == 1.0, timeout=5,
+                       interval=0.2)
     assert exp.stop() == 0
     output = exp.logs() + "".join(bodies)
     assert "Traceback" not in output
@@ -231,9 +296,9 @@ def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:
         with freeze_time("2026-03-01T12:00:00Z"):
             h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
             m = h.scrape()
-            host = h.exporter.hosts[sim.base_url]
-            assert host.offset_ms == -3000
-            assert host.now_ms() == 1772366400000 - 3000
+            clock = h.engine.hosts[(sim.base_url, "usdm")].clock
+            assert clock.offset_ms == -3000
+            assert clock.now_ms() == 1772366400000 - 3000
         assert value(m, "binance_futures_up", alias="alpha") == 1.0
         assert value(m, "binance_futures_time_offset_seconds", host=host_of(sim)) == -3.0
     finally:
@@ -243,14 +308,14 @@ def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:
 def test_proxy_environment_is_read_once_per_account(monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib3
 
-    from exporter.client import make_http
+    from exporter.transport import Transport
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    via_proxy = make_http("https://fapi.binance.com")
+    via_proxy = Transport("https://fapi.binance.com")._http
     assert isinstance(via_proxy, urllib3.ProxyManager)
     assert via_proxy.proxy is not None and via_proxy.proxy.host == "proxy.internal"
-    direct = make_http("http://127.0.0.1:8080")
+    direct = Transport("http://127.0.0.1:8080")._http
     assert isinstance(direct, urllib3.HTTPConnectionPool)
 
 

@@ -15,16 +15,16 @@ import requests
 
 from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, Acct, config_dict, parse_metrics, value, rows_b
 from exporter.client import REASONS
-from exporter.collector import Exporter
 from exporter.config import parse_config
-from exporter.simulator import Fault, SimAccount, Simulator
+from exporter.engine import Engine
 from exporter.web import make_app, serve
+from testkit import Fault, SimAccount, Simulator
 
 
 class Harness:
-    def __init__(self, exporter: Exporter) -> None:
-        self.exporter = exporter
-        self.server = serve(make_app(exporter), "127.0.0.1:0")
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.server = serve(make_app(engine), "127.0.0.1:0")
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def get(self, path: str = "/metrics", **kw: object) -> requests.Response:
@@ -42,7 +42,7 @@ class Harness:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-        self.exporter.close()
+        self.engine.close()
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def make_harness() -> Iterator:
     made: list[Harness] = []
 
     def make(data: dict) -> Harness:
-        harness = Harness(Exporter(parse_config(data, "test.yaml", {})))
+        harness = Harness(Engine(parse_config(data, "test.yaml", {})))
         made.append(harness)
         return harness
 
@@ -90,8 +90,8 @@ def test_exact_values_for_every_account(sim: Simulator, make_harness) -> None:
 
 def test_exact_decimal_text_in_exposition(sim: Simulator, make_harness) -> None:
     text = make_harness(config_dict(sim.base_url)).get().text
-    assert 'binance_futures_balance{alias="alpha",asset="USDT"} 122607.35137903\n' in text
-    assert 'binance_futures_cross_unrealized_pnl{alias="bravo",asset="USDT"} -12.3456789\n' in text
+    assert 'binance_futures_balance{alias="alpha",asset="USDT",market="usdm"} 122607.35137903\n' in text
+    assert 'binance_futures_cross_unrealized_pnl{alias="bravo",asset="USDT",market="usdm"} -12.3456789\n' in text
 
 
 def test_wrong_secret_is_signature_error_and_others_stay_up(sim: Simulator, make_harness, caplog) -> None:
@@ -106,8 +106,9 @@ def test_wrong_secret_is_signature_error_and_others_stay_up(sim: Simulator, make
     assert value(m, "binance_futures_up", alias="alpha") == 1.0
     assert value(m, "binance_futures_balance", alias="alpha", asset="USDT") == 122607.35137903
     assert value(m, "binance_futures_up", alias="charlie") == 1.0
-    lines = [r.getMessage() for r in caplog.records if "scrape failed" in r.getMessage()]
-    assert len(lines) == 1 and "alias=bravo reason=signature" in lines[0] and "code=-1022" in lines[0]
+    failures = [r.fields for r in caplog.records if r.getMessage() == "scrape failed"]
+    assert len(failures) == 1
+    assert failures[0]["alias"] == "bravo" and failures[0]["reason"] == "signature" and failures[0]["code"] == -1022
     assert "wrong-secret" not in caplog.text
     for secret in ALL_SECRETS:
         assert secret not in caplog.text
@@ -220,8 +221,8 @@ def test_keep_alive_one_connection_per_account(sim: Simulator, make_harness) -> 
     h = make_harness(config_dict(sim.base_url))
     for _ in range(5):
         h.scrape()
-    # One connection per account session, reused across scrapes (+ maybe none for time sync: it shares one).
-    assert sim.stats()["connections"] <= len(ACCOUNTS)
+    # One keep-alive connection per account, reused across scrapes, plus the host's clock connection.
+    assert sim.stats()["connections"] <= len(ACCOUNTS) + 1
 
 
 def test_ha_concurrent_scrapes_share_one_fetch(sim: Simulator, make_harness) -> None:

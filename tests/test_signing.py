@@ -42,13 +42,14 @@ def test_balance_vectors_and_parameter_order(params: list, expected: str) -> Non
 
 
 def test_signed_timestamp_follows_the_clock() -> None:
-    from exporter.hosts import HostState
+    from exporter.clock import Clock
 
-    host = HostState("https://fapi.binance.com", "fapi.binance.com")
-    host.note_offset(-2500)
+    clock = Clock()
     with freeze_time("2020-06-09T11:36:53.943Z"):  # 1591702613943 ms
-        assert host.now_ms() == 1591702613943 - 2500
-        query = signed_query([("recvWindow", "5000"), ("timestamp", str(host.now_ms()))], HmacSigner(Secret(SECRET)))
+        assert clock.sync(lambda deadline: 1591702613943 - 2500, deadline=0)
+        assert clock.offset_ms == -2500
+        assert clock.now_ms() == 1591702613943 - 2500
+        query = signed_query([("recvWindow", "5000"), ("timestamp", str(clock.now_ms()))], HmacSigner(Secret(SECRET)))
     assert "timestamp=1591702611443&" in query
     assert query.endswith(hmac_sha256_hex(SECRET, "recvWindow=5000&timestamp=1591702611443"))
 

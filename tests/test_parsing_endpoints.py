@@ -1,0 +1,148 @@
+"""Every endpoint's official example answer parses to exact values; 'none' values give no series."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exporter import parsing
+from exporter.parsing import BadResponse
+
+EXAMPLES = json.loads((Path(__file__).parent / "fixtures" / "official_examples.json").read_text())
+
+
+def body(name: str, **changes: object) -> bytes:
+    data = json.loads(json.dumps(EXAMPLES[name]))
+    for path, value in changes.items():
+        target = data
+        *parents, last = path.split("__")
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else target[part]
+        target[int(last) if last.isdigit() else last] = value
+    return json.dumps(data).encode()
+
+
+def test_usdm_account_v3_totals_and_assets() -> None:
+    snap = parsing.parse_usdm_account(body("fapi_v3_account"))
+    assert snap.totals == {
+        "account_initial_margin": 0.0, "account_maint_margin": 0.0, "account_wallet_balance": 126.72469206,
+        "account_unrealized_pnl": 0.0, "account_margin_balance": 126.72469206,
+        "account_position_initial_margin": 0.0, "account_open_order_initial_margin": 0.0,
+        "account_cross_wallet_balance": 126.72469206, "account_cross_unrealized_pnl": 0.0,
+        "account_available_balance": 126.72469206, "account_max_withdraw_amount": 126.72469206,
+    }
+    (usdt,) = snap.assets
+    assert usdt.asset == "USDT"
+    assert usdt.values == {
+        "balance": 23.72469206, "unrealized_pnl": 0.0, "margin_balance": 23.72469206, "maint_margin": 0.0,
+        "initial_margin": 0.0, "position_initial_margin": 0.0, "open_order_initial_margin": 0.0,
+        "cross_wallet_balance": 23.72469206, "cross_unrealized_pnl": 0.0, "available_balance": 23.72469206,
+        "max_withdraw_amount": 23.72469206, "balance_update_timestamp_seconds": 1625474304.765,
+    }
+    assert snap.account_alias is None and snap.positions == ()  # positions come from positionRisk
+
+
+def test_usdm_account_v2_has_margin_available() -> None:
+    (usdt,) = parsing.parse_usdm_account(body("fapi_v2_account")).assets
+    assert usdt.values["margin_available"] == 1.0
+
+
+def test_position_risk_v3_exact_and_liquidation_zero_is_none() -> None:
+    (pos,) = parsing.parse_position_risk(body("fapi_v3_position_risk")).positions
+    assert (pos.symbol, pos.side) == ("ADAUSDT", "BOTH")
+    assert pos.values == {
+        "position_amount": 30.0, "position_entry_price": 0.385, "position_break_even_price": 0.385077,
+        "position_mark_price": 0.4104759, "position_unrealized_pnl": 0.764277, "position_isolated_margin": 0.0,
+        "position_notional": 12.314277, "position_required_initial_margin": 0.61571385,
+        "position_maint_margin": 0.0800428, "position_adl_quantile": 2.0,
+    }  # liquidationPrice "0" on an open position: no liquidation price, so no series (never an alarm)
+
+
+def test_position_risk_with_a_liquidation_price() -> None:
+    (pos,) = parsing.parse_position_risk(body("fapi_v3_position_risk", **{"0__liquidationPrice": "0.31"})).positions
+    assert pos.values["position_liquidation_price"] == 0.31
+
+
+def test_position_risk_v2_zero_rows_are_not_positions_and_unknown_keys_are_ignored() -> None:
+    assert parsing.parse_position_risk(body("fapi_v2_position_risk")).positions == ()
+    assert parsing.parse_position_risk(body("fapi_v2_position_risk_live")).positions == ()
+    live = parsing.parse_position_risk(body("fapi_v2_position_risk_live", **{"0__positionAmt": "-2.50"}))
+    (short,) = live.positions
+    assert short.values["position_amount"] == -2.5 and short.values["position_adl_quantile"] == 0.0
+
+
+def test_coinm_balance_maps_withdraw_available() -> None:
+    snap = parsing.parse_coinm_balance(body("dapi_v1_balance"))
+    (btc,) = snap.assets
+    assert snap.account_alias == "SgsR"
+    assert btc.values == {"balance": 0.0025, "max_withdraw_amount": 0.0025, "cross_wallet_balance": 0.00241969,
+                          "cross_unrealized_pnl": 0.0, "available_balance": 0.00241969,
+                          "balance_update_timestamp_seconds": 1592468353.979}
+
+
+def test_coinm_account_assets_without_totals() -> None:
+    snap = parsing.parse_coinm_account(body("dapi_v1_account"))
+    assert snap.totals == {}
+    assert snap.assets[0].values["margin_balance"] == 0.00241969
+
+
+def test_coinm_position_risk_zero_row_dropped() -> None:
+    assert parsing.parse_position_risk(body("dapi_v1_position_risk")).positions == ()
+    (pos,) = parsing.parse_position_risk(body("dapi_v1_position_risk", **{"0__positionAmt": "12"})).positions
+    assert pos.values["position_amount"] == 12.0 and "position_liquidation_price" not in pos.values
+
+
+def test_pm_balance_list_and_object_with_empty_strings() -> None:
+    (row,) = parsing.parse_pm_balance(body("papi_v1_balance_list")).assets
+    assert row.values["balance"] == 122607.35137903
+    assert row.values["pm_cross_margin_free"] == 100.0 and row.values["pm_um_unrealized_pnl"] == 23.72469206
+    assert "pm_cm_unrealized_pnl" not in row.values  # "" means no value: no series, no error
+    (single,) = parsing.parse_pm_balance(body("papi_v1_balance_object")).assets
+    assert "pm_cross_margin_asset" not in single.values and single.values["pm_negative_balance"] == 0.0
+
+
+def test_pm_account_status_and_empty_strings() -> None:
+    snap = parsing.parse_pm_account(body("papi_v1_account"))
+    assert snap.status == "NORMAL"
+    assert snap.totals == {"pm_uni_mmr": 5167.92171923, "pm_account_equity": 73.47428058,
+                           "pm_actual_equity": 122607.35137903, "pm_account_initial_margin": 23.72469206,
+                           "pm_account_maint_margin": 23.72469206, "pm_virtual_max_withdraw_amount": 1627523.32459208}
+    with pytest.raises(BadResponse, match="accountStatus"):
+        parsing.parse_pm_account(body("papi_v1_account", accountStatus="x\ud800"))
+
+
+def test_sub_account_usdm_and_coinm() -> None:
+    snap = parsing.parse_sub_account(body("sapi_v2_sub_account_futures_account_1"), 1)
+    (usdt,) = snap.assets
+    assert usdt.values["balance"] == 0.88308 and usdt.values["max_withdraw_amount"] == 0.88308
+    assert "available_balance" not in usdt.values  # Binance's sub-account API has none
+    assert snap.totals["account_wallet_balance"] == 0.88308 and snap.totals["account_maint_margin"] == 0.0
+    coin = parsing.parse_sub_account(body("sapi_v2_sub_account_futures_account_2"), 2)
+    assert coin.assets[0].asset == "BTC" and coin.totals == {}
+    with pytest.raises(BadResponse):  # asked for USD-M, got the COIN-M shape
+        parsing.parse_sub_account(body("sapi_v2_sub_account_futures_account_2"), 1)
+
+
+def test_sub_account_list() -> None:
+    entries = parsing.parse_sub_account_list(body("sapi_v1_sub_account_list"))
+    assert [e.email for e in entries] == ["testsub@gmail.com", "virtual@oxebmvfonoemail.com"]
+    with pytest.raises(BadResponse):
+        parsing.parse_sub_account_list(json.dumps({"subAccounts": [{"email": "a b@c"}]}).encode())
+
+
+@pytest.mark.parametrize("name", [n for n in EXAMPLES if not n.startswith("_")])
+def test_truncated_examples_are_bad_responses(name: str) -> None:
+    raw = json.dumps(EXAMPLES[name]).encode()
+    parser = {
+        "fapi_v2_account": parsing.parse_usdm_account, "fapi_v3_account": parsing.parse_usdm_account,
+        "dapi_v1_balance": parsing.parse_coinm_balance, "dapi_v1_account": parsing.parse_coinm_account,
+        "papi_v1_balance_list": parsing.parse_pm_balance, "papi_v1_balance_object": parsing.parse_pm_balance,
+        "papi_v1_account": parsing.parse_pm_account, "sapi_v1_sub_account_list": parsing.parse_sub_account_list,
+        "sapi_v2_sub_account_futures_account_1": lambda b: parsing.parse_sub_account(b, 1),
+        "sapi_v2_sub_account_futures_account_2": lambda b: parsing.parse_sub_account(b, 2),
+    }.get(name, parsing.parse_position_risk)
+    parser(raw)
+    with pytest.raises(BadResponse):
+        parser(raw[: len(raw) // 2])
