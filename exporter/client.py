@@ -136,16 +136,24 @@ class Client:
         self._sleep = sleep
 
     def fetch(self, calls: Sequence[Call], deadline: float) -> Snapshot:
-        """All calls of one refresh, whose weight the caller already took from the budget."""
+        """All calls of one refresh, whose weight the caller already took from the budget.
+
+        Each call is checked again just before it is sent: a pause may have begun, or
+        an answer (the clock's, another account's) may have reported the IP's total
+        near the limit, since the refresh was admitted. Then it is not sent at all.
+        """
         snapshot = Snapshot()
         for index, call in enumerate(calls):
-            if index and self.host.backoff.remaining()[0] > 0:
+            if index == 0:
+                self.clock.ensure(deadline)
+            if self.host.backoff.remaining()[0] > 0 or not self.host.governor.ip_room(call.weight):
+                for unsent in calls[index:]:
+                    self.host.governor.refund(unsent.weight)
                 raise Skipped()
             snapshot = snapshot.merge(self._call(call, deadline))
         return snapshot
 
     def _call(self, call: Call, deadline: float) -> Snapshot:
-        self.clock.ensure(deadline)
         retried_clock = retried_transient = False
         while True:
             try:

@@ -314,25 +314,27 @@ class Engine:
         with state.lock:
             if state.inflight is not None:  # another scrape won the race; its fetch serves both
                 return state.inflight
-            state.admitted_at = time.monotonic()
+            previous, state.admitted_at = state.admitted_at, time.monotonic()
             state.queued = False
             try:
-                state.inflight = future = self.pool.submit(self._run, state, deadline)
+                state.inflight = future = self.pool.submit(self._run, state, deadline, previous)
             except RuntimeError:  # pool shut down
                 state.inflight = None
                 return None
             return future
 
-    def _run(self, state: TargetState, deadline: float) -> None:
+    def _run(self, state: TargetState, deadline: float, previous: float | None) -> None:
         target = state.target
         started = time.monotonic()
         snapshot: Snapshot | None = None
         error: ScrapeError | None = None
         try:
             snapshot = target.client.fetch(target.calls, deadline)
-        except Skipped:
+        except Skipped:  # not sent: no attempt, no error; the account stays as old as it was
+            target.host.count_deferred()
             with state.lock:
                 state.inflight = None
+                state.admitted_at = previous
             return
         except ScrapeError as exc:
             error = exc

@@ -118,6 +118,20 @@ class Governor:
             self._sent_sum += weight
             return True
 
+    def ip_room(self, weight: int) -> bool:
+        """Does the IP's total (as last reported) still leave room for `weight` this minute?"""
+        with self._lock:
+            return self._ip_blocked(weight) == 0
+
+    def refund(self, weight: int) -> None:
+        """Weight taken for a request that was then not sent (e.g. the IP's total ran out meanwhile)."""
+        with self._lock:
+            for index in range(len(self._sent) - 1, -1, -1):
+                if self._sent[index][1] == weight:
+                    del self._sent[index]
+                    self._sent_sum -= weight
+                    return
+
     def stall(self) -> None:
         """Demand is waiting (e.g. on a back-off): let no burst credit build up meanwhile."""
         with self._lock:
