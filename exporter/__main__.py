@@ -1,6 +1,6 @@
 """`python -m exporter` behaves exactly like the console script."""
 
-from exporter.cli import main
+from exporter.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

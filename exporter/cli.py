@@ -161,5 +161,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The console script: exit without waiting for fetch threads.
+
+    By the time main() returns, every request in flight has been cut, but a
+    thread can still sit in a DNS lookup or a connect() that nothing can
+    interrupt, and the interpreter would join it at exit (up to a request
+    timeout). Output is flushed, then the process ends.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

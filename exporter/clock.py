@@ -15,6 +15,10 @@ import time
 from typing import Callable
 
 RESYNC_AFTER_S = 300.0
+# After a failed measurement (the time endpoint down, slow or trickling), sign with
+# what we have for this long instead of making every fetch wait on another try.
+RETRY_FAILED_AFTER_S = 30.0
+MEASURE_TIMEOUT_S = 2.0
 
 # Measures once: returns Binance's clock in ms, or None on any failure. Bounded by its caller's deadline.
 ServerTime = Callable[[float], "int | None"]
@@ -26,6 +30,7 @@ class Clock:
         self._synced_at: float | None = None  # monotonic
         self._lock = threading.Lock()
         self._running: threading.Event | None = None  # set when the sync in progress ends
+        self._failed_at: float | None = None  # monotonic
 
     # Looked up on each call (not bound at import) so freezegun can steer them.
     @staticmethod
@@ -54,10 +59,20 @@ class Clock:
         age = self.age()
         if age is not None and age < RESYNC_AFTER_S:
             return
+        with self._lock:
+            failed = self._failed_at
+        if failed is not None and self.monotonic() - failed < RETRY_FAILED_AFTER_S:
+            return  # the last try failed moments ago: sign with what we have
         self.sync(measure, deadline, wait=age is None)
 
     def sync(self, measure: ServerTime, deadline: float, wait: bool = True) -> bool:
-        """Measure the offset now (single flight). True if this call or the one it joined succeeded."""
+        """Measure the offset now (single flight). True if this call or the one it joined succeeded.
+
+        A measurement takes at most MEASURE_TIMEOUT_S (and the caller's deadline),
+        so a hostile time endpoint delays a fetch by that much, once per
+        RETRY_FAILED_AFTER_S, and never holds a lock while it does.
+        """
+        deadline = min(deadline, self.monotonic() + MEASURE_TIMEOUT_S)
         with self._lock:
             running = self._running
             if running is None:
@@ -75,11 +90,14 @@ class Clock:
             server_ms = measure(deadline)
             end = self.wall()
             if server_ms is None:
+                with self._lock:
+                    self._failed_at = self.monotonic()
                 return False
             offset = server_ms - int((start + end) / 2 * 1000)
             with self._lock:
                 self.offset_ms = offset
                 self._synced_at = self.monotonic()
+                self._failed_at = None
             return True
         finally:
             with self._lock:

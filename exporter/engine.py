@@ -34,7 +34,7 @@ from exporter.governor import Governor
 from exporter.hosts import Host
 from exporter.logs import fields
 from exporter.parsing import Snapshot
-from exporter.transport import Transport, Watchdog
+from exporter.transport import Transport, Watchdog, detach
 
 log = logging.getLogger("exporter.engine")
 
@@ -337,10 +337,14 @@ class Engine:
                 state.admitted_at = previous
             return
         except ScrapeError as exc:
-            error = exc
+            # Kept until the next attempt, so as a copy: the original's traceback and
+            # chain would keep frames (and the answer's body) alive with it.
+            error = ScrapeError(exc.reason, exc.detail, exc.status, exc.code)
+            detach(exc)
         except Exception as exc:  # never let a bug take the scrape down
             log.error("unexpected error", exc_info=True, extra=fields(alias=target.alias, market=target.market))
             error = ScrapeError("bad_response", f"internal error: {type(exc).__name__}")
+            detach(exc)
         finished = time.monotonic()
         attempt = Attempt(started, finished, time.time(), snapshot, error)
         with state.lock:

@@ -202,26 +202,45 @@ def _inflate(raw: bytes, encoding: str) -> bytes:
     try:
         out = decoder.decompress(raw, MAX_BODY_BYTES + 1)
     except zlib.error:
-        raise TransportError("bad_response", f"corrupt {encoding} body") from None
+        out = None
+    if out is None:
+        raise TransportError("bad_response", f"corrupt {encoding} body")
     if len(out) > MAX_BODY_BYTES or decoder.unconsumed_tail:
+        del out
         raise TransportError("bad_response", f"body inflates to more than {MAX_BODY_BYTES} bytes")
     return out
 
 
 def _read_body(resp: urllib3.BaseHTTPResponse) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
+    length = resp.headers.get("Content-Length", "")
+    if length.strip().isdigit() and int(length) > MAX_BODY_BYTES:
+        raise TransportError("bad_response", f"body of {int(length)} bytes announced")  # not a byte is read
+    body = bytearray()
     while True:
         chunk = resp.read(READ_CHUNK, decode_content=False)
         if not chunk:
             break
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if len(body) + len(chunk) > MAX_BODY_BYTES:
+            del body, chunk  # not kept alive by the traceback's frame
             raise TransportError("bad_response", f"body larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+        body += chunk
     encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-    return body if encoding in ("", "identity") else _inflate(body, encoding)
+    return bytes(body) if encoding in ("", "identity") else _inflate(bytes(body), encoding)
+
+
+def detach(exc: BaseException | None) -> None:
+    """Drop the tracebacks of an exception and everything it chains to.
+
+    A traceback keeps every frame it passed through alive, with their locals:
+    the answer's body, the connection, the exception itself (a reference cycle
+    only the cyclic GC frees, which may run long after a 50 MB body arrived).
+    Exceptions that are kept (an account's last error) or dropped here keep none.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 def _transport_detail(exc: BaseException) -> str:
@@ -238,6 +257,16 @@ def _transport_detail(exc: BaseException) -> str:
         if isinstance(arg, OSError) and type(arg).__module__ == "builtins":
             return f"{text} ({type(arg).__name__})"
     return text
+
+
+def _classify(exc: BaseException, cut: bool, remaining: float) -> tuple[str, str]:
+    if cut:
+        return "timeout", f"no complete answer within {remaining:.2f}s"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "connection", _transport_detail(exc)
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        return "timeout", f"no answer within {remaining:.2f}s ({type(exc).__name__})"
+    return "connection", _transport_detail(exc)
 
 
 # ---- the pool ----------------------------------------------------------------------------------
@@ -278,6 +307,7 @@ class Transport:
         guard = self._watchdog.arm(deadline)
         _local.guard = guard
         resp: urllib3.BaseHTTPResponse | None = None
+        failure: tuple[str, str] | None = None
         try:
             resp = self._http.urlopen(
                 "GET", url, headers=dict(headers or {}), retries=False, redirect=False,
@@ -285,22 +315,18 @@ class Transport:
                 preload_content=False, decode_content=False,
             )
             body = _read_body(resp)
-        except TransportError:
-            self._discard(resp)
-            raise
+        except TransportError as exc:
+            failure = exc.kind, exc.detail
+            detach(exc)
         except (HTTPError, OSError, ValueError) as exc:
-            self._discard(resp)
-            if guard.fired:
-                raise TransportError("timeout", f"no complete answer within {remaining:.2f}s") from None
-            if isinstance(exc, urllib3.exceptions.NewConnectionError):
-                raise TransportError("connection", _transport_detail(exc)) from None
-            if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
-                raise TransportError("timeout", f"no answer within {remaining:.2f}s ({type(exc).__name__})") \
-                    from None
-            raise TransportError("connection", _transport_detail(exc)) from None
+            failure = _classify(exc, guard.fired, remaining)
+            detach(exc)
         finally:
             _local.guard = None
             self._watchdog.disarm(guard)
+        if failure is not None:  # raised here, outside `except`: it chains to nothing
+            self._discard(resp)
+            raise TransportError(*failure)
         if guard.fired:  # cut just as the last byte arrived: the socket is gone either way
             self._discard(resp)
         else:
