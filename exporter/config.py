@@ -2,7 +2,8 @@
 
 Every problem becomes one `ConfigError` line naming the file, the account and
 the key, so a user fixing a config never reads a traceback, and no message
-ever contains a secret's value (only key names, file paths and variable names).
+ever contains a secret's value: user text is quoted only through the
+`exporter.secrets` quoting helpers, which show it only when it cannot be one.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import yaml
 
-from exporter.secrets import Secret
+from exporter.files import (CONFIG_FILE_MAX, PRIVATE_KEY_MAX, SECRET_FILE_MAX, describe_yaml_error, parse_yaml,
+                            read_regular_file)
+from exporter.secrets import Secret, hidden, looks_like_a_name, quote_name, quote_path, quote_value
 from exporter.signing import HmacSigner, KeyPairSigner, Signer, load_private_key
 
 DEFAULT_BASE_URL = "https://fapi.binance.com"
@@ -154,39 +156,6 @@ class Config:
         return REFRESH_SHARE * self.scrape_interval_seconds
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys instead of silently keeping the last."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-        except TypeError:
-            continue
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
-
-
-def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
-    # str(exc) would quote the offending line, which may hold a secret: use the
-    # problem text and position only.
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or type(exc).__name__
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return ConfigError(f"{source}: YAML syntax error{where}: {problem}")
-
 
 class _Ctx:
     """Where we are in the file, so every message can name file, account and key."""
@@ -204,12 +173,26 @@ class _Ctx:
         return ConfigError(": ".join(parts) + ": " + what)
 
 
+def unknown_key(key: object, allowed: tuple[str, ...]) -> str:
+    """'unknown key ...' with a did-you-mean hint; the key itself is quoted only if it reads like a name.
+
+    A key close to a known one is a typo and safe to quote; anything else
+    might be a secret pasted in the wrong place.
+    """
+    hint = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) and len(key) <= 64 else []
+    shown = repr(key) if hint and looks_like_a_name(key, 40) else quote_name(key)
+    return f"unknown key {shown}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+
+
 def _check_keys(ctx: _Ctx, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     for key in data:
         if not isinstance(key, str) or key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ctx.error(None, f"unknown key {str(key)!r}{suffix}")
+            raise ctx.error(None, unknown_key(key, allowed))
+
+
+def _uses_env(value: str) -> bool:
+    """Whether ${VAR} expansion changes `value`: then the result may hold anything, so never quote it."""
+    return any(m.group(1) is not None for m in ENV_RE.finditer(value))
 
 
 def _expand_env(ctx: _Ctx, key: str, value: str, environ: Mapping[str, str]) -> str:
@@ -218,7 +201,8 @@ def _expand_env(ctx: _Ctx, key: str, value: str, environ: Mapping[str, str]) -> 
         if name is None:
             return "$"
         if name not in environ:
-            raise ctx.error(key, f"environment variable {name} is not set")
+            shown = name if looks_like_a_name(name, 48) else hidden(name)
+            raise ctx.error(key, f"environment variable {shown} is not set")
         return environ[name]
 
     return ENV_RE.sub(repl, value)
@@ -239,22 +223,29 @@ def _number(
     ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], *,
     minimum: float, maximum: float, integer: bool = False, exclusive_min: bool = False,
 ) -> float:
+    # A value that came through ${VAR} is never quoted back: a numeric-looking
+    # secret would show in "got 123456". Literal values are the user's own
+    # typing, quoted when short and plain.
+    from_env = isinstance(value, str) and _uses_env(value)
     if isinstance(value, str):
         raw = _expand_env(ctx, key, value, environ).strip()
         try:
             value = int(raw) if integer else float(raw)
         except ValueError:
-            raise ctx.error(key, f"must be {'a whole number' if integer else 'a number'}, got {raw!r}") from None
+            got = "the value from the environment (not shown)" if from_env else quote_value(raw)
+            raise ctx.error(key, f"must be {'a whole number' if integer else 'a number'}, got {got}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ctx.error(key, f"must be a number, got {_type_name(value)}")
+    # A long number is not quoted either: it may be a numeric secret typed in.
+    got = "" if from_env or len(repr(value)) > 12 else f", got {value:g}"
     if integer and not float(value).is_integer():
-        raise ctx.error(key, f"must be a whole number, got {value}")
+        raise ctx.error(key, f"must be a whole number{got}")
     if not math.isfinite(value):
         raise ctx.error(key, "must be a finite number")
     too_low = value <= minimum if exclusive_min else value < minimum
     if too_low or value > maximum:
         low = f"greater than {minimum:g}" if exclusive_min else f"at least {minimum:g}"
-        raise ctx.error(key, f"must be {low} and at most {maximum:g}, got {value:g}")
+        raise ctx.error(key, f"must be {low} and at most {maximum:g}{got}")
     return int(value) if integer else float(value)
 
 
@@ -265,16 +256,21 @@ def _boolean(ctx: _Ctx, key: str, value: Any) -> bool:
 
 
 def _base_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
+    # The URL is never quoted back: it may carry user:password@, or be a
+    # secret pasted into the wrong key. The netloc becomes the `host` label.
     url = _string(ctx, key, value, environ).strip()
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ctx.error(key, "must not contain credentials (user:password@host); "
+                        "Binance authenticates with api_key and the request signature")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ctx.error(key, f"must be an http(s) URL like {DEFAULT_BASE_URL}, got {url!r}")
+        raise ctx.error(key, f"must be an http(s) URL like {DEFAULT_BASE_URL}")
     if parts.query or parts.fragment or parts.path not in ("", "/"):
-        raise ctx.error(key, f"must be scheme and host only (no path or query), got {url!r}")
+        raise ctx.error(key, "must be scheme and host only (no path, query or fragment)")
     try:
         parts.port
     except ValueError:
-        raise ctx.error(key, f"has an invalid port: {url!r}") from None
+        raise ctx.error(key, "has an invalid port") from None
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         warnings.append(
             f"{ctx.source}: {ctx.where}: {key}: plain http sends the API key unencrypted; use https"
@@ -298,22 +294,25 @@ def _thresholds(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str]) -> 
         raise ctx.error(key, f"must be a mapping of asset to amount like {{USDT: 1000}}, got {_type_name(value)}")
     out: dict[str, float] = {}
     for asset, amount in value.items():
-        if not isinstance(asset, str) or not ASSET_RE.match(asset):
-            raise ctx.error(key, f"asset names must be letters and digits like USDT, got {asset!r}")
+        if not isinstance(asset, str) or not ASSET_RE.fullmatch(asset):
+            raise ctx.error(key, f"asset names must be letters and digits like USDT, got {quote_name(asset)}")
         out[asset] = _number(ctx, f"{key}.{asset}", amount, environ, minimum=0, maximum=1e18)
     return out
 
 
 def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str, str],
                       warnings: list[str], *, binary: bool = False) -> str | bytes:
-    path = Path(_string(ctx, key, path_value, environ))
-    if not str(path).strip():
+    path = _string(ctx, key, path_value, environ)
+    if not path.strip():
         raise ctx.error(key, "is empty")
+    limit, what = (PRIVATE_KEY_MAX, "private key file") if binary else (SECRET_FILE_MAX, "secret file")
     try:
-        data = path.read_bytes()
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise ctx.error(key, f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        data = read_regular_file(path, limit, what)
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ctx.error(key, f"cannot read {quote_path(path)}: {reason}") from None
+    path = quote_path(path)
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.append(
             f"{ctx.source}: {ctx.where}: {key}: {path} is accessible by group or others "
@@ -384,10 +383,13 @@ def _shared(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str], warni
         out["base_url"] = _base_url(ctx, "base_url", raw["base_url"], environ, warnings)
     if "api_version" in raw:
         version = raw["api_version"]
-        if isinstance(version, str):
-            version = _expand_env(ctx, "api_version", version, environ).strip()
-        if version not in API_VERSIONS:
-            raise ctx.error("api_version", f"must be v3 or v2, got {version!r}")
+        if not isinstance(version, str):
+            raise ctx.error("api_version", f"must be v3 or v2, got {_type_name(version)}")
+        expanded = _expand_env(ctx, "api_version", version, environ).strip()
+        if expanded not in API_VERSIONS:
+            got = "the value from the environment (not shown)" if _uses_env(version) else quote_value(expanded)
+            raise ctx.error("api_version", f"must be v3 or v2, got {got}")
+        version = expanded
         out["api_version"] = version
     if "recv_window_ms" in raw:
         out["recv_window_ms"] = _number(ctx, "recv_window_ms", raw["recv_window_ms"], environ,
@@ -466,8 +468,9 @@ def _sub_accounts(ctx: _Ctx, value: Any, environ: Mapping[str, str]) -> SubAccou
         for email, alias in aliases.items():
             if not isinstance(email, str) or "@" not in email:
                 raise sub.error("aliases", "keys must be sub-account emails")
-            if not isinstance(alias, str) or not ALIAS_RE.match(alias):
-                raise sub.error(f"aliases.{email}", "must be 1-64 characters of letters, digits and _ . : @ -")
+            if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
+                raise sub.error("aliases", "aliases must be 1-64 characters of letters, digits and _ . : @ -, "
+                                f"got {quote_value(alias)} for {quote_value(email)}")
         if len(set(aliases.values())) != len(aliases):
             raise sub.error("aliases", "gives two sub-accounts the same alias")
         out["aliases"] = dict(aliases)
@@ -500,7 +503,8 @@ def parse_config(data: Any, source: str = "config.yaml",
     seen: dict[str, int] = {}
     for index, raw in enumerate(accounts_raw):
         alias_hint = raw.get("alias") if isinstance(raw, dict) else None
-        label = f"accounts[{index}]" + (f" (alias {alias_hint!r})" if isinstance(alias_hint, str) else "")
+        valid_hint = isinstance(alias_hint, str) and ALIAS_RE.fullmatch(alias_hint)
+        label = f"accounts[{index}]" + (f" (alias {alias_hint!r})" if valid_hint else "")
         ctx = _Ctx(source, label)
         if not isinstance(raw, dict):
             raise ctx.error(None, f"must be a mapping, got {_type_name(raw)}")
@@ -508,9 +512,10 @@ def parse_config(data: Any, source: str = "config.yaml",
         alias = raw.get("alias")
         if alias is None:
             raise ctx.error("alias", "is required")
-        if not isinstance(alias, str) or not ALIAS_RE.match(alias):
+        if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
+            got = quote_name(alias) if isinstance(alias, str) else _type_name(alias)
             raise ctx.error("alias", "must be 1-64 characters of letters, digits and _ . : @ - "
-                            f"(it becomes a label and a /probe target), got {alias!r}")
+                            f"(it becomes a label and a /probe target), got {got}")
         if alias in seen:
             raise ctx.error("alias", f"duplicate alias {alias!r} (also accounts[{seen[alias]}])")
         seen[alias] = index
@@ -549,20 +554,20 @@ def parse_config(data: Any, source: str = "config.yaml",
 def parse_config_text(text: str, source: str = "config.yaml",
                       environ: Mapping[str, str] | None = None) -> Config:
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
-        raise _yaml_error(source, exc) from None
+        raise ConfigError(f"{source}: {describe_yaml_error(exc)}") from None
     return parse_config(data, source, environ)
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
-                reader: Callable[[Path], bytes] = Path.read_bytes) -> Config:
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read, parse and validate the config file at `path`."""
     source = str(path)
     try:
-        raw = reader(Path(path))
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read config file: {exc.strerror or type(exc).__name__}") from None
+        raw = read_regular_file(path, CONFIG_FILE_MAX, "config file")
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"{source}: cannot read config file: {reason}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -1,6 +1,15 @@
-"""A value holder that keeps API keys and secrets out of repr(), str(), logs and tracebacks."""
+"""Keeping API keys and secrets out of text: a masked holder, and quoting that cannot leak.
+
+Error messages have to say what was wrong, but what was wrong is sometimes a
+secret in the wrong place: pasted as a key name, into a number field, into a
+`*_file` path, or arriving through `${VAR}`. So a message quotes user text
+only when it reads like a name (`'api_secrte'`, `'fast'`) and otherwise
+says how long it was, which is enough to find it in the file.
+"""
 
 from __future__ import annotations
+
+import re
 
 
 class Secret:
@@ -38,3 +47,59 @@ class Secret:
 
     def __len__(self) -> int:
         return len(self._value)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_NUMBERISH = re.compile(r"[+-]?[0-9][0-9 .,_:eE+-]*[A-Za-z]{0,3}")
+_CASE_CHANGE = re.compile(r"[a-z][A-Z]")
+MAX_NAME_CHARS = 32
+
+
+def looks_like_a_name(text: str, max_chars: int = MAX_NAME_CHARS) -> bool:
+    """True for text that reads like an identifier, not like a random key.
+
+    Binance keys and secrets are 64 random letters and digits: too long, with
+    many digits and case changes. A key name, asset or variable name is
+    short, has few digits and at most a camelCase hump or two.
+    """
+    return (len(text) <= max_chars and _NAME.fullmatch(text) is not None
+            and sum(ch.isdigit() for ch in text) <= 4 and len(_CASE_CHANGE.findall(text)) <= 2)
+
+
+def hidden(text: str) -> str:
+    """What a message says instead of text it will not quote."""
+    return f"[{len(text)} characters, not shown]"
+
+
+def quote_name(value: object, max_chars: int = MAX_NAME_CHARS, *, quotes: bool = True) -> str:
+    """repr() of a key, asset or user name if it looks like one, else its length only.
+
+    quotes=False gives the bare name, for a position like `basic_auth_users.alice`.
+    """
+    if isinstance(value, str):
+        if not looks_like_a_name(value, max_chars):
+            return hidden(value)
+        return repr(value) if quotes else value
+    if isinstance(value, (bool, int, float)) or value is None:
+        text = repr(value)
+        return text if len(text) <= 12 else f"[a {len(text)}-digit number, not shown]"
+    return f"[a {type(value).__name__}]"
+
+
+def quote_value(text: str) -> str:
+    """repr() of a short, plain value a user typed ('fast', '5s', '1,5'), else its length only."""
+    if len(text) <= 16 and (looks_like_a_name(text, 16) or _NUMBERISH.fullmatch(text)):
+        return repr(text)
+    return hidden(text)
+
+
+def quote_path(path: str) -> str:
+    """A file path for a message: shown if it looks like a path or a short name, else only its length.
+
+    Base62 keys and secrets have no / or . in them and are long, so such a
+    "path" may be the secret itself, typed into a *_file key by mistake.
+    """
+    if "/" not in path and "." not in path and not looks_like_a_name(path):
+        return hidden(path) + " (no / or . in it: is this the value rather than a file name?)"
+    text = path if path.isprintable() else repr(path)
+    return text if len(text) <= 200 else text[:200] + "..."

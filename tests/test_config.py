@@ -257,3 +257,275 @@ def test_arbitrary_text_gives_config_or_config_error(text: str) -> None:
         parse_config_text(text, "cfg.yaml", ENV)
     except ConfigError:
         pass
+
+
+# --- Files and YAML from outside: bounded, one line, never a secret (issue 9) ---
+
+import os  # noqa: E402
+import random  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+
+from exporter.files import CONFIG_FILE_MAX, SECRET_FILE_MAX, YAML_MAX_DEPTH, YAML_MAX_NODES  # noqa: E402
+
+# Shaped like a real Binance secret: 64 random letters and digits.
+RANDOM_SECRET = "".join(random.Random(9).choices("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", k=64))
+DIGIT_SECRET = "80417725399046331527"  # a secret that happens to parse as a number
+
+
+def run_check(config: Path, timeout: float = 20) -> subprocess.CompletedProcess:
+    """`--config.check` as a process, under a 2 GiB address-space cap so a runaway read fails instead of swapping."""
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run([sys.executable, "-m", "exporter", f"--config.file={config}", "--config.check"],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout, preexec_fn=cap_memory,
+                          env={"PATH": "/usr/bin:/bin", "MAIN_KEY": KEY, "MAIN_SECRET": SECRET})
+
+
+def one_error_line(proc: subprocess.CompletedProcess, source: Path) -> str:
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {source}: "), proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+SPECIAL_FILES = ["fifo", "/dev/zero", "/dev/urandom", "directory"]
+
+
+def _special(name: str, fifo: Path) -> Path:
+    return {"fifo": fifo, "directory": fifo.parent}.get(name, Path(name))
+
+
+@pytest.mark.parametrize("special", SPECIAL_FILES)
+@pytest.mark.parametrize("key", ["api_key_file", "api_secret_file", "private_key_file", "private_key_passphrase_file"])
+def test_secret_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path, fifo: Path, key: str,
+                                                                   special: str) -> None:
+    target = _special(special, fifo)
+    acc = {"alias": "main", "api_key": "${MAIN_KEY}", key: str(target)}
+    if key == "api_key_file":
+        acc = {"alias": "main", key: str(target), "api_secret": "${MAIN_SECRET}"}
+    elif key == "private_key_passphrase_file":
+        pem = tmp_path / "key.pem"
+        pem.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        acc["private_key_file"] = str(pem)
+    config = write_yaml(tmp_path / "c.yaml", {"accounts": [acc]})
+    started = time.monotonic()
+    line = one_error_line(run_check(config), config)
+    assert time.monotonic() - started < 10
+    assert f"accounts[0] (alias 'main'): {key}: cannot read {target}: not a regular file" in line
+    assert KEY not in line and SECRET not in line
+
+
+@pytest.mark.parametrize("special", SPECIAL_FILES)
+def test_config_file_that_is_not_a_regular_file_is_refused_at_once(fifo: Path, special: str) -> None:
+    target = _special(special, fifo)
+    line = one_error_line(run_check(target), target)
+    assert f"cannot read config file: not a regular file (a " in line
+
+
+def write_yaml(path: Path, data: object) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_oversized_files_are_refused_by_size(tmp_path: Path) -> None:
+    big_secret = tmp_path / "secret"
+    big_secret.write_text("s" * (SECRET_FILE_MAX + 1))
+    msg = error_of({"accounts": [{"alias": "a", "api_key": "k", "api_secret_file": str(big_secret)}]})
+    assert msg.endswith(f"api_secret_file: cannot read {big_secret}: larger than the 16 KiB limit for a secret file")
+    ok = tmp_path / "ok"
+    ok.write_text("s" * SECRET_FILE_MAX)
+    assert load({"accounts": [{"alias": "a", "api_key": "k", "api_secret_file": str(ok)}]}).accounts
+    sparse = tmp_path / "huge.yaml"
+    with sparse.open("wb") as f:
+        f.truncate(CONFIG_FILE_MAX + 1)  # sparse: costs no disk, and would cost a read of 4 MiB of NULs
+    with pytest.raises(ConfigError, match=r"huge.yaml: cannot read config file: larger than the 4 MiB limit"):
+        load_config(sparse)
+
+
+def _laughs(levels: int, width: int) -> list:
+    """`width ** levels` values, held in `levels * width` references (YAML aliases build the same)."""
+    value: list = ["lol"] * width
+    for _ in range(levels - 1):
+        value = [value] * width
+    return value
+
+
+@pytest.mark.parametrize("key", ["alias", "api_version", "base_url", "timeout_seconds", "api_key", "api_secret_file"])
+def test_huge_shared_value_gives_a_short_message(key: str) -> None:
+    started = time.monotonic()
+    message = error_of({"accounts": [account(**{key: _laughs(10, 4)})]})  # a million values if walked
+    assert time.monotonic() - started < 2
+    assert len(message) < 300, message[:300]
+
+
+def test_billion_laughs_yaml_is_refused_in_one_line(tmp_path: Path) -> None:
+    lines = ['x0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    for key in ("alias", "api_version"):
+        path = tmp_path / f"{key}.yaml"
+        path.write_text("junk:\n" + "".join(f"  {line}\n" for line in lines)
+                        + f"accounts:\n  - alias: main\n    api_key: k\n    api_secret: s\n    {key}: *a9\n")
+        line = one_error_line(run_check(path), path)
+        assert f"YAML error at line 7, column 17: more than {YAML_MAX_NODES} values" in line
+
+
+def test_merge_key_bomb_is_refused() -> None:
+    text = "a0: &a0 {k: 1}\n" + "".join(f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}]}}\n" for i in range(1, 40))
+    with pytest.raises(ConfigError, match="more than .* values"):
+        parse_config_text(text, "cfg.yaml", ENV)
+
+
+def test_merge_keys_and_modest_aliases_work() -> None:
+    text = ("defaults: &d {timeout_seconds: 3}\n"
+            "common: &c {api_key: '${MAIN_KEY}', api_secret: '${MAIN_SECRET}'}\n")
+    with pytest.raises(ConfigError, match="unknown key 'common'"):
+        parse_config_text(text + "accounts: [{alias: a, <<: *c}]\n", "cfg.yaml", ENV)
+    cfg = parse_config_text("defaults: {timeout_seconds: 3}\naccounts:\n"
+                            "  - &base {alias: a, api_key: '${MAIN_KEY}', api_secret: '${MAIN_SECRET}'}\n"
+                            "  - {<<: *base, alias: b, timeout_seconds: 7}\n", "cfg.yaml", ENV)
+    assert [(a.alias, a.timeout_seconds) for a in cfg.accounts] == [("a", 3.0), ("b", 7.0)]
+
+
+def test_recursive_alias_is_refused() -> None:
+    with pytest.raises(ConfigError, match="an alias refers to the list or mapping that contains it"):
+        parse_config_text("accounts: &a [*a]\n", "cfg.yaml", ENV)
+
+
+def test_deep_nesting_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("accounts: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    line = one_error_line(run_check(path), path)
+    assert line == f"error: {path}: YAML error at line 1, column {11 + YAML_MAX_DEPTH - 1}: nested deeper than 64 levels"
+    block = "".join("  " * i + f"k{i}:\n" for i in range(YAML_MAX_DEPTH + 5))
+    with pytest.raises(ConfigError, match="nested deeper than"):
+        parse_config_text(block, "cfg.yaml", ENV)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("accounts: [{alias: a, timeout_seconds: " + "1" * 5000 + "}]\n", "YAML error at line 1, column 40: cannot convert this int"),
+    ("accounts: [{alias: a, timeout_seconds: 2024-13-45}]\n", "cannot convert this timestamp (ValueError)"),
+])
+def test_values_that_do_not_convert_are_one_line(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, "cfg.yaml", ENV)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", [
+    f"http://user:{SECRET}@127.0.0.1:8080", f"https://{SECRET}@fapi.binance.com", "https://u:p@fapi.binance.com",
+    "https://user@fapi.binance.com", "${URL_WITH_CREDENTIALS}",
+])
+def test_credentials_in_base_url_are_refused_without_echo(url: str) -> None:
+    env = dict(ENV, URL_WITH_CREDENTIALS=f"https://me:{RANDOM_SECRET}@fapi.binance.com")
+    message = error_of({"accounts": [account(base_url=url)]}, env)
+    assert "base_url: must not contain credentials (user:password@host)" in message
+    assert RANDOM_SECRET not in message and ":p@" not in message and "user@" not in message
+
+
+SECRETS = (SECRET, KEY, RANDOM_SECRET, DIGIT_SECRET)
+
+
+def _leak_cases(secret: str) -> list[tuple[str, object, dict]]:
+    env = dict(ENV, LEAK=secret)
+    cases: list[tuple[str, object, dict]] = []
+    for key in ("recv_window_ms", "timeout_seconds", "cache_seconds"):
+        cases.append((f"{key} direct", {"accounts": [account(**{key: secret})]}, env))
+        cases.append((f"{key} env", {"accounts": [account(**{key: "${LEAK}"})]}, env))
+        cases.append((f"{key} env+text", {"accounts": [account(**{key: "1${LEAK}"})]}, env))
+        cases.append((f"defaults.{key}", {"defaults": {key: "${LEAK}"}, "accounts": [account()]}, env))
+    for key in ("max_concurrency", "weight_limit", "scrape_interval_seconds", "weight_budget_share"):
+        cases.append((key, {key: "${LEAK}", "accounts": [account()]}, env))
+        cases.append((key + " direct", {key: secret, "accounts": [account()]}, env))
+    cases += [
+        ("threshold", {"accounts": [account(min_available_balance={"USDT": "${LEAK}"})]}, env),
+        ("threshold direct", {"accounts": [account(min_available_balance={"USDT": secret})]}, env),
+        ("asset name", {"accounts": [account(min_available_balance={secret + "!": 1})]}, env),
+        ("base_url direct", {"accounts": [account(base_url=secret)]}, env),
+        ("base_url env", {"accounts": [account(base_url="${LEAK}")]}, env),
+        ("base_url path", {"accounts": [account(base_url=f"https://fapi.binance.com/{secret}")]}, env),
+        ("base_url port", {"accounts": [account(base_url=f"https://fapi.binance.com:{secret}")]}, env),
+        ("base_url query", {"accounts": [account(base_url=f"https://fapi.binance.com?k={secret}")]}, env),
+        ("api_version direct", {"accounts": [account(api_version=secret)]}, env),
+        ("api_version env", {"accounts": [account(api_version="${LEAK}")]}, env),
+        ("alias", {"accounts": [account(alias=secret + " x")]}, env),
+        ("key in account", {"accounts": [account(**{secret: 1})]}, env),
+        ("key in defaults", {"defaults": {secret: 1}, "accounts": [account()]}, env),
+        ("key at top", {secret: 1, "accounts": [account()]}, env),
+        ("api_secret_file direct", {"accounts": [{"alias": "a", "api_key": "k", "api_secret_file": secret}]}, env),
+        ("api_secret_file env", {"accounts": [{"alias": "a", "api_key": "k", "api_secret_file": "${LEAK}"}]}, env),
+        ("api_key_file env", {"accounts": [{"alias": "a", "api_key_file": "${LEAK}", "api_secret": "s"}]}, env),
+        ("private_key_file env", {"accounts": [{"alias": "a", "api_key": "k", "private_key_file": "${LEAK}"}]}, env),
+        ("passphrase_file env", {"accounts": [{"alias": "a", "api_key": "k", "private_key_file": "/nonexistent.pem",
+                                               "private_key_passphrase_file": "${LEAK}"}]}, env),
+        ("api_key whitespace", {"accounts": [account(api_key="${LEAK} ")]}, env),
+        ("skip_zero_balances", {"skip_zero_balances": "${LEAK}", "accounts": [account()]}, env),
+    ]
+    if secret.isidentifier():
+        cases.append(("env var name", {"accounts": [account(api_secret="${" + secret + "}")]}, env))
+    return cases
+
+
+@pytest.mark.parametrize("secret", SECRETS, ids=["secret", "key", "random", "digits"])
+def test_no_error_message_quotes_a_secret(secret: str) -> None:
+    failures = []
+    for name, data, env in _leak_cases(secret):
+        try:
+            parse_config(data, "cfg.yaml", env)
+        except ConfigError as exc:
+            text = str(exc)
+            if secret[:8] in text or "\n" in text:
+                failures.append(f"{name}: {text}")
+            continue
+        failures.append(f"{name}: accepted")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("secret", [SECRET, RANDOM_SECRET], ids=["secret", "random"])
+@pytest.mark.parametrize("template", [
+    "accounts: [{alias: a, api_key: k, api_secret: s, {s}: 1, {s}: 2}]",  # duplicate key
+    "accounts: [{alias: a, api_key: k, api_secret: !{s} x}]",               # unknown tag
+    "accounts: [{alias: a, api_key: k, api_secret: *{s}}]",                 # undefined alias
+    "x: &{s} 1\ny: &{s} 2\naccounts: []",                                   # duplicate anchor
+    "accounts: [{alias: a, api_key: k, api_secret: \"{s}\\q\"}]",           # bad escape after the secret
+    "accounts:\n  - alias: a\n    api_secret: {s}\n   bad: [\n",            # syntax error near the secret
+])
+def test_yaml_errors_never_quote_a_secret(secret: str, template: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(template.replace("{s}", secret), "cfg.yaml", ENV)
+    message = str(info.value)
+    assert message.startswith("cfg.yaml: YAML") and "\n" not in message and len(message) < 300
+    assert secret not in message and secret[:12] not in message
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"accounts": [account(timeout_seconds="fast")]}, "timeout_seconds: must be a number, got 'fast'"),
+    ({"accounts": [account(timeout_seconds="${MAIN_SECRET}")]},
+     "timeout_seconds: must be a number, got the value from the environment (not shown)"),
+    ({"accounts": [account(recv_window_ms="${DIGITS}")]}, "recv_window_ms: must be at least 1 and at most 60000"),
+    ({"accounts": [account(recv_window_ms=60001)]}, "must be at least 1 and at most 60000, got 60001"),
+    ({"accounts": [account(api_secrte="x")]}, "unknown key 'api_secrte' (did you mean 'api_secret'?)"),
+    ({"accounts": [account(apiSecret="x")]}, "unknown key 'apiSecret' (did you mean 'api_secret'?)"),
+    ({"accounts": [account(color="x")]}, "unknown key 'color'"),
+    ({"accounts": [account(**{RANDOM_SECRET: "x"})]}, "unknown key [64 characters, not shown]"),
+    ({"accounts": [account(api_version="v1")]}, "api_version: must be v3 or v2, got 'v1'"),
+    ({"accounts": [account(api_secret="${" + "A" * 60 + "}")]}, "environment variable [60 characters, not shown] is not set"),
+    ({"accounts": [{"alias": "a", "api_key": "k", "api_secret_file": RANDOM_SECRET}]},
+     "api_secret_file: cannot read [64 characters, not shown] (no / or . in it: is this the value rather than a file name?)"),
+    ({"accounts": [{"alias": "a", "api_key": "k", "api_secret_file": "missing-secret"}]},
+     "api_secret_file: cannot read missing-secret: No such file or directory"),
+    ({"accounts": [account(alias="main\n")]}, "accounts[0]: alias: must be 1-64 characters"),
+])
+def test_messages_stay_useful_without_quoting_secrets(data: object, expected: str) -> None:
+    message = error_of(data, dict(ENV, DIGITS=DIGIT_SECRET))
+    assert expected in message
+    assert RANDOM_SECRET not in message and DIGIT_SECRET not in message

@@ -114,3 +114,201 @@ def test_bad_web_config(tmp_path: Path, data: dict, expected: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "exporter", "--demo", f"--web.config.file={path}",
                            "--web.listen-address=127.0.0.1:0"], capture_output=True, text=True, cwd=REPO, timeout=30)
     assert proc.returncode == 1 and expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- Files and YAML from outside, http_server_config, basic-auth timing (issues 9 and 12) ---
+
+import base64  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+
+from exporter.webconfig import WebConfig  # noqa: E402
+
+SECRET = "Zq8vN2xLk4Tr7YwBc1HsJd6Fm9Gp3Qa0Ue5Ri8Oy2Pt7Xz4Vn1Mb6Kc3Lj9Hg0Fd"
+
+
+def run_demo_with(web: Path, timeout: float = 20) -> subprocess.CompletedProcess:
+    """The CLI with a web config that must be refused: it exits 1 before serving (a hang fails the test)."""
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run([sys.executable, "-m", "exporter", "--demo", f"--web.config.file={web}",
+                           "--web.listen-address=127.0.0.1:0"], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, preexec_fn=cap_memory, start_new_session=True)
+
+
+def one_line(proc: subprocess.CompletedProcess, web: Path) -> str:
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {web}: "), proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/dev/urandom"])
+def test_web_config_file_that_is_not_a_regular_file_is_refused(fifo: Path, special: str) -> None:
+    target = fifo if special == "fifo" else Path(special)
+    line = one_line(run_demo_with(target), target)
+    assert "cannot read web config file: not a regular file (a " in line
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/dev/urandom"])
+@pytest.mark.parametrize("key", ["cert_file", "key_file", "client_ca_file"])
+def test_tls_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, pki: dict[str, Path], fifo: Path,
+                                                        key: str, special: str) -> None:
+    target = fifo if special == "fifo" else Path(special)
+    tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"]),
+           "client_ca_file": str(pki["ca_cert"]), key: str(target)}
+    web = _web_config(tmp_path / "web.yml", {"tls_server_config": tls})
+    line = one_line(run_demo_with(web), web)
+    assert f"tls_server_config.{key}: cannot read {target}: not a regular file (a " in line
+
+
+def test_oversized_web_config_is_refused(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    with web.open("wb") as f:
+        f.truncate((1 << 20) + 1)
+    with pytest.raises(ConfigError, match="cannot read web config file: larger than the 1 MiB limit"):
+        load_web_config(str(web))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("basic_auth_users: {}\nbasic_auth_users: {}\n", "YAML syntax error at line 2, column 1: duplicate key 'basic_auth_users'"),
+    ("basic_auth_users: " + "[" * 100_000 + "]" * 100_000 + "\n", "YAML error at line 1, column 82: nested deeper than 64 levels"),
+    (f"basic_auth_users:\n  u: !{SECRET} x\n", "YAML syntax error at line 2, column 6: could not determine a constructor"),
+    (f"basic_auth_users: {{{SECRET}: x}}\ntls_server_config: [\n", "YAML syntax error at line 3"),
+])
+def test_web_config_yaml_errors_are_one_line_without_content(tmp_path: Path, text: str, expected: str) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(web))
+    message = str(info.value)
+    assert message.startswith(f"{web}: {expected}") and "\n" not in message and SECRET not in message
+
+
+def test_web_config_errors_never_quote_a_secret(tmp_path: Path) -> None:
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    cases = [
+        {SECRET: 1},
+        {"basic_auth_users": {SECRET: "plaintext"}},
+        {"basic_auth_users": {"prom": SECRET}},
+        {"tls_server_config": {SECRET: 1}},
+        {"tls_server_config": {"cert_file": SECRET, "key_file": "k"}},
+        {"tls_server_config": {"cert_file": "c", "key_file": "k", "client_auth_type": SECRET}},
+        {"http_server_config": {SECRET: True}},
+        {"http_server_config": {"headers": {SECRET: "x"}}},
+        {"http_server_config": {"headers": {"X-Frame-Options": SECRET}}},
+        {"http_server_config": {"headers": {"Content-Security-Policy": SECRET + "\r\nSet-Cookie: a=b"}}},
+        {"basic_auth_users": {"prom": hashed}, "http_server_config": {"http2": SECRET}},
+    ]
+    for i, data in enumerate(cases):
+        web = _web_config(tmp_path / f"w{i}.yml", data)
+        with pytest.raises(ConfigError) as info:
+            load_web_config(str(web))
+        assert SECRET not in str(info.value) and SECRET[:12] not in str(info.value), str(info.value)
+
+
+def test_http_server_config_headers_are_validated_and_exposed(tmp_path: Path) -> None:
+    web = _web_config(tmp_path / "web.yml", {"http_server_config": {"http2": False, "headers": {
+        "X-Frame-Options": "deny", "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+        "x-content-type-options": "nosniff"}}})
+    assert sorted(load_web_config(str(web)).headers) == [  # names in their canonical spelling
+        ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
+        ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "deny")]
+    assert WebConfig().headers == ()
+
+
+@pytest.mark.parametrize("http, expected", [
+    ({"http2": True}, "http_server_config.http2: HTTP/2 is not supported"),
+    ({"http2": "yes"}, "http_server_config.http2: must be true or false"),
+    ({"headers": {"Content-Type": "text/html"}}, "http_server_config.headers: header 'Content-Type' cannot be set"),
+    ({"headers": {"Content-Length": "0"}}, "header 'Content-Length' cannot be set"),
+    ({"headers": {"Content-Encoding": "gzip"}}, "header 'Content-Encoding' cannot be set"),
+    ({"headers": {"Set-Cookie": "a=b"}}, "header 'Set-Cookie' cannot be set"),
+    ({"headers": {"Content-Security-Policy": "default-src 'self'\r\nSet-Cookie: a=b"}},
+     "http_server_config.headers.Content-Security-Policy: must be printable ASCII on one line"),
+    ({"headers": {"X-Frame-Options": "allow-from x"}}, "headers.X-Frame-Options: must be one of deny, sameorigin"),
+    ({"headers": {"X-XSS-Protection": 1}}, "headers.X-XSS-Protection: must be a non-empty string"),
+    ({"headers": ["X-Frame-Options"]}, "http_server_config.headers: must be a mapping"),
+    ({"http3": True}, "http_server_config: unknown key 'http3' (did you mean 'http2'?)"),
+    ([], "http_server_config: must be a mapping"),
+])
+def test_bad_http_server_config(tmp_path: Path, http: object, expected: str) -> None:
+    web = _web_config(tmp_path / "web.yml", {"http_server_config": http})
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(web))
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"tls_server_config": {"cert_file": "c", "key_file": "k", "client_auth_type": "RequireAnyClientCert"}},
+     "tls_server_config.client_ca_file: is required with client_auth_type RequireAnyClientCert"),
+    ({"tls_server_config": {"cert_file": "c", "key_file": "k", "min_version": ["TLS12"]}},
+     "tls_server_config.min_version: must be one of TLS10"),
+    ({"tls_server_config": {"cert_file": "c", "key_file": "k", "client_auth_type": {"a": 1}}},
+     "tls_server_config.client_auth_type: must be one of NoClientCert"),
+    ({"tls_server_config": {"cert_file": "c", "key_file": "k", "cipher_suites": []}},
+     "tls_server_config: unknown key 'cipher_suites' (or not supported here)"),
+    ({"basic_auth_users": {"prom": "$2b$12$tooshort"}}, "basic_auth_users.prom: must be a bcrypt hash"),
+])
+def test_more_bad_tls_and_auth_settings(tmp_path: Path, pki: dict[str, Path], data: dict, expected: str) -> None:
+    tls = data.get("tls_server_config")
+    if tls:
+        tls.update(cert_file=str(pki["server_cert"]), key_file=str(pki["server_key"]))
+    web = _web_config(tmp_path / "web.yml", data)
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(web))
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"junk", "caf\u00e9".encode()])
+def test_client_ca_file_that_is_not_pem(tmp_path: Path, pki: dict[str, Path], content: bytes) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(content)
+    web = _web_config(tmp_path / "web.yml", {"tls_server_config": {
+        "cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"]), "client_ca_file": "ca.pem"}})
+    with pytest.raises(ConfigError, match="tls_server_config.client_ca_file: not a PEM CA certificate"):
+        load_web_config(str(web))
+
+
+def test_encrypted_tls_key_is_refused_without_prompting(tmp_path: Path, pki: dict[str, Path]) -> None:
+    key = serialization.load_pem_private_key(pki["server_key"].read_bytes(), None)
+    encrypted = tmp_path / "enc.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"pass-phrase")))
+    web = _web_config(tmp_path / "web.yml", {"tls_server_config": {"cert_file": str(pki["server_cert"]),
+                                                                   "key_file": str(encrypted)}})
+    line = one_line(run_demo_with(web), web)  # OpenSSL's default would prompt on the terminal and wait
+    assert "tls_server_config.key_file: the key is encrypted" in line
+
+
+def test_unknown_user_costs_as_much_as_a_wrong_password(tmp_path: Path) -> None:
+    cost = 10  # ~60 ms per check: big enough to time, small enough for a fast suite
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=cost)).decode()
+    web = _web_config(tmp_path / "web.yml", {"basic_auth_users": {"prom": hashed, "cheap": bcrypt.hashpw(
+        b"x", bcrypt.gensalt(rounds=4)).decode()}})
+    auth = load_web_config(str(web)).auth
+    assert auth is not None
+    assert auth._dummy.startswith(b"$2b$%02d$" % cost)  # the highest cost configured
+
+    def best_of_3(user: str) -> float:
+        header = "Basic " + base64.b64encode(f"{user}:wrong".encode()).decode()
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            assert auth.check(header) is False
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    known, unknown = best_of_3("prom"), best_of_3("nobody")
+    # Same cost means about the same time; before the fix an unknown user cost 4 rounds (64x less).
+    assert unknown > known / 3, (known, unknown)
+
