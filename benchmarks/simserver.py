@@ -26,8 +26,8 @@ if __package__ in (None, ""):  # `python benchmarks/simserver.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.procstats import ASSETS, credentials  # noqa: E402
-from exporter.simulator import Fault, SimAccount, Simulator  # noqa: E402
-from exporter.simulator.schema import format_decimal  # noqa: E402
+from exporter.simulator import format_decimal  # noqa: E402
+from testkit import Fault, SimAccount, Simulator  # noqa: E402
 
 
 def balance_rows(index: int, assets: int, seed: int = 0) -> list[dict]:

@@ -1,65 +1,91 @@
-"""`--demo`: three simulated accounts on a loopback simulator, so a new user sees real metrics.
+"""`--demo`: simulated accounts on a loopback simulator, so a new user sees real metrics in every market.
 
-The keys are generated per run and never leave the process. `grid-bot` sits
-below its USDT threshold, so the shipped low-balance alert fires in the demo stack.
+The keys are generated per run and never leave the process. Every market
+points at the one simulator. What the demo shows on purpose:
+
+* `main`: USD-M and COIN-M balances;
+* `hedge`: account endpoint with positions (hedge mode); its ETHUSDT short
+  stays within 3.8-6.7 % of its liquidation price while the mark drifts, under
+  the account's min_liquidation_distance of 10 %, so that alert fires;
+* `grid-bot`: below its USDT threshold, so the low-balance alert fires;
+* `portfolio`: a Portfolio Margin account with a uniMMR alert threshold;
+* `master`: a master key with sub-accounts (one frozen, one without futures,
+  one excluded by the config).
 """
 
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
-from exporter.config import AccountConfig, Config
+from exporter.config import AccountConfig, Config, SubAccounts
 from exporter.secrets import Secret
 from exporter.signing import HmacSigner
-from exporter.simulator import SimAccount, Simulator
+from exporter.simulator import (SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, Simulator,
+                                balance_row, pm_row)
 
 DEFAULT_THRESHOLDS = {"USDT": 1000.0}
 # The simulator binds a random loopback port; a fixed `host` label keeps the demo's
 # per-host series continuous across restarts.
 DEMO_HOST = "demo-simulator"
+SUBS = "@demo.example"
 
-
-def _row(asset: str, balance: str, cross: str, pnl: str, available: str, withdraw: str,
-         margin: bool = True) -> dict:
-    return {"accountAlias": "", "asset": asset, "balance": balance, "crossWalletBalance": cross,
-            "crossUnPnl": pnl, "availableBalance": available, "maxWithdrawAmount": withdraw,
-            "marginAvailable": margin, "updateTime": 0}
-
-
-DEMO_ACCOUNTS: dict[str, tuple[str, list[dict], dict[str, float]]] = {
-    "main": ("SgsR", [
-        _row("USDT", "25012.48213350", "24890.11020000", "312.55000000", "18043.90210000", "18043.90210000"),
-        _row("BNB", "12.40000000", "12.40000000", "0.00000000", "11.90000000", "11.90000000"),
-        _row("BTC", "0.50000000", "0.50000000", "0.00000000", "0.48000000", "0.48000000"),
-        _row("ETH", "0.00000000", "0.00000000", "0.00000000", "0.00000000", "0.00000000"),
-    ], {"BNB": 2.0}),
-    "hedge": ("fT2q", [
-        _row("USDT", "8004.17000000", "7990.00000000", "-640.25000000", "6012.33000000", "6012.33000000"),
-        _row("USDC", "3000.00000000", "3000.00000000", "0.00000000", "2950.00000000", "2950.00000000"),
-    ], {}),
-    "grid-bot": ("Kp9x", [
-        _row("USDT", "1203.77000000", "1198.40000000", "-35.10000000", "420.66000000", "420.66000000"),
-    ], {}),
+# alias: (SimAccount fields, AccountConfig fields)
+DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "main": ({
+        "account_alias": "SgsR",
+        "balances": [balance_row("USDT", "25012.48213350", "18043.90210000", cross="24890.11020000", pnl="312.55"),
+                     balance_row("BNB", "12.4", "11.9"), balance_row("BTC", "0.5", "0.48"), balance_row("ETH", 0)],
+        "coinm_balances": [balance_row("BTC", "0.25", "0.21", coin=True), balance_row("ETH", "3.1", coin=True)],
+        "coinm_positions": [SimPosition("BTCUSD_PERP", "40", "61200.5", "62750.1", leverage=10)],
+    }, {"markets": ("usdm", "coinm"), "min_available_balance": {**DEFAULT_THRESHOLDS, "BNB": 2.0}}),
+    "hedge": ({
+        "account_alias": "fT2q",
+        "balances": [balance_row("USDT", "8004.17", "3012.33", cross="7990"), balance_row("USDC", "3000", "2950")],
+        "positions": [
+            SimPosition("BTCUSDT", "0.500", "64000", "62750.10000000", "LONG", leverage=10,
+                        liquidation_price="49120.55"),
+            SimPosition("ETHUSDT", "-4.000", "3300", "3420.50000000", "SHORT", leverage=20,
+                        liquidation_price="3600.25", open_order_margin="35.5"),
+        ],
+    }, {"endpoint": "account", "positions": True, "max_margin_ratio": 0.5, "min_liquidation_distance": 0.1}),
+    "grid-bot": ({
+        "account_alias": "Kp9x",
+        "balances": [balance_row("USDT", "1203.77", "420.66", cross="1198.40", pnl="-35.10")],
+    }, {}),
+    "portfolio": ({
+        "account_alias": "Pm7w",
+        "pm": SimPortfolio(balances=[pm_row("USDT", "42000", "-850.5", free="5000"),
+                                     pm_row("USDC", "8000", "120.25", cm_wallet="0", cm_pnl="")],
+                           maint_margin="14500", initial_margin="21000", collateral_rate="0.97"),
+    }, {"markets": ("pm",), "min_uni_mmr": 2.0}),
+    "master": ({
+        "account_alias": "Mstr",
+        "balances": [balance_row("USDT", "15000", "14100")],
+        "sub_accounts": [
+            SimSubAccount("bot-1" + SUBS, SimFutures([balance_row("USDT", "5230.5", "4100")],
+                                                     [SimPosition("BTCUSDT", "0.050", "63000", "62750.1")])),
+            SimSubAccount("bot-2" + SUBS, SimFutures([balance_row("USDT", "2100")]),
+                          SimFutures([balance_row("BTC", "0.42", coin=True)])),
+            SimSubAccount("reserve" + SUBS, SimFutures([balance_row("USDT", "800")]), frozen=True),
+            SimSubAccount("spot-only" + SUBS, usdm=None),
+            SimSubAccount("test-1" + SUBS),
+        ],
+    }, {"sub_accounts": SubAccounts(include=("*" + SUBS,), exclude=("test-*",), markets=("usdm", "coinm"),
+                                    aliases={"bot-1" + SUBS: "bot-1", "bot-2" + SUBS: "bot-2"})}),
 }
 
 
 def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
     """Start the simulator and build the config that points at it."""
-    sim_accounts: list[SimAccount] = []
-    accounts: list[AccountConfig] = []
     sim = Simulator(weight_limit=weight_limit)
     base_url = sim.start()
-    for alias, (code, rows, extra_thresholds) in DEMO_ACCOUNTS.items():
+    urls = {key: base_url for key in ("base_url", "coinm_base_url", "pm_base_url", "sapi_base_url")}
+    accounts = []
+    for alias, (state, settings) in DEMO_ACCOUNTS.items():
         key, secret = secrets.token_hex(32), secrets.token_hex(32)
-        for row in rows:
-            row["accountAlias"] = code
-        sim_accounts.append(SimAccount(api_key=key, api_secret=secret, account_alias=code,
-                                       balances=[dict(r) for r in rows], drift=True))
+        sim.add_account(SimAccount(api_key=key, api_secret=secret, drift=True, **state))
         accounts.append(AccountConfig(
-            alias=alias, api_key=Secret(key), signer=HmacSigner(Secret(secret)), base_url=base_url,
-            timeout_seconds=5.0, min_available_balance={**DEFAULT_THRESHOLDS, **extra_thresholds},
-            host_label=DEMO_HOST,
-        ))
-    for account in sim_accounts:
-        sim.add_account(account)
+            alias=alias, api_key=Secret(key), signer=HmacSigner(Secret(secret)), timeout_seconds=5.0,
+            host_label=DEMO_HOST, **{"min_available_balance": DEFAULT_THRESHOLDS, **urls, **settings}))
     return sim, Config(source="--demo", accounts=tuple(accounts), weight_limit=weight_limit)

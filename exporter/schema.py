@@ -10,6 +10,14 @@ Kinds of field:
   Margin's examples send "" in numeric fields): then no series, no error.
 - ``bool``: a JSON boolean, exported as 1/0; optional.
 - ``millis``: an integer millisecond timestamp, exported in seconds; optional.
+
+Fields the exporter does not export have ``metric=None``; they are listed
+anyway, so every table describes a whole answer in Binance's declared order
+(the official SDK models) and the simulator can build answers from it. Their
+kinds add ``text`` (a JSON string that is not a number: names, enums, and
+v2's ``"false"``), ``int`` (a JSON integer) and ``list`` (a nested array).
+Decimals the exporter skips (``leverage``, ``maxQty``...) keep kind
+``decimal``: only a decimal *with* a metric is required by the parser.
 """
 
 from __future__ import annotations
@@ -41,6 +49,22 @@ class Field:
     json: str
     metric: str | None
     kind: str = "decimal"
+
+
+def _layout(names: str, known: tuple[Field, ...] = (), *, complete: bool = False) -> tuple[Field, ...]:
+    """An answer's fields in declared order, from "name" / "name:kind" words (kind decimal if omitted).
+
+    A name found in `known` is that Field (its metric and kind); any other is
+    read but not exported. `complete` insists that every known field is placed.
+    """
+    by_json = {f.json: f for f in known}
+    fields = []
+    for word in names.split():
+        name, _, kind = word.partition(":")
+        fields.append(by_json.pop(name, None) or Field(name, None, kind or "decimal"))
+    if complete and by_json:
+        raise ValueError(f"fields left out of the layout: {sorted(by_json)}")
+    return tuple(fields)
 
 
 def _families(labels: tuple[str, ...], *rows: tuple[str, str]) -> tuple[Family, ...]:
@@ -131,7 +155,10 @@ BALANCE_AMOUNTS = ("balance", "available_balance", "cross_wallet_balance", "cros
                    "max_withdraw_amount")
 """The five amounts of a balance row; an asset with all five at zero is skipped (skip_zero_balances)."""
 
-USDM_BALANCE = (
+SERVER_TIME = _layout("serverTime:millis")  # /fapi/v1/time, /dapi/v1/time, /api/v3/time
+
+USDM_BALANCE = _layout("accountAlias:text asset:text balance crossWalletBalance crossUnPnl availableBalance "
+                       "maxWithdrawAmount marginAvailable updateTime", (
     Field("balance", "balance"),
     Field("crossWalletBalance", "cross_wallet_balance"),
     Field("crossUnPnl", "cross_unrealized_pnl"),
@@ -139,9 +166,12 @@ USDM_BALANCE = (
     Field("maxWithdrawAmount", "max_withdraw_amount"),
     Field("marginAvailable", "margin_available", "bool"),
     Field("updateTime", "balance_update_timestamp_seconds", "millis"),
-)
+), complete=True)
+"""`/fapi/v2|v3/balance` rows (identical in v2 and v3)."""
 
-USDM_ACCOUNT_ASSET = (
+USDM_ACCOUNT_ASSET = _layout("asset:text walletBalance unrealizedProfit marginBalance maintMargin initialMargin "
+                             "positionInitialMargin openOrderInitialMargin crossWalletBalance crossUnPnl "
+                             "availableBalance maxWithdrawAmount marginAvailable updateTime", (
     Field("walletBalance", "balance"),
     Field("unrealizedProfit", "unrealized_pnl"),
     Field("marginBalance", "margin_balance"),
@@ -155,7 +185,9 @@ USDM_ACCOUNT_ASSET = (
     Field("maxWithdrawAmount", "max_withdraw_amount"),
     Field("marginAvailable", "margin_available", "bool"),  # v2 only
     Field("updateTime", "balance_update_timestamp_seconds", "millis"),
-)
+), complete=True)
+"""`/fapi/v2/account` assets[]; v3 has the same without marginAvailable."""
+USDM_ACCOUNT_ASSET_V3 = tuple(f for f in USDM_ACCOUNT_ASSET if f.json != "marginAvailable")
 
 USDM_ACCOUNT_TOTALS = (
     Field("totalInitialMargin", "account_initial_margin"),
@@ -171,6 +203,11 @@ USDM_ACCOUNT_TOTALS = (
     Field("maxWithdrawAmount", "account_max_withdraw_amount"),
 )
 
+USDM_ACCOUNT_V3 = USDM_ACCOUNT_TOTALS + _layout("assets:list positions:list")
+USDM_ACCOUNT_V2 = _layout("feeTier:int feeBurn:bool canTrade:bool canDeposit:bool canWithdraw:bool "
+                          "updateTime:millis multiAssetsMargin:bool tradeGroupId:int") + USDM_ACCOUNT_V3
+"""`/fapi/v3/account` and `/fapi/v2/account`, top level (neither has accountAlias)."""
+
 POSITION_RISK = (
     Field("positionAmt", "position_amount"),
     Field("entryPrice", "position_entry_price", "opt_decimal"),
@@ -184,18 +221,39 @@ POSITION_RISK = (
     Field("initialMargin", "position_required_initial_margin", "opt_decimal"),
     Field("maintMargin", "position_maint_margin", "opt_decimal"),
 )
+"""What the parser reads from any position row (the union of the position layouts below)."""
+
+USDM_POSITION_RISK_V2 = _layout(
+    "entryPrice breakEvenPrice marginType:text isAutoAddMargin:text isolatedMargin leverage liquidationPrice "
+    "markPrice maxNotionalValue positionAmt notional isolatedWallet symbol:text unRealizedProfit "
+    "positionSide:text updateTime:millis", POSITION_RISK)
+USDM_POSITION_RISK_V3 = _layout(
+    "symbol:text positionSide:text positionAmt entryPrice breakEvenPrice markPrice unRealizedProfit "
+    "liquidationPrice isolatedMargin notional marginAsset:text isolatedWallet initialMargin maintMargin "
+    "positionInitialMargin openOrderInitialMargin adl:int bidNotional askNotional updateTime:millis",
+    POSITION_RISK + (Field("adl", "position_adl_quantile", "int"),))
+USDM_ACCOUNT_POSITION_V2 = _layout(
+    "symbol:text initialMargin maintMargin unrealizedProfit positionInitialMargin openOrderInitialMargin "
+    "leverage isolated:bool entryPrice maxNotional bidNotional askNotional positionSide:text positionAmt "
+    "updateTime:millis", POSITION_RISK)
+USDM_ACCOUNT_POSITION_V3 = _layout(
+    "symbol:text positionSide:text positionAmt unrealizedProfit isolatedMargin notional isolatedWallet "
+    "initialMargin maintMargin updateTime:millis", POSITION_RISK)
 
 # ---- COIN-M (dapi) ----------------------------------------------------------------------------
-COINM_BALANCE = (
+COINM_BALANCE = _layout("accountAlias:text asset:text balance withdrawAvailable crossWalletBalance crossUnPnl "
+                        "availableBalance updateTime", (
     Field("balance", "balance"),
     Field("withdrawAvailable", "max_withdraw_amount"),
     Field("crossWalletBalance", "cross_wallet_balance"),
     Field("crossUnPnl", "cross_unrealized_pnl"),
     Field("availableBalance", "available_balance"),
     Field("updateTime", "balance_update_timestamp_seconds", "millis"),
-)
+), complete=True)
 
-COINM_ACCOUNT_ASSET = (
+COINM_ACCOUNT_ASSET = _layout("asset:text walletBalance unrealizedProfit marginBalance maintMargin initialMargin "
+                              "positionInitialMargin openOrderInitialMargin maxWithdrawAmount crossWalletBalance "
+                              "crossUnPnl availableBalance updateTime", (
     Field("walletBalance", "balance"),
     Field("unrealizedProfit", "unrealized_pnl", "opt_decimal"),
     Field("marginBalance", "margin_balance", "opt_decimal"),
@@ -208,10 +266,24 @@ COINM_ACCOUNT_ASSET = (
     Field("crossUnPnl", "cross_unrealized_pnl", "opt_decimal"),
     Field("availableBalance", "available_balance", "opt_decimal"),
     Field("updateTime", "balance_update_timestamp_seconds", "millis"),
-)
+), complete=True)
+
+COINM_ACCOUNT = _layout("assets:list positions:list canDeposit:bool canTrade:bool canWithdraw:bool feeTier:int "
+                        "updateTime:millis")
+"""`/dapi/v1/account`: no totals, no accountAlias; amounts are in the coin."""
+COINM_ACCOUNT_POSITION = _layout(
+    "symbol:text positionAmt initialMargin maintMargin unrealizedProfit positionInitialMargin "
+    "openOrderInitialMargin leverage isolated:bool positionSide:text entryPrice breakEvenPrice maxQty "
+    "updateTime:millis notionalValue", POSITION_RISK)
+COINM_POSITION_RISK = _layout(
+    "symbol:text positionAmt entryPrice breakEvenPrice markPrice unRealizedProfit liquidationPrice leverage "
+    "maxQty marginType:text isolatedMargin isAutoAddMargin:text positionSide:text updateTime:millis",
+    POSITION_RISK)
 
 # ---- Portfolio Margin (papi) ------------------------------------------------------------------
-PM_BALANCE = (
+PM_BALANCE = _layout("asset:text totalWalletBalance crossMarginAsset crossMarginBorrowed crossMarginFree "
+                     "crossMarginInterest crossMarginLocked umWalletBalance umUnrealizedPNL cmWalletBalance "
+                     "cmUnrealizedPNL updateTime negativeBalance", (
     Field("totalWalletBalance", "balance"),
     Field("crossMarginAsset", "pm_cross_margin_asset", "opt_decimal"),
     Field("crossMarginBorrowed", "pm_cross_margin_borrowed", "opt_decimal"),
@@ -224,9 +296,12 @@ PM_BALANCE = (
     Field("cmUnrealizedPNL", "pm_cm_unrealized_pnl", "opt_decimal"),
     Field("updateTime", "balance_update_timestamp_seconds", "millis"),
     Field("negativeBalance", "pm_negative_balance", "opt_decimal"),
-)
+), complete=True)
+"""`/papi/v1/balance` list rows; with `asset` sent the answer is one object without crossMarginAsset."""
+PM_BALANCE_ONE = tuple(f for f in PM_BALANCE if f.json != "crossMarginAsset")
 
-PM_ACCOUNT = (
+PM_ACCOUNT = _layout("uniMMR accountEquity actualEquity accountInitialMargin accountMaintMargin accountStatus:text "
+                     "virtualMaxWithdrawAmount totalAvailableBalance totalMarginOpenLoss updateTime:millis", (
     Field("uniMMR", "pm_uni_mmr", "opt_decimal"),
     Field("accountEquity", "pm_account_equity", "opt_decimal"),
     Field("actualEquity", "pm_actual_equity", "opt_decimal"),
@@ -235,13 +310,18 @@ PM_ACCOUNT = (
     Field("virtualMaxWithdrawAmount", "pm_virtual_max_withdraw_amount", "opt_decimal"),
     Field("totalAvailableBalance", "pm_total_available_balance", "opt_decimal"),
     Field("totalMarginOpenLoss", "pm_total_margin_open_loss", "opt_decimal"),
-)
+), complete=True)
 
 PM_ACCOUNT_STATUSES = ("NORMAL", "MARGIN_CALL", "SUPPLY_MARGIN", "REDUCE_ONLY", "ACTIVE_LIQUIDATION",
                        "FORCE_LIQUIDATION", "BANKRUPTED")
 
 # ---- sub-accounts (sapi, master key) ----------------------------------------------------------
-SUB_ACCOUNT_ASSET = (
+SUB_ACCOUNT_LIST_ENTRY = _layout("subUserId:int email:text remark:text isFreeze:bool createTime:millis "
+                                 "isManagedSubAccount:bool isAssetManagementSubAccount:bool")
+"""`/sapi/v1/sub-account/list` subAccounts[] (no paging metadata in the answer)."""
+
+SUB_ACCOUNT_ASSET = _layout("asset:text initialMargin maintenanceMargin marginBalance maxWithdrawAmount "
+                            "openOrderInitialMargin positionInitialMargin unrealizedProfit walletBalance", (
     Field("walletBalance", "balance"),
     Field("initialMargin", "initial_margin", "opt_decimal"),
     Field("maintenanceMargin", "maint_margin", "opt_decimal"),
@@ -250,7 +330,7 @@ SUB_ACCOUNT_ASSET = (
     Field("openOrderInitialMargin", "open_order_initial_margin", "opt_decimal"),
     Field("positionInitialMargin", "position_initial_margin", "opt_decimal"),
     Field("unrealizedProfit", "unrealized_pnl", "opt_decimal"),
-)
+), complete=True)
 
 SUB_ACCOUNT_TOTALS = (
     Field("maxWithdrawAmount", "account_max_withdraw_amount", "opt_decimal"),
@@ -262,3 +342,9 @@ SUB_ACCOUNT_TOTALS = (
     Field("totalUnrealizedProfit", "account_unrealized_pnl", "opt_decimal"),
     Field("totalWalletBalance", "account_wallet_balance", "opt_decimal"),
 )
+
+_SUB_HEAD = "email:text assets:list canDeposit:bool canTrade:bool canWithdraw:bool feeTier:int"
+SUB_ACCOUNT_USDM = _layout(_SUB_HEAD) + SUB_ACCOUNT_TOTALS + _layout("updateTime:millis")
+SUB_ACCOUNT_COINM = _layout(_SUB_HEAD + " updateTime:millis")
+"""`/sapi/v2/sub-account/futures/account` futureAccountResp (futuresType 1; no top-level asset) and
+deliveryAccountResp (futuresType 2; no totals, no top-level maxWithdrawAmount)."""

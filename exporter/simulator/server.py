@@ -1,7 +1,21 @@
-"""HTTP transport and the public `Simulator` facade.
+"""The simulator's HTTP server, routing and request pipeline.
 
-Real HTTP on loopback (not a mocked session) so the exporter's connection
-pooling, timeouts and keep-alive are exercised exactly as in production.
+Order of processing (documented because it decides which answer wins):
+
+1. ``intercept("received")``: every request, before anything else;
+2. charge its weight to (client IP, API family [, /sapi endpoint]) before
+   any validation, like Binance: banned → 418, over the limit → 429;
+3. ``intercept("request")``: every admitted request, before routing
+   (global faults plug in here, for /time and /ping too);
+4. method (non-GET → 405) and route (unknown path → 404);
+5. signed endpoints: ``latency_s``, validation (see gate), then
+   ``intercept("signed")`` (only requests that passed validation), then the
+   payload (see accounts);
+6. deformers returned by the hooks rewrite the 200 answer last, in order.
+
+An ``intercept`` returns None (carry on), a Reply (answer that instead), or a
+callable Reply → Reply (rewrite the normal 200 answer). The hooks are no-ops
+here; testkit's Simulator plugs fault injection and request counters into them.
 """
 
 from __future__ import annotations
@@ -11,36 +25,75 @@ import socketserver
 import struct
 import sys
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from .errors import Reply
-from .faults import Fault, FaultBook
-from .pipeline import WEIGHT_HEADER, Pipeline, Request
-from .ratelimit import RateLimiter
-from .state import AccountBook, SimAccount
-from .stats import Stats
+from . import accounts as a
+from .accounts import AccountBook, SimAccount, SimSubAccount
+from .drift import drift_account
+from .gate import (MSG_METHOD_NOT_ALLOWED, MSG_NOT_FOUND, MSG_REJECTED_KEY, ApiError, RateLimiter, Reply,
+                   authenticate, banned_msg, too_many_requests_msg)
 
 IDLE_TIMEOUT_S = 60
 MAX_DRAINED_BODY = 1 << 20
-WRITE_BUFFER = 64 * 1024
-POLL_INTERVAL_S = 0.05
 LOOPBACK = "127.0.0.1"
+WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+SAPI_WEIGHT_HEADER = "X-SAPI-USED-IP-WEIGHT-1M"
+FAMILIES = ("fapi", "dapi", "papi", "api", "sapi")
+
+Builder = Callable[[SimAccount, dict[str, str]], Any]
+# path -> (IP weight, builder); a None builder is unsigned (ping {} or time). Weights: spec §10.1.
+ROUTES: dict[str, tuple[int, Builder | None]] = {
+    "/fapi/v1/ping": (1, None),
+    "/fapi/v1/time": (1, None),
+    "/fapi/v3/balance": (5, a.usdm_balance),
+    "/fapi/v2/balance": (5, a.usdm_balance),  # weight: Simulator.v2_balance_weight
+    "/fapi/v3/account": (5, partial(a.usdm_account, version=3)),
+    "/fapi/v2/account": (5, partial(a.usdm_account, version=2)),
+    "/fapi/v3/positionRisk": (5, partial(a.usdm_position_risk, version=3)),
+    "/fapi/v2/positionRisk": (5, partial(a.usdm_position_risk, version=2)),
+    "/dapi/v1/time": (1, None),
+    "/dapi/v1/balance": (1, a.coinm_balance),
+    "/dapi/v1/account": (5, a.coinm_account),
+    "/dapi/v1/positionRisk": (1, a.coinm_position_risk),
+    "/papi/v1/ping": (1, None),  # Portfolio Margin has no time endpoint
+    "/papi/v1/balance": (20, a.pm_balance),
+    "/papi/v1/account": (20, a.pm_account),
+    "/api/v3/time": (1, None),
+    "/sapi/v1/sub-account/list": (1, a.sub_account_list),
+    "/sapi/v2/sub-account/futures/account": (1, a.sub_account_futures),
+}
+Intercept = Reply | Callable[[Reply], Reply] | None
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    api_key: str | None  # after validation (stage "signed"): the authenticated key
+    client_ip: str
+
+
+def family_of(path: str) -> str:
+    """The API family whose weight budget a path draws on; anything unknown counts as fapi."""
+    head = path.split("/", 2)[1] if path.count("/") >= 2 else ""
+    return head if head in FAMILIES else "fapi"
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "binance-futures-simulator"
-    # Idle keep-alive connections are dropped after this long, like a real front end.
-    timeout = IDLE_TIMEOUT_S
-    # Headers and body leave in one segment (flushed by http.server after each
-    # request); split writes would hit Nagle + delayed ACK and add ~40 ms per call.
-    wbufsize = WRITE_BUFFER
+    timeout = IDLE_TIMEOUT_S  # idle keep-alive connections are dropped, like a real front end
+    # Headers and body leave in one segment; split writes would hit Nagle + delayed ACK (~40 ms).
+    wbufsize = 64 * 1024
     disable_nagle_algorithm = True
     server: _HTTPServer
-
     _weight_sent = False
 
     def version_string(self) -> str:
@@ -49,69 +102,54 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """Silenced: per-request logging would drown test and benchmark output."""
 
-    # Every response carries the weight header, even http.server's own error pages.
+    # Every answer carries a weight header, http.server's own error pages included.
     def send_response(self, code: int, message: str | None = None) -> None:
         self._weight_sent = False
         super().send_response(code, message)
 
     def send_header(self, keyword: str, value: str) -> None:
-        if keyword.lower() == WEIGHT_HEADER.lower():
+        if keyword.lower() in (WEIGHT_HEADER.lower(), SAPI_WEIGHT_HEADER.lower()):
             self._weight_sent = True
         super().send_header(keyword, value)
 
     def end_headers(self) -> None:
         if not self._weight_sent:
-            self.send_header(WEIGHT_HEADER, str(self.server.current_weight(self.client_address[0])))
+            self.send_header(WEIGHT_HEADER, str(self.server.sim.used_weight("fapi", self.client_address[0])))
         super().end_headers()
 
     def do_GET(self) -> None:
-        self._dispatch()
-
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
-
-    def _drain_body(self) -> None:
-        """Consume any request body so the next request on this connection parses cleanly."""
-        if "Transfer-Encoding" in self.headers:
-            self.close_connection = True
-            return
-        length = self.headers.get("Content-Length")
-        if not length:
-            return
-        try:
-            size = int(length)
-        except ValueError:
-            self.close_connection = True
-            return
-        if 0 < size <= MAX_DRAINED_BODY:
-            self.rfile.read(size)
-        elif size != 0:
-            self.close_connection = True
-
-    def _dispatch(self) -> None:
         self._drain_body()
         path, _, query = self.path.partition("?")
-        request = Request(
-            method=self.command,
-            path=path,
-            query=query,
-            api_key=self.headers.get("X-MBX-APIKEY"),
-            client_ip=self.client_address[0],
-        )
-        reply = self.server.pipeline.handle(request)
+        request = Request(self.command, path, query, self.headers.get("X-MBX-APIKEY"), self.client_address[0])
+        reply = self.server.sim.handle(request)
         if reply.reset:
             self._abort()
             return
-        self._send(reply)
-
-    def _send(self, reply: Reply) -> None:
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        if reply.raw:
+            self.send_response_only(reply.status)
+            self._weight_sent = True
+        else:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+        if not any(name.lower() == "content-length" for name, _ in reply.headers):
+            self.send_header("Content-Length", str(len(reply.body)))
         for name, value in reply.headers:
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(reply.body)
+
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+    def _drain_body(self) -> None:
+        """Consume any request body so the next request on this connection parses cleanly."""
+        length = self.headers.get("Content-Length")
+        if "Transfer-Encoding" in self.headers or (length and not length.isdigit()):
+            self.close_connection = True
+        elif length and 0 < int(length) <= MAX_DRAINED_BODY:
+            self.rfile.read(int(length))
+        elif length and int(length) != 0:
+            self.close_connection = True
 
     def _abort(self) -> None:
         """Drop the connection with a TCP RST and no answer (SO_LINGER 0, then close)."""
@@ -121,26 +159,19 @@ class _Handler(BaseHTTPRequestHandler):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
-        # rfile/wfile hold references on the socket: the fd (and the RST) really goes
-        # when the last one closes, i.e. at the latest in finish(). Nothing is buffered
-        # in wfile for this request, so no answer bytes can leak out first.
+        # rfile/wfile hold references on the socket: the fd (and the RST) goes when the
+        # last one closes. Nothing is buffered in wfile for this request.
         self.rfile.close()
         sock.close()
 
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
-    # Don't track handler threads: stop() must not wait for slow or idle connections.
-    block_on_close = False
-    # Benchmarks open hundreds of connections at once; a backlog of 5 would drop SYNs.
-    request_queue_size = 1024
+    block_on_close = False  # stop() must not wait for slow or idle connections
+    request_queue_size = 1024  # benchmarks open hundreds of connections at once
 
-    def __init__(
-        self, address: tuple[str, int], pipeline: Pipeline, limiter: RateLimiter, stats: Stats
-    ) -> None:
-        self.pipeline = pipeline
-        self._limiter = limiter
-        self._stats = stats
+    def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
+        self.sim = sim
         self._open_lock = threading.Lock()
         self._open: set[socket.socket] = set()
         super().__init__(address, _Handler)
@@ -149,14 +180,10 @@ class _HTTPServer(ThreadingHTTPServer):
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn); skip it, it can stall.
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def current_weight(self, ip: str) -> int:
-        return self._limiter.used_weight(ip, self.pipeline.server_ms())
+        self.server_name, self.server_port = str(host), int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        self._stats.connection()
+        self.sim.on_connection()
         with self._open_lock:
             self._open.add(request)
         super().process_request(request, client_address)
@@ -168,9 +195,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients vanishing mid-answer (timeouts, stop()) are normal here, not bugs.
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
     def abort_connections(self) -> None:
         """Wake every handler blocked on a client socket so its thread ends promptly."""
@@ -184,7 +210,10 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class Simulator:
-    """A local stand-in for Binance USDⓈ-M's balance API; see the package docstring."""
+    """A local stand-in for Binance's futures account APIs; see the package docstring.
+
+    Every constructor setting is also an attribute, read live on each request.
+    """
 
     def __init__(
         self,
@@ -193,50 +222,48 @@ class Simulator:
         host: str = LOOPBACK,
         port: int = 0,
         clock_skew_ms: int = 0,
-        latency_s: float = 0.0,
-        weight_limit: int = 2400,
+        latency_s: float = 0.0,  # before every signed request is validated
+        weight_limit: int = 2400,  # fapi
+        dapi_weight_limit: int = 2400,
+        papi_weight_limit: int = 6000,
+        api_weight_limit: int = 6000,
+        sapi_weight_limit: int = 12000,  # per endpoint
         v2_balance_weight: int = 5,
+        weights: dict[str, int] | None = None,  # path -> weight, overrides ROUTES
         max_recv_window_ms: int | None = 60000,
         ban_after_429s: int = 3,
-        send_retry_after: bool = True,
+        send_retry_after: bool = True,  # fapi/dapi/papi/api; /sapi always sends it (documented)
     ) -> None:
-        self.host = host
-        self.port = port
+        self.host, self.port = host, port
         self.clock_skew_ms = clock_skew_ms
         self.latency_s = latency_s
         self.weight_limit = weight_limit
+        self.dapi_weight_limit = dapi_weight_limit
+        self.papi_weight_limit = papi_weight_limit
+        self.api_weight_limit = api_weight_limit
+        self.sapi_weight_limit = sapi_weight_limit
         self.v2_balance_weight = v2_balance_weight
+        self.weights = dict(weights or {})
         self.max_recv_window_ms = max_recv_window_ms
         self.ban_after_429s = ban_after_429s
         self.send_retry_after = send_retry_after
-        self._accounts = AccountBook(accounts)
-        self._faults = FaultBook()
+        self._book = AccountBook(accounts)
         self._limiter = RateLimiter()
-        self._stats = Stats()
         self._stopping = threading.Event()
-        self._pipeline = Pipeline(self, self._accounts, self._faults, self._limiter, self._stats, self._stopping)
         self._lifecycle = threading.Lock()
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._base_url: str | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> str:
         with self._lifecycle:
             if self._server is not None:
                 raise RuntimeError("simulator already started")
             self._stopping.clear()
-            self._stats = Stats()
-            self._pipeline = Pipeline(
-                self, self._accounts, self._faults, self._limiter, self._stats, self._stopping
-            )
-            server = _HTTPServer((self.host, self.port), self._pipeline, self._limiter, self._stats)
-            thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": POLL_INTERVAL_S},
-                name="binance-simulator",
-                daemon=True,
-            )
+            server = _HTTPServer((self.host, self.port), self)
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                      name="binance-simulator", daemon=True)
             thread.start()
             host, port = server.server_address[:2]
             self._server, self._thread = server, thread
@@ -260,12 +287,8 @@ class Simulator:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
 
     @property
@@ -274,27 +297,122 @@ class Simulator:
             raise RuntimeError("simulator not started")
         return self._base_url
 
-    # -- state -----------------------------------------------------------------------------
+    # ---- state (safe while serving) ------------------------------------------------------------
     def add_account(self, account: SimAccount) -> None:
-        self._accounts.add(account)
+        """Add an account, or replace the one with the same api_key."""
+        self._book.add(account)
+
+    def update_account(self, api_key: str, /, **changes: Any) -> None:
+        """Change SimAccount fields, e.g. update_account(key, positions=[...], pm=SimPortfolio(...))."""
+        self._book.update(api_key, lambda acct: replace(acct, **changes))
 
     def set_balances(self, api_key: str, rows: list[dict]) -> None:
-        self._accounts.set_balances(api_key, rows)
+        self.update_account(api_key, balances=rows)
 
-    def set_fault(self, api_key: str, fault: Fault | None) -> None:
-        self._faults.set(api_key, fault)
+    def add_sub_account(self, master_key: str, sub: SimSubAccount) -> None:
+        """Add a sub-account to a master key, or replace the one with the same email."""
+        self._book.update(master_key, lambda acct: replace(
+            acct, sub_accounts=[s for s in acct.sub_accounts if s.email != sub.email] + [sub]))
 
-    def set_global_fault(self, fault: Fault | None) -> None:
-        self._faults.set(FaultBook.GLOBAL, fault)
+    def remove_sub_account(self, master_key: str, email: str) -> None:
+        self._book.update(master_key, lambda acct: replace(
+            acct, sub_accounts=[s for s in acct.sub_accounts if s.email != email]))
 
     def reset_rate_limits(self) -> None:
         self._limiter.reset()
 
     def server_time_ms(self) -> int:
         """The simulator's clock (local time + skew), as /fapi/v1/time would report it."""
-        return self._pipeline.server_ms()
+        return int(time.time() * 1000) + int(self.clock_skew_ms)
 
-    def stats(self) -> dict:
-        snapshot: dict[str, Any] = self._stats.snapshot()
-        snapshot["used_weight"] = self._limiter.used_weight(LOOPBACK, self._pipeline.server_ms())
-        return snapshot
+    def weight(self, path: str) -> int:
+        if path in self.weights:
+            return int(self.weights[path])
+        if path == "/fapi/v2/balance":
+            return int(self.v2_balance_weight)
+        return ROUTES[path][0] if path in ROUTES else 1
+
+    def weight_limit_for(self, family: str) -> int:
+        return int(self.weight_limit if family == "fapi" else getattr(self, f"{family}_weight_limit"))
+
+    def used_weight(self, family: str = "fapi", ip: str = LOOPBACK, path: str | None = None) -> int:
+        """This minute's weight of one bucket (for /sapi, one endpoint: give its `path`)."""
+        return self._limiter.used_weight(self._bucket(family, ip, path or ""), self.server_time_ms())
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def intercept(self, stage: str, request: Request) -> Intercept:
+        """Stages "received", "request" and "signed" (see the module docstring); override to inject."""
+        return None
+
+    def on_connection(self) -> None:
+        """Called for every accepted TCP connection."""
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep unless the simulator stops meanwhile; False means "stopping, give up"."""
+        return seconds <= 0 or not self._stopping.wait(seconds)
+
+    # ---- pipeline ------------------------------------------------------------------------------
+    @staticmethod
+    def _bucket(family: str, ip: str, path: str) -> tuple[str, ...]:
+        return (ip, family, path) if family == "sapi" else (ip, family)
+
+    def handle(self, req: Request) -> Reply:
+        deformers: list[Callable[[Reply], Reply]] = []
+        reply = self._hook("received", req, deformers)
+        if reply is not None:
+            return reply
+        family = family_of(req.path)
+        now = self.server_time_ms()
+        admission = self._limiter.admit(self._bucket(family, req.client_ip, req.path), self.weight(req.path), now,
+                                        limit=self.weight_limit_for(family), ban_after_429s=int(self.ban_after_429s))
+        if admission.status == 200:
+            reply = self._serve(req, deformers)
+        else:
+            spot = family in ("api", "sapi")
+            retry = ([("Retry-After", str(admission.retry_after_s))]
+                     if self.send_retry_after or family == "sapi" else [])
+            reply = (Reply.error(418, -1003, banned_msg(admission.banned_until_ms, spot), retry)
+                     if admission.status == 418 else
+                     Reply.error(429, -1003, too_many_requests_msg(self.weight_limit_for(family), spot), retry))
+        if not reply.reset and not reply.raw:
+            reply.headers.append((SAPI_WEIGHT_HEADER if family == "sapi" else WEIGHT_HEADER,
+                                  str(admission.used_weight)))
+        return reply
+
+    def _hook(self, stage: str, req: Request, deformers: list[Callable[[Reply], Reply]]) -> Reply | None:
+        result = self.intercept(stage, req)
+        if callable(result):
+            deformers.append(result)
+            return None
+        return result
+
+    def _serve(self, req: Request, deformers: list[Callable[[Reply], Reply]]) -> Reply:
+        early = self._hook("request", req, deformers)
+        if early is not None:
+            return early
+        if req.method != "GET":
+            return Reply.error(405, -1099, MSG_METHOD_NOT_ALLOWED, [("Allow", "GET")])
+        if req.path not in ROUTES:
+            return Reply.error(404, -1099, MSG_NOT_FOUND)
+        build = ROUTES[req.path][1]
+        if build is None:
+            obj: Any = {"serverTime": self.server_time_ms()} if req.path.endswith("/time") else {}
+        else:
+            if not self.pause(float(self.latency_s)):
+                return Reply.abort()
+            try:
+                params = authenticate(req.query, req.api_key, self._book.credentials, self.server_time_ms(),
+                                      self.max_recv_window_ms)
+                early = self._hook("signed", req, deformers)
+                if early is not None:
+                    return early
+                account = self._book.get(req.api_key or "")
+                if account is None:  # removed since validation
+                    raise ApiError(401, -2015, MSG_REJECTED_KEY)
+                obj = build(drift_account(account, self.server_time_ms()) if account.drift else account, params)
+            except ApiError as err:
+                return err.reply()
+        reply = Reply.json(200, obj)
+        for deform in deformers:
+            reply = deform(reply)
+        return reply

@@ -16,16 +16,16 @@ import tempfile
 import threading
 from types import FrameType
 
-from .generated import generate_accounts
-from .server import Simulator
+from .accounts import generate_accounts
+from .simulator import Simulator
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m exporter.simulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m testkit", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--accounts", type=int, default=1, help="generated accounts key-0000../secret-0000..")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay on every signed balance request")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="delay on every signed request")
     parser.add_argument("--clock-skew-ms", type=int, default=0)
     parser.add_argument("--weight-limit", type=int, default=2400)
     parser.add_argument("--v2-balance-weight", type=int, default=5)

@@ -1,0 +1,86 @@
+"""The shipped simulator plus what only tests and benchmarks need: fault injection and request counters."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from functools import partial
+from typing import Any
+
+from exporter.simulator import Reply, Request
+from exporter.simulator import Simulator as CoreSimulator
+from exporter.simulator.server import Intercept, family_of
+
+from .faults import PAYLOAD_KINDS, Fault, FaultBook, deform, fault_reply
+
+
+class Stats:
+    """Request counters, so tests and benchmarks can see what actually hit the wire."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.connections = self.requests = 0
+        self._by_path: Counter[str] = Counter()
+        self._by_key: Counter[str] = Counter()
+
+    def connection(self) -> None:
+        with self._lock:
+            self.connections += 1
+
+    def request(self, path: str, api_key: str | None) -> None:
+        with self._lock:
+            self.requests += 1
+            self._by_path[path] += 1
+            if api_key is not None:
+                self._by_key[api_key] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"connections": self.connections, "requests": self.requests,
+                    "requests_by_path": dict(self._by_path), "requests_by_key": dict(self._by_key)}
+
+
+class Simulator(CoreSimulator):
+    """exporter.simulator.Simulator with `set_fault`, `set_global_fault` and `stats()`.
+
+    A global fault applies to every admitted request before routing; an
+    account's fault to that account's signed requests that passed validation.
+    Either may be limited to one path with `Fault(path=...)`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._faults = FaultBook()
+        self._stats = Stats()
+
+    def start(self) -> str:
+        self._stats = Stats()  # counts start with each run
+        return super().start()
+
+    def set_fault(self, api_key: str, fault: Fault | None) -> None:
+        self._faults.set(api_key, fault)
+
+    def set_global_fault(self, fault: Fault | None) -> None:
+        self._faults.set(FaultBook.GLOBAL, fault)
+
+    def stats(self) -> dict[str, Any]:
+        """requests, connections, requests_by_path, requests_by_key; used_weight: fapi, this minute."""
+        return {**self._stats.snapshot(), "used_weight": self.used_weight("fapi")}
+
+    def on_connection(self) -> None:
+        self._stats.connection()
+
+    def intercept(self, stage: str, request: Request) -> Intercept:
+        if stage == "received":
+            self._stats.request(request.path, request.api_key)
+            return None
+        fault = self._faults.take(FaultBook.GLOBAL if stage == "request" else request.api_key, request.path)
+        if fault is None:
+            return None
+        if fault.kind == "latency":
+            return None if self.pause(fault.latency_s) else Reply.abort()
+        if fault.kind in PAYLOAD_KINDS:
+            return partial(deform, fault.kind)
+        family = family_of(request.path)
+        return fault_reply(fault, weight_limit=self.weight_limit_for(family), spot=family in ("api", "sapi"),
+                           now_ms=self.server_time_ms())
