@@ -17,7 +17,8 @@ from exporter import __version__
 from exporter.collector import Exporter
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import LEVELS, setup_logging
-from exporter.web import make_app, parse_listen_address, serve
+from exporter.httpserver import parse_listen_address, raise_open_files_limit, serve
+from exporter.web import make_app
 from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     limit_malloc_arenas()
+    raise_open_files_limit()
     exporter = Exporter(config)
     # Everything built so far (modules, config, pools) lives as long as the
     # process: move it out of the cyclic GC's way, so the collections that the
