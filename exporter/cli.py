@@ -15,8 +15,9 @@ from typing import Sequence
 from exporter import __version__
 from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
+from exporter.httpserver import parse_listen_address, raise_open_files_limit, serve
 from exporter.logs import LEVELS, fields, setup_logging
-from exporter.web import make_app, parse_listen_address, serve
+from exporter.web import make_app
 from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
@@ -117,12 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.source}: OK, {len(config.accounts)} account(s)")
         return 0
 
+    raise_open_files_limit()
     # Everything built so far (modules, config, pools) lives as long as the
     # process: move it out of the cyclic GC's way, so the collections that the
     # per-scrape garbage triggers stay cheap (~10 % less CPU per scrape).
     gc.freeze()
     sync = engine.start()
-    app = make_app(engine, args.telemetry_path, web.auth, ready=lambda: all(f.done() for f in sync))
+    app = make_app(engine, args.telemetry_path, web.auth, ready=lambda: all(f.done() for f in sync),
+                   headers=web.headers)
     try:
         server = serve(app, args.listen_address, web.ssl_context)
     except OSError as exc:

@@ -1,36 +1,31 @@
-"""The HTTP front: a small WSGI app with a route map, served by a threading server.
+"""The HTTP front: a small WSGI app with a route map.
 
 /metrics and /probe each build a fresh registry bound to that request's
 deadline (Prometheus' X-Prometheus-Scrape-Timeout-Seconds), rendered by
 prometheus_client's encoders (`exposition` below picks the format and gzips).
+The server under it (connections, threads, timeouts, TLS) is
+exporter/httpserver.py; `serve` and `parse_listen_address` are re-exported
+here for the code that imported them from this module.
 """
 
 from __future__ import annotations
 
 import gzip
 import html
-import logging
-import socket
-import ssl
-import threading
-from socketserver import ThreadingMixIn
 from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, quote
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.exposition import choose_encoder, gzip_accepted
-
 from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.engine import Engine
+from exporter.httpserver import parse_listen_address, serve  # noqa: F401 - re-exported
 from exporter.render import families
 from exporter.webconfig import BasicAuth
-
-log = logging.getLogger("exporter.web")
 
 StartResponse = Callable[..., object]
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
@@ -136,7 +131,9 @@ def exposition(registry: CollectorRegistry, environ: dict, start_response: Start
 
 
 def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth | None = None,
-             ready: Callable[[], bool] = lambda: True) -> Callable[[dict, StartResponse], Iterable[bytes]]:
+             ready: Callable[[], bool] = lambda: True,
+             headers: tuple[tuple[str, str], ...] = ()) -> Callable[[dict, StartResponse], Iterable[bytes]]:
+    """The routes; `headers` (http_server_config.headers of the web config) go on every answer."""
 
     def metrics(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         registry = scrape_registry(ScrapeCollector(engine, engine.aliases(), scrape_budget(environ),
@@ -159,6 +156,11 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
         return exposition(registry, environ, start_response)
 
     def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if headers:
+            plain_start = start_response
+
+            def start_response(status: str, response_headers: list, *exc: object) -> object:  # noqa: F811
+                return plain_start(status, [*response_headers, *headers], *exc)
         path = environ.get("PATH_INFO", "/")
         if auth is not None and path != "/-/healthy" and not auth.check(environ.get("HTTP_AUTHORIZATION")):
             return _text(start_response, "401 Unauthorized", "Unauthorized\n",
@@ -177,64 +179,6 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
             if ready():
                 return _text(start_response, "200 OK", "Ready\n")
             return _text(start_response, "503 Service Unavailable", "Not ready\n")
-        return _text(start_response, "404 Not Found", f"not found; see / for the endpoints\n")
+        return _text(start_response, "404 Not Found", "not found; see / for the endpoints\n")
 
     return app
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("http %s", format % args)
-
-
-class ThreadingServer(ThreadingMixIn, WSGIServer):
-    """Thread per request; TLS handshakes happen in the request thread, not in accept()."""
-
-    daemon_threads = True
-    ssl_context: ssl.SSLContext | None = None
-
-    def get_request(self) -> tuple[socket.socket, object]:
-        sock, addr = super().get_request()
-        if self.ssl_context is not None:
-            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        if isinstance(request, ssl.SSLSocket):
-            request.settimeout(10)
-            try:
-                request.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                log.debug("TLS handshake failed client=%s error=%s", client_address, type(exc).__name__)
-                return
-            request.settimeout(None)
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        log.debug("connection error client=%s", client_address, exc_info=True)
-
-
-def parse_listen_address(value: str) -> tuple[str, int]:
-    """`:9894`, `0.0.0.0:9894`, `[::]:9894`, `localhost:9894` -> (host, port)."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"--web.listen-address must look like ':9894' or '127.0.0.1:9894', got {value!r}")
-    host = host.strip("[]")
-    return host, int(port_text)
-
-
-def serve(app: Callable, address: str, ssl_context: ssl.SSLContext | None = None) -> ThreadingServer:
-    """Bind and start serving in a daemon thread; returns the server (for its port and shutdown)."""
-    host, port = parse_listen_address(address)
-    bind_host = host or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
-
-    class Server(ThreadingServer):
-        address_family = family
-
-    Server.ssl_context = ssl_context
-    server = make_server(bind_host, port, app, server_class=Server, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="http", daemon=True)
-    thread.start()
-    return server

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from conftest import ACCOUNTS, REPO, config_dict, parse_metrics, value, write_config
 from exporter.config import ConfigError
-from exporter.simulator import Simulator
+from testkit import Simulator
 from exporter.webconfig import load_web_config
 
 
@@ -312,3 +312,14 @@ def test_unknown_user_costs_as_much_as_a_wrong_password(tmp_path: Path) -> None:
     # Same cost means about the same time; before the fix an unknown user cost 4 rounds (64x less).
     assert unknown > known / 3, (known, unknown)
 
+
+
+def test_http_server_config_headers_are_sent_on_every_answer(sim: Simulator, tmp_path: Path, run_exporter) -> None:
+    web = _web_config(tmp_path / "web.yml", {"http_server_config": {"headers": {
+        "X-Frame-Options": "deny", "X-Content-Type-Options": "nosniff"}}})
+    cfg = write_config(tmp_path / "c.yaml", config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
+    exp = run_exporter(f"--config.file={cfg}", f"--web.config.file={web}")
+    for path in ("/metrics", "/probe?target=alpha", "/", "/-/healthy", "/nope", "/probe?target=x"):
+        resp = exp.get(path)
+        assert resp.headers.get("X-Frame-Options") == "deny", path
+        assert resp.headers.get("X-Content-Type-Options") == "nosniff", path
