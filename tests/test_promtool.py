@@ -4,7 +4,10 @@
 - `promtool test rules` on prometheus/tests/*.yml,
 - `promtool check config` on both Prometheus configs (and on the commented
   hashmod sharding example, uncommented),
-- `promtool check metrics` on /metrics and /probe of the exporter in --demo mode.
+- `promtool check rules` on every PromQL of the Grafana dashboard (as recording
+  rules, Grafana's variables filled in), so a query that does not parse fails here,
+- `promtool check metrics` on /metrics and /probe of the exporter in --demo mode
+  (the only tests here that need a working exporter).
 
 Without promtool on PATH these tests skip, except when the CI environment
 variable is set: there a missing promtool is a failure (CI installs Debian's
@@ -13,13 +16,14 @@ variable is set: there a missing promtool is a failure (CI installs Debian's
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
 import pytest
 import yaml
 
-from stack_helpers import PROM, RULE_FILES, demo_exporter, fetch, require_tool
+from stack_helpers import DASHBOARD, PROM, RULE_FILES, demo_exporter, fetch, require_tool
 
 CONFIGS = [PROM / "prometheus.yml", PROM / "prometheus.compose.yml"]
 
@@ -81,6 +85,43 @@ def test_check_config_with_the_hashmod_sharding_example(promtool, tmp_path):
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     res = run([promtool, "check", "config", str(path)])
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# Grafana's variables as a query would see them with "All" selected.
+GRAFANA_VARS = {"alias": ".*", "market": ".*", "asset": ".*", "__rate_interval": "1m", "__interval": "15s",
+                "__range": "1h"}
+
+
+def dashboard_promql() -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and variable query, variables substituted."""
+    def fill(expr: str) -> str:
+        return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", lambda m: GRAFANA_VARS[m.group(1) or m.group(2)], expr)
+
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    stack = list(dash["panels"])
+    while stack:
+        panel = stack.pop()
+        stack += panel.get("panels", [])
+        out += [(f"panel {panel['id']} {t['refId']}", fill(t["expr"])) for t in panel.get("targets", [])]
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            query = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+            out.append((f"variable {v['name']}", fill(re.fullmatch(r"label_values\((.+), \w+\)", query).group(1))))
+    return out
+
+
+def test_dashboard_queries_parse(promtool, tmp_path):
+    queries = dashboard_promql()
+    assert len(queries) > 40
+    doc = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": expr} for i, (_, expr) in enumerate(queries)]}]}
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    res = run([promtool, "check", "rules", str(path)])
+    where = {f"dashboard:query_{i}": w for i, (w, _) in enumerate(queries)}
+    assert res.returncode == 0, re.sub(r"dashboard:query_\d+", lambda m: where.get(m.group(0), m.group(0)),
+                                       res.stdout + res.stderr)
 
 
 @pytest.fixture(scope="module")

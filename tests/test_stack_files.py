@@ -1,8 +1,15 @@
-"""The monitoring stack files we ship: dashboard, rules, provisioning, Dockerfile, compose.
+"""The monitoring stack files we ship: dashboard, rules, Alertmanager, provisioning, Dockerfile, compose.
 
-Static checks (structure, references between files), plus one live check: every
-`binance_futures_*` name used by the dashboard and the rules exists in the real
-/metrics output of the exporter in --demo mode, or is one of our recording rules.
+Static checks (structure, references between files), most of them against the exporter's metric
+catalogue: exporter/schema.py and exporter/render.py, read by stack_helpers.metric_catalogue without
+running the exporter. So every `binance_futures_*` name the dashboard, the rules and the alert texts use
+must be one the exporter emits (with the labels the queries filter on), one of our recording rules, or
+listed in stack_helpers.AWAITED_METRICS.
+
+Needs a live process:
+- test_catalogue_matches_the_demo_exporter: the demo exporter (`python -m exporter --demo`), to check the
+  catalogue reading against real output;
+- test_alertmanager_inhibition: Alertmanager (Debian: prometheus-alertmanager), fed alerts over its API.
 """
 
 from __future__ import annotations
@@ -11,7 +18,11 @@ import fnmatch
 import json
 import re
 import shlex
+import shutil
 import subprocess
+import time
+import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -19,15 +30,32 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from stack_helpers import DASHBOARD, PROM, REPO, RULE_FILES, demo_exporter, fetch
+from stack_helpers import (AWAITED_METRICS, DASHBOARD, PROM, REPO, RULE_FILES, demo_exporter, fetch, free_port,
+                           http_get, metric_catalogue, process, require_tool)
 
 PROMTOOL_TESTS = sorted((PROM / "tests").glob("*.yml"))
 DS_PROVISIONING = REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASH_PROVISIONING = REPO / "grafana" / "provisioning" / "dashboards" / "binance-futures.yml"
+ALERTMANAGER = REPO / "alertmanager" / "alertmanager.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE = REPO / "compose.yaml"
 DASHBOARD_UID = "binance-futures-exporter"
+
+# Labels of each recording rule's series (checked against the promtool unit tests' expected samples).
+RECORDED_LABELS: dict[str, frozenset[str]] = {
+    "binance_futures:available_balance": frozenset({"alias", "market", "asset"}),
+    "binance_futures:available_balance:threshold_ratio": frozenset({"alias", "market", "asset"}),
+    "binance_futures:margin_ratio": frozenset({"alias", "market"}),
+    "binance_futures:position_liquidation_distance": frozenset({"alias", "market", "symbol", "position_side"}),
+    "binance_futures:account_host_info": frozenset({"alias", "market", "host"}),
+    "market_asset:binance_futures_balance:sum": frozenset({"market", "asset"}),
+    "market_asset:binance_futures_available_balance:sum": frozenset({"market", "asset"}),
+    "market_asset:binance_futures_cross_wallet_balance:sum": frozenset({"market", "asset"}),
+    "market_asset:binance_futures_cross_unrealized_pnl:sum": frozenset({"market", "asset"}),
+    "host:binance_futures_used_weight:ratio": frozenset({"host", "interval"}),
+    "host:binance_futures_exporter_used_weight:budget_ratio": frozenset({"host"}),
+}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -37,9 +65,9 @@ def strip_strings(expr: str) -> str:
 
 
 def metric_names_in(expr: str) -> set[str]:
-    """Names in a PromQL expression that belong to us (contain `binance_futures_`)."""
+    """Names in a PromQL expression that belong to us: raw metrics and our recording rules."""
     tokens = re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", strip_strings(expr))
-    return {t for t in tokens if "binance_futures_" in t}
+    return {t for t in tokens if "binance_futures_" in t or "binance_futures:" in t}
 
 
 def load_yaml(path: Path):
@@ -52,6 +80,11 @@ def rules(kind: str) -> list[dict]:
         for group in load_yaml(path)["groups"]:
             out += [r for r in group["rules"] if kind in r]
     return out
+
+
+def annotation_queries(alert: dict) -> list[str]:
+    """The PromQL inside an alert's annotation templates (`printf \\`query\\` ... | query`)."""
+    return re.findall(r"`([^`]*)`", " ".join(alert["annotations"].values()))
 
 
 def dashboard() -> dict:
@@ -81,15 +114,63 @@ def dashboard_exprs(dash: dict) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def exposition() -> dict[str, set[str]]:
-    """{sample name: label names} from the demo exporter's real /metrics (two scrapes)."""
-    names: dict[str, set[str]] = {}
+def catalogue() -> dict[str, frozenset[str]]:
+    """{series name: label names}: what the exporter emits, our recording rules, and awaited series."""
+    return {**AWAITED_METRICS, **metric_catalogue(), **RECORDED_LABELS}
+
+
+def promtool_tests() -> list[dict]:
+    return [t for path in PROMTOOL_TESTS for t in load_yaml(path)["tests"]]
+
+
+def firing_cases(alertname: str) -> list[tuple[dict, dict]]:
+    """(test group, alert_rule_test case) for every case in which `alertname` is expected to fire."""
+    return [(t, c) for t in promtool_tests() for c in t.get("alert_rule_test", [])
+            if c["alertname"] == alertname and c.get("exp_alerts")]
+
+
+def series_labels(series: str) -> dict[str, str]:
+    return dict(re.findall(r'(\w+)="([^"]*)"', series))
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+def test_metric_catalogue_reads_the_exporter_source():
+    """The reader of exporter/render.py finds the families the rules depend on, with their labels."""
+    cat = metric_catalogue()
+    assert len(cat) > 50
+    assert cat["binance_futures_up"] == {"alias", "market"}
+    assert cat["binance_futures_available_balance"] == {"alias", "market", "asset"}
+    assert cat["binance_futures_position_liquidation_price"] == {"alias", "market", "symbol", "position_side"}
+    assert cat["binance_futures_scrape_errors_total"] == {"alias", "market", "reason"}
+    assert cat["binance_futures_rate_limited_responses_total"] == {"host", "status"}
+    assert cat["binance_futures_used_weight"] == {"host", "interval"}
+    assert cat["binance_futures_max_margin_ratio"] == {"alias", "market"}
+
+
+@pytest.mark.xfail(reason="awaited from the exporter: see stack_helpers.AWAITED_METRICS", strict=False)
+def test_awaited_metrics_are_emitted_by_the_exporter():
+    cat = metric_catalogue()
+    missing = {n for n, labels in AWAITED_METRICS.items() if cat.get(n) != labels}
+    assert not missing, f"render.py does not emit yet: {sorted(missing)}"
+
+
+def test_catalogue_matches_the_demo_exporter():
+    """Needs the live exporter: every series of the demo's /metrics is in the catalogue, with its labels.
+
+    Guards the source reading above; the demo only covers USD-M balances, so it cannot show the reverse.
+    """
+    seen: dict[str, set[str]] = {}
     with demo_exporter() as base:
-        for _ in range(2):
-            for family in text_string_to_metric_families(fetch(base + "/metrics")):
+        for path in ("/metrics", "/probe?target=grid-bot"):
+            for family in text_string_to_metric_families(fetch(base + path)):
                 for sample in family.samples:
-                    names.setdefault(sample.name, set()).update(sample.labels)
-    return names
+                    if sample.name.startswith("binance_futures_"):
+                        seen.setdefault(sample.name, set()).update(sample.labels)
+    cat = metric_catalogue()
+    assert "binance_futures_up" in seen
+    wrong = {n: (sorted(labels), sorted(cat.get(n, ()))) for n, labels in seen.items() if cat.get(n) != labels}
+    assert not wrong, f"demo output vs catalogue (emitted, catalogue): {wrong}"
 
 
 # --------------------------------------------------------------------------- dashboard
@@ -102,6 +183,9 @@ def test_dashboard_is_importable_json_with_inputs_and_fixed_uid():
     assert inputs["DS_PROMETHEUS"]["type"] == "datasource"
     assert inputs["DS_PROMETHEUS"]["pluginId"] == "prometheus"
     assert dash["title"] and dash["schemaVersion"] >= 36
+    used = {p["type"] for p in all_panels(dash["panels"])} - {"row"}
+    required = {r["id"] for r in dash["__requires"] if r["type"] == "panel"}
+    assert used <= required, f"panel types missing from __requires: {sorted(used - required)}"
 
 
 def test_dashboard_panel_ids_unique_and_layout_sane():
@@ -136,57 +220,97 @@ def test_dashboard_template_variables():
     # __inputs on UI/API import).
     ds = variables["DS_PROMETHEUS"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    for name in ("alias", "asset"):
+    queries = {}
+    for name in ("market", "alias", "asset"):
         v = variables[name]
         assert v["type"] == "query" and v["multi"] and v["includeAll"], name
         assert v["datasource"]["uid"] == "${DS_PROMETHEUS}"
         assert v["allValue"] == ".*"
         query = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
         assert re.fullmatch(rf"label_values\(binance_futures_\w+(\{{[^}}]*\}})?, {name}\)", query), query
+        queries[name] = query
+    # Chained: accounts of the selected markets, assets of the selected accounts and markets.
+    assert '$market' in queries["alias"]
+    assert '$market' in queries["asset"] and '$alias' in queries["asset"]
 
 
-def test_dashboard_queries_filter_and_use_rate_interval():
+def test_dashboard_queries_filter_and_use_rate_interval(catalogue):
+    """Ranges are $__rate_interval; a query on per-account (market, asset) series follows $alias ($market, $asset)."""
     for where, expr in dashboard_exprs(dashboard()):
         for rng in re.findall(r"\[([^\]]+)\]", expr):
             assert rng == "$__rate_interval", f"{where}: hard-coded range [{rng}] in {expr}"
-        names = metric_names_in(expr)
-        per_account = {n for n in names if not n.startswith(("asset:", "host:"))
-                       and n not in {"binance_futures_used_weight", "binance_futures_weight_limit",
-                                     "binance_futures_backoff_seconds", "binance_futures_time_offset_seconds"}}
-        if per_account and not where.startswith("variable alias"):
-            assert "$alias" in expr, f"{where}: per-account query ignores $alias: {expr}"
+        if where.startswith("variable"):
+            continue  # chained variables: test_dashboard_template_variables
+        for name in metric_names_in(expr):
+            for label in ("alias", "market", "asset"):
+                if label in catalogue.get(name, ()):
+                    assert f"${label}" in expr, f"{where}: {name} has {label} but the query ignores ${label}: {expr}"
 
 
 def test_dashboard_covers_the_required_topics():
-    used = set().union(*(metric_names_in(e) for _, e in dashboard_exprs(dashboard())))
+    dash = dashboard()
+    used = set().union(*(metric_names_in(e) for _, e in dashboard_exprs(dash)))
     required = {
-        "asset:binance_futures_balance:sum", "asset:binance_futures_available_balance:sum",
-        "asset:binance_futures_cross_unrealized_pnl:sum",
-        "binance_futures_available_balance", "binance_futures_min_available_balance",
+        "market_asset:binance_futures_balance:sum", "market_asset:binance_futures_available_balance:sum",
+        "market_asset:binance_futures_cross_unrealized_pnl:sum",
+        "binance_futures:available_balance", "binance_futures:available_balance:threshold_ratio",
+        "binance_futures_min_available_balance",
         "binance_futures_balance", "binance_futures_cross_unrealized_pnl", "binance_futures_up",
         "binance_futures_scrape_errors_total", "binance_futures_request_duration_seconds",
+        "binance_futures_last_success_timestamp_seconds",
+        # risk
+        "binance_futures:margin_ratio", "binance_futures_max_margin_ratio",
+        "binance_futures:position_liquidation_distance", "binance_futures_min_liquidation_distance",
+        "binance_futures_position_notional", "binance_futures_position_unrealized_pnl",
+        "binance_futures_pm_uni_mmr", "binance_futures_min_uni_mmr",
+        # API hosts
         "binance_futures_used_weight", "binance_futures_weight_limit", "binance_futures_backoff_seconds",
-        "binance_futures_time_offset_seconds",
+        "binance_futures_time_offset_seconds", "binance_futures_exporter_used_weight",
+        "host:binance_futures_exporter_used_weight:budget_ratio",
+        "binance_futures_rate_limited_responses_total", "binance_futures_fetches_deferred_total",
     }
     assert required <= used, f"no panel for {sorted(required - used)}"
-    exprs = " ".join(e for _, e in dashboard_exprs(dashboard()))
+    exprs = " ".join(e for _, e in dashboard_exprs(dash))
     assert "increase(binance_futures_scrape_errors_total{" in exprs
+    panels = [p for p in all_panels(dash["panels"]) if p["type"] != "row"]
+
+    def panel_names(p: dict) -> set[str]:
+        return set().union(*(metric_names_in(t["expr"]) for t in p["targets"]))
+
+    # Each risk value is drawn against its threshold in the same panel.
+    for value, threshold in (("binance_futures:margin_ratio", "binance_futures_max_margin_ratio"),
+                             ("binance_futures_pm_uni_mmr", "binance_futures_min_uni_mmr"),
+                             ("binance_futures:available_balance", "binance_futures_min_available_balance")):
+        assert any({value, threshold} <= panel_names(p) for p in panels), f"no panel shows {value} vs {threshold}"
+    # The positions table: symbol, side, notional, PnL and distance, closest to liquidation first.
+    (table,) = [p for p in panels if p["type"] == "table"
+                and "binance_futures:position_liquidation_distance" in panel_names(p)]
+    assert {"binance_futures_position_notional", "binance_futures_position_unrealized_pnl"} <= panel_names(table)
+    distance_ref = next(t["refId"] for t in table["targets"]
+                        if "binance_futures:position_liquidation_distance" in t["expr"])
+    organize = next(t["options"] for t in table["transformations"] if t["id"] == "organize")
+    assert table["options"]["sortBy"] == [{"displayName": organize["renameByName"][f"Value #{distance_ref}"],
+                                           "desc": False}]
+    assert all("symbol, position_side" in t["expr"] or "binance_futures:" in t["expr"] for t in table["targets"])
 
 
-def test_dashboard_and_rule_metric_names_exist(exposition):
+def test_dashboard_and_rule_metric_names_exist(catalogue):
+    """Every name in the dashboard, the rules and the alert texts is emitted, recorded or awaited."""
     recorded = {r["record"] for r in rules("record")}
-    known = set(exposition) | recorded
+    assert recorded == set(RECORDED_LABELS), "update RECORDED_LABELS with the recording rules"
     sources = dashboard_exprs(dashboard()) + [
         (f"rule {r.get('alert') or r.get('record')}", r["expr"]) for r in rules("expr")]
-    missing = {f"{where}: {name}" for where, expr in sources for name in metric_names_in(expr) if name not in known}
-    assert not missing, "names neither exported by `--demo` nor recorded:\n" + "\n".join(sorted(missing))
+    sources += [(f"annotation of {a['alert']}", q) for a in rules("alert") for q in annotation_queries(a)]
+    missing = {f"{where}: {name}" for where, expr in sources for name in metric_names_in(expr)
+               if name not in catalogue}
+    assert not missing, "names neither in the exporter's catalogue nor recorded:\n" + "\n".join(sorted(missing))
 
 
 # --------------------------------------------------------------------------- rules
 
-def test_alert_rules_have_severity_annotations_and_runbooks(exposition):
+def test_alert_rules_have_severity_annotations_and_runbooks(catalogue):
     alerts = rules("alert")
-    assert len(alerts) >= 6
+    assert len(alerts) >= 12
     names = [a["alert"] for a in alerts]
     assert len(names) == len(set(names))
     for a in alerts:
@@ -197,37 +321,37 @@ def test_alert_rules_have_severity_annotations_and_runbooks(exposition):
         assert "$value" in ann["description"], f"{name}: description must show the value"
         assert ann["runbook_url"].endswith("#" + name.lower()), f"{name}: runbook anchor"
         text = ann["summary"] + ann["description"]
-        label_sets = [exposition[m] for m in metric_names_in(a["expr"]) if m in exposition]
-        for label in ("alias", "asset", "host"):
+        label_sets = [catalogue[m] for m in metric_names_in(a["expr"]) if m in catalogue]
+        for label in ("alias", "market", "asset", "symbol", "position_side", "host"):
             if label_sets and all(label in ls for ls in label_sets):
                 assert f"$labels.{label}" in text, f"{name}: annotations should name the {label}"
 
 
-def test_alert_annotations_use_only_labels_the_expression_keeps():
-    """An alert that aggregates `by (...)` has only those labels: no $labels.instance / .job in its text."""
+def test_alert_annotations_use_only_labels_the_alert_has():
+    """An alert's text uses only labels its unit tests show it firing with (no $labels.instance after `by`)."""
     for a in rules("alert"):
-        groupings = re.findall(r"\bby\s*\(([^)]*)\)", a["expr"])
-        if not groupings:
+        kept = {label for _, case in firing_cases(a["alert"]) for alert in case["exp_alerts"]
+                for label in alert["exp_labels"]}
+        used = set(re.findall(r"\$labels\.(\w+)", " ".join(a["annotations"].values())))
+        assert used <= kept, f"{a['alert']}: annotations use {sorted(used - kept)}, which it never carries"
+
+
+def test_alerts_fire_once_per_account_or_host_and_are_tested_with_duplicates():
+    """Only ExporterDown (about a scrape target) keeps job/instance; every other alert is tested firing with
+    its data arriving more than once (two jobs, or replicas) and fires once regardless."""
+    for a in rules("alert"):
+        name = a["alert"]
+        cases = firing_cases(name)
+        assert cases, name
+        for _, case in cases:
+            for alert in case["exp_alerts"]:
+                has_target = {"job", "instance"} & set(alert["exp_labels"])
+                assert bool(has_target) == (name == "BinanceFuturesExporterDown"), (name, alert["exp_labels"])
+        if name == "BinanceFuturesExporterDown":
             continue
-        kept = {label.strip() for g in groupings for label in g.split(",")}
-        text = " ".join(a["annotations"].values())
-        used = set(re.findall(r"\$labels\.(\w+)", text))
-        assert used <= kept, f"{a['alert']}: annotations use {sorted(used - kept)}, dropped by the aggregation"
-
-
-def test_per_account_and_per_host_alerts_aggregate_duplicates():
-    """Scraped by both jobs (or replicas), these alerts must fire once per account+asset / per host."""
-    alerts = {a["alert"]: " ".join(a["expr"].split()) for a in rules("alert")}
-    low = alerts["BinanceFuturesAvailableBalanceLow"]
-    # The issue's join, `available < on(alias, asset) min_available`, on one series per side and account.
-    assert "< on(alias, asset)" in low and low.count("by (alias, asset)") == 2, low
-    for name in ("BinanceFuturesApiWeightHigh", "BinanceFuturesRateLimitBackoff", "BinanceFuturesClockSkew"):
-        assert alerts[name].startswith("max by (host"), f"{name}: {alerts[name]}"
-        assert "instance" not in alerts[name]
-
-
-def promtool_tests() -> list[dict]:
-    return [t for path in PROMTOOL_TESTS for t in load_yaml(path)["tests"]]
+        targets_per_test = [{(series_labels(s["series"]).get("job"), series_labels(s["series"]).get("instance"))
+                             for s in group["input_series"]} for group, _ in cases]
+        assert any(len(t) > 1 for t in targets_per_test), f"{name}: no firing test with duplicated data"
 
 
 def test_every_alert_has_firing_and_not_firing_unit_tests():
@@ -241,11 +365,25 @@ def test_every_alert_has_firing_and_not_firing_unit_tests():
     assert names <= silent, f"no must-not-fire test for {sorted(names - silent)}"
 
 
-def test_every_recording_rule_has_a_unit_test():
-    tested = set()
+def test_low_balance_alert_keeps_firing_through_a_tested_gap():
+    """Issue 8: keep_firing_for (Prometheus >= 2.42), and a unit test whose series have a stale gap."""
+    alerts = {a["alert"]: a for a in rules("alert")}
+    assert "keep_firing_for" in alerts["BinanceFuturesAvailableBalanceLow"]
+    gap_tests = [group for group, _ in firing_cases("BinanceFuturesAvailableBalanceLow")
+                 if any("stale" in s["values"] for s in group["input_series"])]
+    assert gap_tests, "no firing unit test of the low-balance alert with a gap (stale marker) in its series"
+
+
+def test_every_recording_rule_has_a_unit_test_with_its_labels():
+    tested: set[str] = set()
     for t in promtool_tests():
         for case in t.get("promql_expr_test", []):
-            tested |= metric_names_in(case["expr"])
+            names = metric_names_in(case["expr"])
+            tested |= names
+            for sample in case.get("exp_samples", []):
+                name = sample["labels"].split("{", 1)[0]
+                if name in RECORDED_LABELS:
+                    assert set(series_labels(sample["labels"])) <= RECORDED_LABELS[name], sample["labels"]
     names = {r["record"] for r in rules("record")}
     assert names <= tested, f"untested recording rules: {sorted(names - tested)}"
 
@@ -273,6 +411,101 @@ def test_prometheus_configs_reference_rule_files_and_jobs():
     assert {"source_labels": ["__param_target"], "target_label": "instance"} in relabels
     assert any(r.get("target_label") == "__address__" and "replacement" in r for r in relabels)
     assert "action: hashmod" in (PROM / "prometheus.yml").read_text()
+
+
+# --------------------------------------------------------------------------- Alertmanager
+
+def test_alertmanager_inhibition_rules_match_the_alerts_labels():
+    """Each inhibition's sources carry its `equal` labels, and the host rule's targets carry `host`."""
+    alerts = {a["alert"] for a in rules("alert")}
+    inhibit = load_yaml(ALERTMANAGER)["inhibit_rules"]
+
+    def matching(matchers: list[str]) -> set[str]:
+        out = set(alerts)
+        for m in matchers:
+            label, op, value = re.fullmatch(r'(\w+)(=~|!=|=)"(.*)"', m).groups()
+            assert label == "alertname", m
+            test = {"=": lambda n: n == value, "!=": lambda n: n != value,
+                    "=~": lambda n: re.fullmatch(value, n) is not None}[op]
+            out = {n for n in out if test(n)}
+        return out
+
+    def labels_of(name: str) -> set[str]:
+        return {label for _, c in firing_cases(name) for a in c["exp_alerts"] for label in a["exp_labels"]}
+
+    host_rule_targets: set[str] = set()
+    for rule in inhibit:
+        sources, targets = matching(rule["source_matchers"]), matching(rule["target_matchers"])
+        assert sources and targets, rule
+        for name in sources:
+            assert set(rule["equal"]) <= labels_of(name), (rule, name)
+        if rule["equal"] == ["host"] and "BinanceFuturesAccountDataStale" in targets:
+            host_rule_targets = targets
+            for name in targets:
+                assert "host" in labels_of(name), f"{name} never has a host label to be inhibited by"
+    assert host_rule_targets == {"BinanceFuturesAccountScrapeFailing", "BinanceFuturesAccountDataStale"}
+
+
+def _alert(name: str, **labels: str) -> dict:
+    now = datetime.now(timezone.utc)
+    return {"labels": {"alertname": name, "severity": "critical", **labels},
+            "annotations": {"summary": name},
+            "startsAt": (now - timedelta(minutes=1)).isoformat(),
+            "endsAt": (now + timedelta(hours=1)).isoformat()}
+
+
+def test_alertmanager_inhibition(tmp_path):
+    """Needs Alertmanager: our config, fed alerts over its API, mutes per-account alerts of a banned host only.
+
+    One cause, one page: the ban on fapi.binance.com mutes the stale-data alerts of the accounts on that
+    host, the 429 and back-off alerts of that host, but neither accounts on other hosts, nor an account
+    without a host label, nor the risk alerts (a ban does not make a margin ratio less real).
+    """
+    binary = shutil.which("alertmanager") or require_tool("prometheus-alertmanager")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [binary, f"--config.file={ALERTMANAGER}", f"--storage.path={tmp_path}",
+           f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
+    sent = [
+        _alert("BinanceFuturesIpBanned", host="fapi.binance.com"),
+        _alert("BinanceFuturesRateLimited", host="fapi.binance.com", severity="warning"),
+        _alert("BinanceFuturesRateLimitBackoff", host="fapi.binance.com", severity="warning"),
+        _alert("BinanceFuturesAccountDataStale", alias="main", market="usdm", host="fapi.binance.com"),
+        _alert("BinanceFuturesAccountScrapeFailing", alias="hedge", market="usdm", host="fapi.binance.com"),
+        _alert("BinanceFuturesAccountDataStale", alias="coin", market="coinm", host="dapi.binance.com"),
+        _alert("BinanceFuturesAccountDataStale", alias="legacy", market="usdm"),
+        _alert("BinanceFuturesMarginRatioHigh", alias="main", market="usdm"),
+        # Failing fetches explain stale data of the same account and market only.
+        _alert("BinanceFuturesAccountScrapeFailing", alias="sub1", market="usdm", host="api.binance.com"),
+        _alert("BinanceFuturesAccountDataStale", alias="sub1", market="usdm", host="api.binance.com"),
+        _alert("BinanceFuturesAccountDataStale", alias="sub1", market="coinm", host="api.binance.com"),
+    ]
+    muted = {("BinanceFuturesRateLimited", ""), ("BinanceFuturesRateLimitBackoff", ""),
+             ("BinanceFuturesAccountDataStale", "main/usdm"), ("BinanceFuturesAccountScrapeFailing", "hedge/usdm"),
+             ("BinanceFuturesAccountDataStale", "sub1/usdm")}
+
+    def key(labels: dict) -> tuple[str, str]:
+        account = f"{labels['alias']}/{labels['market']}" if "alias" in labels else ""
+        return labels["alertname"], account
+
+    with process(cmd, f"{base}/-/ready", "alertmanager"):
+        req = urllib.request.Request(f"{base}/api/v2/alerts", data=json.dumps(sent).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+        deadline = time.monotonic() + 20
+        while True:
+            status, body = http_get(f"{base}/api/v2/alerts")
+            assert status == 200, body
+            got = {key(a["labels"]): a["status"] for a in json.loads(body)}
+            inhibited = {k for k, s in got.items() if s["inhibitedBy"]}
+            if len(got) == len(sent) and inhibited == muted:
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"inhibited {sorted(inhibited)}, expected {sorted(muted)}; all: {got}")
+            time.sleep(0.2)
+    assert all(got[k]["state"] == "suppressed" for k in muted)
+    assert all(got[k]["state"] == "active" for k in set(got) - muted)
 
 
 # --------------------------------------------------------------------------- provisioning
@@ -466,8 +699,6 @@ def test_compose_prometheus_wiring():
 
 
 def test_alertmanager_config_is_valid_if_amtool_is_present(tmp_path):
-    import shutil
-
     amtool = shutil.which("amtool")
     if amtool is None:
         pytest.skip("amtool not installed (Debian: prometheus-alertmanager); structure checked above")
