@@ -28,23 +28,13 @@ import pytest
 
 from conftest import REPO, free_port
 
-__all__ = ["REPO", "PROM", "RULE_FILES", "DASHBOARD", "AWAITED_METRICS", "free_port", "require_tool", "http_get",
+__all__ = ["REPO", "PROM", "RULE_FILES", "DASHBOARD", "free_port", "require_tool", "http_get",
            "fetch", "process", "demo_exporter", "metric_catalogue"]
 
 PROM = REPO / "prometheus"
 RULE_FILES = [PROM / "rules.yml", PROM / "alerts.yml"]
 DASHBOARD = REPO / "grafana" / "dashboards" / "binance-futures.json"
 RENDER = REPO / "exporter" / "render.py"
-
-# Series the rules use that exporter/render.py does not emit yet, with their labels. Each entry
-# is a promise from the exporter side; test_stack_files checks whether it has been kept (xfail
-# until then). Remove an entry once render.py emits the series.
-AWAITED_METRICS: dict[str, frozenset[str]] = {
-    # The API host each account and market is fetched from (value 1): gives the per-account
-    # alerts a `host` label for Alertmanager's inhibition by host.
-    "binance_futures_account_host_info": frozenset({"alias", "market", "host"}),
-}
-
 
 def _const_labels(node: ast.AST, schema) -> tuple[str, ...]:
     """A label list in render.py: a literal tuple/list of strings, or a name from exporter.schema."""
