@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from exporter.endpoints import HOST_KINDS, TIME_WEIGHT, Call
 from exporter.hosts import Host, parse_weight
@@ -153,7 +153,15 @@ class Client:
             snapshot = snapshot.merge(self._call(call, deadline))
         return snapshot
 
-    def _call(self, call: Call, deadline: float) -> Snapshot:
+    def call(self, call: Call, deadline: float) -> Any:
+        """One call outside a refresh (sub-account discovery): its weight is taken here."""
+        self.clock.ensure(deadline)
+        if self.host.backoff.remaining()[0] > 0 or not self.host.governor.ip_room(call.weight) \
+                or not self.host.governor.try_acquire(call.weight, pace=False):
+            raise Skipped()
+        return self._call(call, deadline)
+
+    def _call(self, call: Call, deadline: float) -> Any:
         retried_clock = retried_transient = False
         while True:
             try:
@@ -172,7 +180,7 @@ class Client:
                         continue
                 raise retry.error from None
 
-    def _attempt(self, call: Call, deadline: float) -> Snapshot:
+    def _attempt(self, call: Call, deadline: float) -> Any:
         params = [*call.params, ("recvWindow", self._recv_window), ("timestamp", str(self.host.clock.now_ms()))]
         target = f"{call.path}?{signed_query(params, self._signer)}"
         sent_at = time.monotonic()
@@ -185,7 +193,7 @@ class Client:
             raise error from None
         return self._handle(call, resp, sent_at)
 
-    def _handle(self, call: Call, resp: Response, sent_at: float) -> Snapshot:
+    def _handle(self, call: Call, resp: Response, sent_at: float) -> Any:
         wait = note_answer(self.host, resp, sent_at)
         status = resp.status
         if status == 200:

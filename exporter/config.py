@@ -120,7 +120,9 @@ class AccountConfig:
     sapi_base_url: str = DEFAULT_SAPI_BASE_URL
     max_margin_ratio: float | None = None
     min_liquidation_distance: float | None = None
-    min_uni_mmr: float | None = None
+    # Binance liquidates a Portfolio Margin account below uniMMR 1.05 and sends margin-call
+    # reminders from 1.5 down (its PM Pro table): alert while there is still room to act.
+    min_uni_mmr: float | None = 1.5
     sub_accounts: SubAccounts | None = None
     host_label: str = ""  # not a config key: lets --demo keep one `host` across restarts
 
@@ -460,7 +462,7 @@ def _sub_accounts(ctx: _Ctx, value: Any, environ: Mapping[str, str]) -> SubAccou
     if "discovery_interval_seconds" in value:
         out["discovery_interval_seconds"] = _number(sub, "discovery_interval_seconds",
                                                     value["discovery_interval_seconds"], environ,
-                                                    minimum=10, maximum=86400)
+                                                    minimum=1, maximum=86400)
     if "aliases" in value:
         aliases = value["aliases"]
         if not isinstance(aliases, dict):

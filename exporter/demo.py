@@ -67,7 +67,7 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                                                      [SimPosition("BTCUSDT", "0.050", "63000", "62750.1")])),
             SimSubAccount("bot-2" + SUBS, SimFutures([balance_row("USDT", "2100")]),
                           SimFutures([balance_row("BTC", "0.42", coin=True)])),
-            SimSubAccount("reserve" + SUBS, SimFutures([balance_row("USDT", "800")]), frozen=True),
+            SimSubAccount("reserve" + SUBS, SimFutures([balance_row("USDT", "1800")]), frozen=True),
             SimSubAccount("spot-only" + SUBS, usdm=None),
             SimSubAccount("test-1" + SUBS),
         ],

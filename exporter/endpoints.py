@@ -9,7 +9,7 @@ of them is charged to its host's budget before it is sent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from exporter import parsing
 from exporter.parsing import Snapshot
@@ -43,7 +43,7 @@ TIME_WEIGHT = 1
 class Call:
     path: str
     weight: int
-    parse: Callable[[bytes], Snapshot]
+    parse: Callable[[bytes], Any]  # a Snapshot, except for the sub-account list
     params: tuple[tuple[str, str], ...] = ()
 
 
@@ -80,6 +80,10 @@ def sub_account_calls(email: str, market: str) -> tuple[Call, ...]:
                  (("email", email), ("futuresType", str(futures_type)))),)
 
 
-SUB_ACCOUNT_LIST = "/sapi/v1/sub-account/list"
-SUB_ACCOUNT_LIST_WEIGHT = 1
-SUB_ACCOUNT_PAGE_SIZE = 200
+SUB_ACCOUNT_PAGE_SIZE = 200  # the documented maximum; the list has no total, a short page is the last
+SUB_ACCOUNT_MAX_PAGES = 100  # 20,000 sub-accounts: Binance's cap per master is far lower
+
+
+def sub_account_list_call(page: int) -> Call:
+    return Call("/sapi/v1/sub-account/list", 1, parsing.parse_sub_account_list,
+                (("page", str(page)), ("limit", str(SUB_ACCOUNT_PAGE_SIZE))))

@@ -15,6 +15,8 @@ scrape wanted, each once, and empty as they are served.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import heapq
 import itertools
 import logging
@@ -29,7 +31,8 @@ from urllib.parse import urlsplit
 from exporter.client import REASONS, Client, HostClock, ScrapeError, Skipped
 from exporter.clock import Clock
 from exporter.config import AccountConfig, Config
-from exporter.endpoints import HOST_KINDS, Call, coinm_calls, pm_calls, usdm_calls
+from exporter.endpoints import (HOST_KINDS, SUB_ACCOUNT_MAX_PAGES, SUB_ACCOUNT_PAGE_SIZE, Call, coinm_calls,
+                                 pm_calls, sub_account_calls, sub_account_list_call, usdm_calls)
 from exporter.governor import Governor
 from exporter.hosts import Host
 from exporter.logs import fields
@@ -40,6 +43,10 @@ log = logging.getLogger("exporter.engine")
 
 WAIT_GRACE_S = 0.05  # a fetch cut at the deadline reports within milliseconds
 STARTUP_SYNC_S = 5.0
+DISCOVERY_TIMEOUT_S = 30.0
+# "future account not exists" / "future account or sub relation not exists": the
+# sub-account has no futures account of that type. Not an error of the sub-account.
+NO_FUTURES_CODES = (-5011, -5012)
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class HostView:
 class ScrapeResult:
     targets: list[TargetView]
     hosts: list[HostView]
+    discoveries: list[DiscoveryView] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,31 @@ class BudgetPlan:
     @property
     def fits(self) -> bool:
         return self.demand_per_minute <= self.budget_per_minute
+
+
+@dataclass
+class Discovery:
+    """A master account whose key finds its sub-accounts (the `sub_accounts:` of its config)."""
+
+    master: AccountConfig
+    host: Host
+    client: Client
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    running: bool = False
+    ran_at: float | None = None  # monotonic start of the latest run
+    found: int | None = None  # sub-accounts kept by the latest successful run
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+
+    def due(self, now: float) -> bool:
+        interval = self.master.sub_accounts.discovery_interval_seconds if self.master.sub_accounts else 0
+        return not self.running and (self.ran_at is None or now - self.ran_at >= interval)
+
+
+@dataclass(frozen=True)
+class DiscoveryView:
+    master: str
+    found: int | None
+    errors: tuple[tuple[str, int], ...]
 
 
 class _HostQueue:
@@ -155,9 +188,28 @@ class Engine:
         self._queues: dict[Host, _HostQueue] = {}
         self._seq = itertools.count()
         self._closed = False
+        # Which kinds of host each base URL serves, in a fixed order: where one URL serves several
+        # (a proxy, the demo's simulator), all but the first get "/<kind>" in their `host` label.
+        self._kinds_by_url: dict[str, list[str]] = {}
+        for account in config.accounts:
+            needed = set(account.markets) | ({"usdm"} if "pm" in account.markets else set()) \
+                | ({"sapi"} if account.sub_accounts is not None else set())
+            for kind in needed:
+                self._kinds_by_url.setdefault(account.base_url_for(kind), []).append(kind)
+        for url, kinds in self._kinds_by_url.items():
+            self._kinds_by_url[url] = [k for k in HOST_KINDS if k in kinds]
+        self.discoveries: dict[str, Discovery] = {}
+        self._subs_of: dict[str, list[str]] = {}  # master alias -> sub-account aliases, in order
         for account in config.accounts:
             for market in account.markets:
                 self.add_target(self._target(account, market))
+            if account.sub_accounts is not None:
+                host = self.host(account, "sapi")
+                # One connection per concurrent sub-account fetch, kept alive between scrapes.
+                client = self.client(account, host, pool_size=config.max_concurrency)
+                self.discoveries[account.alias] = Discovery(account, host, client)
+                self._subs_of[account.alias] = []
+                self.by_alias.setdefault(account.alias, [])
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
 
@@ -173,7 +225,8 @@ class Engine:
         else:
             clock, host_clock = Clock(), None
         netloc = account.host_label or urlsplit(base_url).netloc
-        shared = any(k[0] == base_url for k in self.hosts) or bool(account.host_label and kind != "usdm")
+        kinds = self._kinds_by_url.get(base_url, [kind])
+        shared = len(kinds) > 1 and kind != kinds[0]
         governor = Governor(self.config.weight_limit_for(kind), self.config.weight_budget_share, clock.now_ms)
         host = Host(base_url=base_url, label=f"{netloc}/{kind}" if shared else netloc, kind=kind,
                     governor=governor, clock=clock)
@@ -252,7 +305,8 @@ class Engine:
         """Measure every host's clock once, so the first scrape signs correctly."""
         deadline = time.monotonic() + STARTUP_SYNC_S
         clocks = {id(c): c for c in self._host_clocks.values()}.values()  # PM shares the USD-M one
-        return [self.pool.submit(clock.ensure, deadline) for clock in clocks]
+        futures = [self.pool.submit(clock.ensure, deadline) for clock in clocks]
+        return futures + [f for f in (self._start_discovery(d) for d in self.discoveries.values()) if f]
 
     def close(self) -> None:
         """Stop promptly: cut every request in flight, whatever the upstream does."""
@@ -266,7 +320,7 @@ class Engine:
 
     # ---- scraping ------------------------------------------------------------------------
     def aliases(self) -> list[str]:
-        """Every account alias, configured ones first, in config order."""
+        """Every account alias, configured ones in config order, each master followed by its sub-accounts."""
         with self._cond:
             return list(self.by_alias)
 
@@ -275,12 +329,21 @@ class Engine:
             return alias in self.by_alias
 
     def keys_for(self, aliases: Iterable[str]) -> list[tuple[str, str]]:
+        """The targets of these accounts; a master's include its sub-accounts'."""
+        keys: dict[tuple[str, str], None] = {}
         with self._cond:
-            return [key for alias in aliases for key in self.by_alias.get(alias, ())]
+            for alias in aliases:
+                for name in (alias, *self._subs_of.get(alias, ())):
+                    keys.update(dict.fromkeys(self.by_alias.get(name, ())))
+        return list(keys)
 
     def scrape(self, aliases: Sequence[str], budget: float | None) -> ScrapeResult:
         now = time.monotonic()
         deadline = now + (self.default_budget if budget is None else budget)
+        masters = [self.discoveries[a] for a in aliases if a in self.discoveries]
+        for discovery in masters:
+            if discovery.due(now):
+                self._start_discovery(discovery)  # in the background: this scrape uses what is known
         with self._cond:
             states = [self.states[k] for k in self.keys_for(aliases) if k in self.states]
         waits: list[Future[None]] = []
@@ -290,8 +353,9 @@ class Engine:
                 waits.append(future)
         if waits:
             wait_futures(waits, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE_S)
-        hosts = {s.target.host for s in states}
-        return ScrapeResult([self.view(s) for s in states], [host_view(h) for h in _ordered(hosts)])
+        hosts = {s.target.host for s in states} | {d.host for d in masters}
+        return ScrapeResult([self.view(s) for s in states], [host_view(h) for h in _ordered(hosts)],
+                            [discovery_view(d) for d in masters])
 
     def _refresh(self, state: TargetState, now: float, deadline: float) -> Future[None] | None:
         """Start, queue or skip one target's refresh; returns what the scrape should wait for."""
@@ -341,6 +405,9 @@ class Engine:
             # chain would keep frames (and the answer's body) alive with it.
             error = ScrapeError(exc.reason, exc.detail, exc.status, exc.code)
             detach(exc)
+            if target.master is not None and error.code in NO_FUTURES_CODES:
+                self._no_futures_account(target)
+                return
         except Exception as exc:  # never let a bug take the scrape down
             log.error("unexpected error", exc_info=True, extra=fields(alias=target.alias, market=target.market))
             error = ScrapeError("bad_response", f"internal error: {type(exc).__name__}")
@@ -370,6 +437,94 @@ class Engine:
             duration=None if last is None else last.finished - last.started,
             last_success=None if ok is None else ok.fetched_at, errors=errors,
         )
+
+    # ---- sub-accounts --------------------------------------------------------------------
+    def _start_discovery(self, discovery: Discovery) -> Future[None] | None:
+        with discovery.lock:
+            if discovery.running:
+                return None
+            discovery.running = True
+            discovery.ran_at = time.monotonic()
+        try:
+            return self.pool.submit(self._discover, discovery)
+        except RuntimeError:  # shut down
+            return None
+
+    def _discover(self, discovery: Discovery) -> None:
+        """List the master's sub-accounts (paged), then add and remove their targets to match."""
+        master = discovery.master
+        deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
+        emails: list[str] = []
+        try:
+            for page in range(1, SUB_ACCOUNT_MAX_PAGES + 1):
+                entries = discovery.client.call(sub_account_list_call(page), deadline)
+                emails.extend(e.email for e in entries)
+                if len(entries) < SUB_ACCOUNT_PAGE_SIZE:
+                    break
+        except Skipped:
+            log.info("sub-account discovery deferred (budget or back-off)", extra=fields(master=master.alias))
+            with discovery.lock:
+                discovery.running, discovery.ran_at = False, None  # again at the next scrape
+            return
+        except ScrapeError as exc:
+            error = ScrapeError(exc.reason, exc.detail, exc.status, exc.code)
+            detach(exc)
+            with discovery.lock:
+                discovery.errors[error.reason] += 1
+                discovery.running = False
+            log.warning("sub-account discovery failed", extra=fields(
+                master=master.alias, reason=error.reason, status=error.status, code=error.code, error=error.detail))
+            return
+        except Exception as exc:  # never let a bug kill the thread's caller
+            log.error("unexpected error in sub-account discovery", exc_info=True, extra=fields(master=master.alias))
+            detach(exc)
+            with discovery.lock:
+                discovery.errors["bad_response"] += 1
+                discovery.running = False
+            return
+        self._apply_discovery(discovery, emails)
+
+    def _apply_discovery(self, discovery: Discovery, emails: list[str]) -> None:
+        master = discovery.master
+        rules = master.sub_accounts
+        assert rules is not None
+        kept = sorted({e for e in emails
+                       if any(fnmatch.fnmatchcase(e.lower(), g.lower()) for g in rules.include)
+                       and not any(fnmatch.fnmatchcase(e.lower(), g.lower()) for g in rules.exclude)})
+        with self._cond:
+            taken = {a for a in self.by_alias if a not in self._subs_of[master.alias]}
+        wanted: dict[tuple[str, str], Target] = {}
+        aliases: list[str] = []
+        for email in kept:
+            alias = rules.aliases.get(email, email)
+            if alias in taken or alias in aliases:
+                log.warning("sub-account skipped: its alias is taken", extra=fields(master=master.alias, alias=alias))
+                continue
+            aliases.append(alias)
+            account = dataclasses.replace(master, alias=alias, markets=rules.markets, sub_accounts=None)
+            for market in rules.markets:
+                wanted[(alias, market)] = Target(alias, market, account, discovery.host, discovery.client,
+                                                 sub_account_calls(email, market), master.alias, email)
+        with self._cond:
+            old = {key for alias in self._subs_of[master.alias] for key in self.by_alias.get(alias, ())}
+            for key in old - wanted.keys():
+                self.remove_target(key)
+            for key, target in wanted.items():
+                if key not in self.states:
+                    self.add_target(target)
+            self._subs_of[master.alias] = aliases
+        with discovery.lock:
+            discovery.found = len(aliases)
+            discovery.running = False
+        self.plan_budgets()
+        log.info("sub-accounts discovered", extra=fields(master=master.alias, found=len(aliases),
+                                                        listed=len(emails)))
+
+    def _no_futures_account(self, target: Target) -> None:
+        """A sub-account without this futures account: no target, no error, until the next discovery."""
+        self.remove_target(target.key)
+        log.info("sub-account has no futures account of this market", extra=fields(
+            master=target.master, alias=target.alias, market=target.market))
 
     # ---- the queue -----------------------------------------------------------------------
     def _host_busy(self, host: Host) -> bool:
@@ -427,6 +582,11 @@ def _age_key(state: TargetState) -> float:
 
 def _ordered(hosts: Iterable[Host]) -> list[Host]:
     return sorted(hosts, key=lambda h: (h.label, h.kind))
+
+
+def discovery_view(discovery: Discovery) -> DiscoveryView:
+    with discovery.lock:
+        return DiscoveryView(discovery.master.alias, discovery.found, tuple(discovery.errors.items()))
 
 
 def host_view(host: Host) -> HostView:

@@ -12,7 +12,7 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from exporter import __version__
-from exporter.engine import HostView, ScrapeResult
+from exporter.engine import DiscoveryView, HostView, ScrapeResult
 from exporter.schema import (
     ACCOUNT_FAMILIES,
     ACCOUNT_LABELS,
@@ -146,6 +146,20 @@ def host_families(hosts: list[HostView]) -> Iterator[Metric]:
     yield from (used, limit, budget, ours, backoff, offset, deferred, limited)
 
 
+def discovery_families(discoveries: list[DiscoveryView]) -> Iterator[Metric]:
+    """Per master account: how many sub-accounts its key found, and failed discoveries."""
+    found = _gauge("sub_accounts", "Sub-accounts found through the master's key at the latest discovery "
+                   "(after include/exclude).", ("master",))
+    errors = CounterMetricFamily(f"{NS}_sub_account_discovery_errors", "Failed sub-account discoveries by "
+                                 "master and reason.", labels=["master", "reason"])
+    for view in discoveries:
+        if view.found is not None:
+            found.add_metric([view.master], float(view.found))
+        for reason, count in view.errors:
+            errors.add_metric([view.master, reason], count)
+    yield from (found, errors)
+
+
 def build_info() -> Metric:
     build = _gauge("exporter_build_info", "Exporter version; always 1.", ("version",))
     build.add_metric([__version__], 1.0)
@@ -154,7 +168,8 @@ def build_info() -> Metric:
 
 def families(result: ScrapeResult, skip_zero: bool, include_exporter: bool) -> Iterator[Metric]:
     """Every family with at least one sample (an empty family says nothing)."""
-    for metric in (*target_families(result, skip_zero), *host_families(result.hosts)):
+    for metric in (*target_families(result, skip_zero), *discovery_families(result.discoveries),
+                   *host_families(result.hosts)):
         if metric.samples:
             yield metric
     if include_exporter:

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 from exporter.simulator import Reply, Request
 from exporter.simulator import Simulator as CoreSimulator
@@ -58,6 +59,8 @@ class Simulator(CoreSimulator):
         return super().start()
 
     def set_fault(self, api_key: str, fault: Fault | None) -> None:
+        """An account's fault; `api_key` may also be a sub-account's email (its master's signed requests
+        that name it, e.g. /sapi/v2/sub-account/futures/account?email=...)."""
         self._faults.set(api_key, fault)
 
     def set_global_fault(self, fault: Fault | None) -> None:
@@ -74,7 +77,12 @@ class Simulator(CoreSimulator):
         if stage == "received":
             self._stats.request(request.path, request.api_key)
             return None
-        fault = self._faults.take(FaultBook.GLOBAL if stage == "request" else request.api_key, request.path)
+        if stage == "request":
+            fault = self._faults.take(FaultBook.GLOBAL, request.path)
+        else:
+            email = parse_qs(request.query).get("email", [None])[0]
+            fault = (email and self._faults.take(email, request.path)) or self._faults.take(request.api_key,
+                                                                                          request.path)
         if fault is None:
             return None
         if fault.kind == "latency":
