@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from exporter import parsing
-from exporter.parsing import Snapshot
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote, urlencode
 
 from exporter.secrets import Secret
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 
 class Signer(Protocol):
@@ -82,7 +85,7 @@ def load_private_key(pem: bytes, passphrase: bytes | None) -> KeyPairSigner:
 
     try:
         key = serialization.load_pem_private_key(pem, password=passphrase)
-    except TypeError as exc:  # password given for an unencrypted key, or missing for an encrypted one
+    except TypeError:  # password given for an unencrypted key, or missing for an encrypted one
         raise ValueError(
             "the key is encrypted but no passphrase was given"
             if passphrase is None

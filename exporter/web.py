@@ -23,9 +23,11 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.engine import Engine
-from exporter.httpserver import parse_listen_address, serve  # noqa: F401 - re-exported
+from exporter.httpserver import parse_listen_address, serve
 from exporter.render import families
 from exporter.webconfig import BasicAuth
+
+__all__ = ["make_app", "parse_listen_address", "serve"]  # the last two: re-exported from httpserver
 
 StartResponse = Callable[..., object]
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"

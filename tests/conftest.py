@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,9 +14,13 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.config import parse_config
+from exporter.engine import Engine
+from exporter.web import make_app, serve
+from processes import REPO as REPO  # the repository root, for the test modules
+from processes import ManagedProcess
 from testkit import SimAccount, Simulator
 
-REPO = Path(__file__).resolve().parent.parent
 
 # The official example row (binance-api.md §2.2) and a second, multi-asset account.
 OFFICIAL_ROW = {"accountAlias": "SgsR", "asset": "USDT", "balance": "122607.35137903",
@@ -121,39 +122,30 @@ def write_config(path: Path, data: dict) -> Path:
     return path
 
 
-@dataclass
-class ExporterProcess:
-    args: list[str]
-    port: int
-    log_path: Path
-    env: dict = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    scheme: str = "http"
+class ExporterProcess(ManagedProcess):
+    """`python -m exporter` on a loopback port, with helpers to scrape it."""
+
+    def __init__(self, args: list[str], port: int, log_path: Path, env: dict | None = None,
+                 scheme: str = "http") -> None:
+        super().__init__([sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}", *args],
+                         log_path, "exporter", env or {})
+        self.args, self.port, self.scheme = args, port, scheme
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> "ExporterProcess":
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{self.port}", *self.args],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
-        )
+        super().start()
         if wait:
-            wait_until(self._healthy, timeout=20)
+            self.wait_ready(self._healthy, timeout=20)
         return self
 
     def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"exporter exited with {self.proc.returncode}: {self.logs()}")
         try:
             return requests.get(f"{self.url}/-/healthy", timeout=1, verify=False).status_code in (200, 401)
         except requests.exceptions.SSLError:
             return True  # mutual TLS without a client certificate: the server is up
-        except requests.RequestException:
-            return False
 
     def get(self, path: str = "/metrics", **kw: object) -> requests.Response:
         kw.setdefault("timeout", 15)
@@ -165,19 +157,7 @@ class ExporterProcess:
         return parse_metrics(resp.text)
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+        return self.output()
 
 
 @pytest.fixture
@@ -185,7 +165,7 @@ def run_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
     started: list[ExporterProcess] = []
 
     def start(*args: str, wait: bool = True, env: dict | None = None, scheme: str = "http") -> ExporterProcess:
-        proc = ExporterProcess(list(args), free_port(), tmp_path / f"exporter-{len(started)}.log", env or {},
+        proc = ExporterProcess(list(args), free_port(), tmp_path / f"exporter-{len(started)}.log", env,
                                scheme=scheme)
         started.append(proc)
         return proc.start(wait=wait)
@@ -194,6 +174,44 @@ def run_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
     for proc in started:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.stop()
+
+
+class Harness:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.server = serve(make_app(engine), "127.0.0.1:0")
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def get(self, path: str = "/metrics", **kw: object) -> requests.Response:
+        kw.setdefault("timeout", 20)
+        return requests.get(self.url + path, **kw)  # type: ignore[arg-type]
+
+    def scrape(self, path: str = "/metrics", **kw: object) -> dict:
+        resp = self.get(path, **kw)
+        assert resp.status_code == 200, resp.text
+        assert "Traceback" not in resp.text
+        for secret in ALL_SECRETS:
+            assert secret not in resp.text
+        return parse_metrics(resp.text)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.engine.close()
+
+
+@pytest.fixture
+def make_harness() -> Iterator:
+    made: list[Harness] = []
+
+    def make(data: dict) -> Harness:
+        harness = Harness(Engine(parse_config(data, "test.yaml", {})))
+        made.append(harness)
+        return harness
+
+    yield make
+    for h in made:
+        h.close()
 
 
 def assert_no_secrets(text: str, secrets: list[str] = ALL_SECRETS) -> None:

@@ -16,17 +16,17 @@ import ast
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import REPO, free_port
+from processes import ManagedProcess
 
 __all__ = ["REPO", "PROM", "RULE_FILES", "DASHBOARD", "free_port", "require_tool", "http_get",
            "fetch", "process", "demo_exporter", "metric_catalogue"]
@@ -123,36 +123,14 @@ def fetch(url: str, timeout: float = 15.0) -> str:
 
 @contextlib.contextmanager
 def process(cmd: list[str], ready_url: str, name: str, timeout: float = 30.0) -> Iterator[None]:
-    """Start `cmd`, wait until `ready_url` answers 200, stop it (SIGTERM, then SIGKILL) on exit.
-
-    Fails the test with the tail of the process' output if it exits or is not ready in time.
-    """
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-        def output() -> str:
-            log.seek(0)
-            return log.read().decode(errors="replace")[-4000:]
-
+    """Run `cmd` until `ready_url` answers 200, stop it on exit (the tests' one process lifecycle)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        managed = ManagedProcess(cmd, Path(tmp) / "output.log", name).start()
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"{name} exited with {proc.returncode}:\n{output()}")
-                with contextlib.suppress(OSError):
-                    if http_get(ready_url, timeout=2)[0] == 200:
-                        break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{name} not ready within {timeout}s:\n{output()}")
-                time.sleep(0.1)
+            managed.wait_ready(lambda: http_get(ready_url, timeout=2)[0] == 200, timeout)
             yield
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            managed.stop()
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ import pytest
 
 from conftest import ACCOUNTS, OFFICIAL_ROW, config_dict, value, wait_until
 from exporter import governor
-from test_scrape import make_harness  # noqa: F401 - fixture
 from testkit import Fault, SimAccount, Simulator
 
 
@@ -24,7 +23,7 @@ def many_accounts(n: int) -> tuple[list[SimAccount], list[dict]]:
     return sims, accounts
 
 
-def test_the_ips_total_counts_the_bots_too(make_harness) -> None:  # noqa: F811
+def test_the_ips_total_counts_the_bots_too(make_harness) -> None:
     """Other clients on the IP used most of the minute: the exporter sends nothing more this minute."""
     sim = Simulator([SimAccount(a.key, a.secret, balances=[dict(OFFICIAL_ROW)]) for a in ACCOUNTS],
                     weight_limit=100)
@@ -49,7 +48,7 @@ def test_the_ips_total_counts_the_bots_too(make_harness) -> None:  # noqa: F811
         sim.stop()
 
 
-def test_parallel_429s_pause_the_host_once(make_harness) -> None:  # noqa: F811
+def test_parallel_429s_pause_the_host_once(make_harness) -> None:
     """30 requests in flight all meet a 429 without Retry-After: one 60 s pause, not 30 escalations."""
     sims, accounts = many_accounts(30)
     sim = Simulator(sims, send_retry_after=False, latency_s=0.3)  # all 30 in flight before any answer
@@ -76,7 +75,7 @@ def test_parallel_429s_pause_the_host_once(make_harness) -> None:  # noqa: F811
         sim.stop()
 
 
-def test_paused_account_keeps_its_values_until_max_data_age(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_paused_account_keeps_its_values_until_max_data_age(sim: Simulator, make_harness) -> None:
     data = config_dict(sim.base_url, max_data_age_seconds=1.5)
     h = make_harness(data)
     m = h.scrape()
@@ -95,7 +94,7 @@ def test_paused_account_keeps_its_values_until_max_data_age(sim: Simulator, make
     assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="rate_limited") == 0
 
 
-def test_an_ha_pair_costs_the_weight_of_one(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_an_ha_pair_costs_the_weight_of_one(sim: Simulator, make_harness) -> None:
     data = config_dict(sim.base_url)
     del data["defaults"]["cache_seconds"]
     data["scrape_interval_seconds"] = 2  # refresh after 1.6 s
@@ -111,7 +110,7 @@ def test_an_ha_pair_costs_the_weight_of_one(sim: Simulator, make_harness) -> Non
     assert all(value(m, "binance_futures_up", alias=a.alias) == 1 for a in ACCOUNTS)
 
 
-def test_over_budget_refreshes_go_oldest_first(sim: Simulator, make_harness,  # noqa: F811
+def test_over_budget_refreshes_go_oldest_first(sim: Simulator, make_harness,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1 s 'minute' with room for one refresh at a time: accounts take turns, none starves."""
     monkeypatch.setattr(governor, "WINDOW_S", 1.0)

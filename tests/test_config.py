@@ -329,7 +329,7 @@ def test_secret_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Pat
 def test_config_file_that_is_not_a_regular_file_is_refused_at_once(fifo: Path, special: str) -> None:
     target = _special(special, fifo)
     line = one_error_line(run_check(target), target)
-    assert f"cannot read config file: not a regular file (a " in line
+    assert "cannot read config file: not a regular file (a " in line
 
 
 def write_yaml(path: Path, data: object) -> Path:

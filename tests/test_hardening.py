@@ -12,7 +12,6 @@ from conftest import ACCOUNTS, OFFICIAL_ROW, config_dict, rows_b, value, wait_un
 from exporter.config import parse_config
 from exporter.engine import Engine
 from exporter.hosts import Backoff
-from test_scrape import make_harness  # noqa: F401 - fixture
 from testkit import Fault, SimAccount, Simulator
 
 
@@ -20,7 +19,7 @@ def host_of(sim: Simulator) -> str:
     return sim.base_url.split("//")[1]
 
 
-def test_429_pauses_every_account_on_that_host_only(make_harness) -> None:  # noqa: F811
+def test_429_pauses_every_account_on_that_host_only(make_harness) -> None:
     limited = Simulator([SimAccount(ACCOUNTS[0].key, ACCOUNTS[0].secret, balances=[dict(OFFICIAL_ROW)]),
                          SimAccount(ACCOUNTS[1].key, ACCOUNTS[1].secret, balances=rows_b())])
     other = Simulator([SimAccount(ACCOUNTS[2].key, ACCOUNTS[2].secret, balances=rows_b())])
@@ -55,7 +54,7 @@ def test_429_pauses_every_account_on_that_host_only(make_harness) -> None:  # no
         other.stop()
 
 
-def test_418_ban_then_recovery_after_retry_after(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_418_ban_then_recovery_after_retry_after(sim: Simulator, make_harness) -> None:
     h = make_harness(config_dict(sim.base_url))
     sim.set_fault(ACCOUNTS[1].key, Fault("ban_418", retry_after_s=1, times=1))
     m = h.scrape()
@@ -68,7 +67,7 @@ def test_418_ban_then_recovery_after_retry_after(sim: Simulator, make_harness) -
     assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="ip_banned") == 1.0
 
 
-def test_budget_matching_the_ip_limit_never_provokes_a_429(make_harness) -> None:  # noqa: F811
+def test_budget_matching_the_ip_limit_never_provokes_a_429(make_harness) -> None:
     """The simulator allows 12 weight a minute; told so, the exporter spends at most half and defers the rest."""
     sim = Simulator([SimAccount(a.key, a.secret, balances=[dict(OFFICIAL_ROW)]) for a in ACCOUNTS], weight_limit=12)
     sim.start()
@@ -92,7 +91,7 @@ def test_budget_matching_the_ip_limit_never_provokes_a_429(make_harness) -> None
         sim.stop()
 
 
-def test_real_weight_limit_429_from_the_simulator(make_harness) -> None:  # noqa: F811
+def test_real_weight_limit_429_from_the_simulator(make_harness) -> None:
     """The limit is lower than configured (bots on the IP): one real 429, then silence."""
     sim = Simulator([SimAccount(a.key, a.secret, balances=[dict(OFFICIAL_ROW)]) for a in ACCOUNTS], weight_limit=12)
     sim.start()
@@ -164,7 +163,7 @@ def test_absurd_retry_after_falls_back_to_the_default(retry_after: str, monkeypa
 
 
 @pytest.mark.parametrize("skew_ms", [-3000, 10000])
-def test_first_scrape_succeeds_with_a_skewed_server_clock(skew_ms: int, make_harness) -> None:  # noqa: F811
+def test_first_scrape_succeeds_with_a_skewed_server_clock(skew_ms: int, make_harness) -> None:
     sim = Simulator([SimAccount(ACCOUNTS[0].key, ACCOUNTS[0].secret, balances=[dict(OFFICIAL_ROW)])],
                     clock_skew_ms=skew_ms)
     sim.start()
@@ -177,7 +176,7 @@ def test_first_scrape_succeeds_with_a_skewed_server_clock(skew_ms: int, make_har
         sim.stop()
 
 
-def test_clock_jump_mid_run_resyncs_on_1021_and_retries(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_clock_jump_mid_run_resyncs_on_1021_and_retries(sim: Simulator, make_harness) -> None:
     h = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1]))
     assert value(h.scrape(), "binance_futures_up", alias="alpha") == 1.0
     sim.clock_skew_ms = 20000  # server clock jumps 20 s ahead: our cached offset is now wrong
@@ -187,7 +186,7 @@ def test_clock_jump_mid_run_resyncs_on_1021_and_retries(sim: Simulator, make_har
     assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="timestamp") == 0.0
 
 
-def test_persistent_1021_is_reported_as_timestamp(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_persistent_1021_is_reported_as_timestamp(sim: Simulator, make_harness) -> None:
     sim.set_fault(ACCOUNTS[0].key, Fault("timestamp_1021"))
     m = make_harness(config_dict(sim.base_url, accounts=ACCOUNTS[:1])).scrape()
     assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="timestamp") == 1.0
@@ -230,7 +229,7 @@ def _public(key) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def test_ed25519_and_rsa_accounts_scrape(tmp_path: Path, make_harness) -> None:  # noqa: F811
+def test_ed25519_and_rsa_accounts_scrape(tmp_path: Path, make_harness) -> None:
     ed = ed25519.Ed25519PrivateKey.generate()
     rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     wrong = ed25519.Ed25519PrivateKey.generate()
@@ -285,7 +284,7 @@ def test_no_secret_anywhere_in_a_full_faulty_run(sim: Simulator, tmp_path: Path,
     assert "scrape failed alias=bravo" in output.replace('msg="scrape failed" ', "scrape failed ")
 
 
-def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:  # noqa: F811
+def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:
     """freezegun freezes our clock and the in-process simulator's alike, so the offset is exact."""
     from freezegun import freeze_time
 
@@ -319,7 +318,7 @@ def test_proxy_environment_is_read_once_per_account(monkeypatch: pytest.MonkeyPa
     assert isinstance(direct, urllib3.HTTPConnectionPool)
 
 
-def test_requests_go_through_an_http_proxy_from_the_environment(sim: Simulator, make_harness,  # noqa: F811
+def test_requests_go_through_an_http_proxy_from_the_environment(sim: Simulator, make_harness,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A forward proxy on loopback sees the balance requests; values arrive intact."""
     import http.server

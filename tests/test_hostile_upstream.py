@@ -15,7 +15,6 @@ import pytest
 from conftest import OFFICIAL_ROW, parse_metrics, value, wait_until, write_config
 from hostile_server import HostileServer, balance_script, response, server_time, trickle
 from stack_helpers import require_tool
-from test_scrape import make_harness  # noqa: F401 - fixture
 
 GOOD = json.dumps([OFFICIAL_ROW]).encode()
 MB = 1024 * 1024
@@ -68,7 +67,7 @@ HOSTILE = {
 }
 
 
-def test_hostile_answers_stay_with_their_account_and_the_exposition_stays_valid(make_harness,  # noqa: F811
+def test_hostile_answers_stay_with_their_account_and_the_exposition_stays_valid(make_harness,
                                                                                    tmp_path: Path) -> None:
     with ExitStack() as stack:
         servers = {name: stack.enter_context(HostileServer(balance_script(answer)))

@@ -7,14 +7,13 @@ import time
 import pytest
 import requests
 
-from conftest import parse_metrics, value, wait_until
+from conftest import value, wait_until
 from exporter.parsing import SUB_ACCOUNT_KEYS
 from exporter.schema import (COINM_BALANCE, PM_ACCOUNT, PM_BALANCE, POSITION_RISK, SUB_ACCOUNT_ASSET,
                              SUB_ACCOUNT_TOTALS, USDM_ACCOUNT_ASSET, USDM_ACCOUNT_TOTALS)
 from exporter.secrets import Secret
 from exporter.signing import HmacSigner, signed_query
 from exporter.simulator import SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, balance_row, pm_row
-from test_scrape import make_harness  # noqa: F401 - fixture
 from testkit import Fault, Simulator
 
 KEY, SECRET = "key-markets-" + "m" * 20, "secret-markets-" + "9" * 40
@@ -74,7 +73,7 @@ def config(sim: Simulator, **account: object) -> dict:
             "accounts": [{"alias": "desk", "api_key": KEY, "api_secret": SECRET, **account}]}
 
 
-def test_usdm_account_endpoint_with_positions_exact(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_usdm_account_endpoint_with_positions_exact(sim: Simulator, make_harness) -> None:
     m = make_harness(config(sim, endpoint="account", positions=True, max_margin_ratio=0.8,
                             min_liquidation_distance=0.1)).scrape()
     desk = {"alias": "desk", "market": "usdm"}
@@ -111,7 +110,7 @@ def test_usdm_account_endpoint_with_positions_exact(sim: Simulator, make_harness
     assert not [k for k in m if k[0] == "binance_futures_account_info"]
 
 
-def test_a_position_that_closes_disappears(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_a_position_that_closes_disappears(sim: Simulator, make_harness) -> None:
     h = make_harness(config(sim, endpoint="account", positions=True))
     m = h.scrape()
     eth = {"alias": "desk", "market": "usdm", "symbol": "ETHUSDT", "position_side": "BOTH"}
@@ -123,14 +122,14 @@ def test_a_position_that_closes_disappears(sim: Simulator, make_harness) -> None
                  position_side="BOTH") == 0.5
 
 
-def test_v2_account_has_margin_available(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_v2_account_has_margin_available(sim: Simulator, make_harness) -> None:
     m = make_harness(config(sim, endpoint="account", api_version="v2", positions=True)).scrape()
     assert value(m, "binance_futures_margin_available", alias="desk", asset="USDT") == 1.0
     assert sim.stats()["requests_by_path"]["/fapi/v2/positionRisk"] == 1
     assert value(m, "binance_futures_position_amount", alias="desk", symbol="BTCUSDT", position_side="BOTH") == 0.5
 
 
-def test_failing_positions_fail_the_refresh_alone(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_failing_positions_fail_the_refresh_alone(sim: Simulator, make_harness) -> None:
     sim.set_fault(KEY, Fault("truncated_json", path="/fapi/v3/positionRisk"))
     m = make_harness(config(sim, endpoint="account", positions=True, markets=["usdm", "coinm"])).scrape()
     assert value(m, "binance_futures_up", alias="desk", market="usdm") == 0
@@ -139,7 +138,7 @@ def test_failing_positions_fail_the_refresh_alone(sim: Simulator, make_harness) 
     assert value(m, "binance_futures_up", alias="desk", market="coinm") == 1
 
 
-def test_coinm_balance_account_and_positions(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_coinm_balance_account_and_positions(sim: Simulator, make_harness) -> None:
     h = make_harness(config(sim, markets=["coinm"]))
     m = h.scrape()
     coin = {"alias": "desk", "market": "coinm"}
@@ -160,7 +159,7 @@ def test_coinm_balance_account_and_positions(sim: Simulator, make_harness) -> No
     assert paths["/dapi/v1/time"] == 2 and "/fapi/v1/time" not in paths
 
 
-def test_portfolio_margin(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_portfolio_margin(sim: Simulator, make_harness) -> None:
     m = make_harness(config(sim, markets=["pm"])).scrape()
     pm = {"alias": "desk", "market": "pm"}
     paths = dict(sim.stats()["requests_by_path"])
@@ -181,7 +180,7 @@ def test_portfolio_margin(sim: Simulator, make_harness) -> None:  # noqa: F811
     assert value(m, "binance_futures_weight_limit", host=host, interval="1m") == 6000
 
 
-def test_sub_accounts_from_one_master_key(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_sub_accounts_from_one_master_key(sim: Simulator, make_harness) -> None:
     h = make_harness(config(sim, markets=[], sub_accounts={
         "include": ["*@x.test"], "exclude": ["skip-*"], "markets": ["usdm", "coinm"],
         "aliases": {"both@x.test": "both"}, "discovery_interval_seconds": 1}))
@@ -214,7 +213,7 @@ def test_sub_accounts_from_one_master_key(sim: Simulator, make_harness) -> None:
     assert value(h.scrape("/probe?target=desk"), "binance_futures_up", alias="bot-249@x.test") == 1
 
 
-def test_a_sub_account_that_disappears_stops_being_exported(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_a_sub_account_that_disappears_stops_being_exported(sim: Simulator, make_harness) -> None:
     h = make_harness(config(sim, markets=[], sub_accounts={"include": ["bot-00*"], "discovery_interval_seconds": 1}))
     m = wait_until(lambda: (lambda s: s if value(s, "binance_futures_up", alias="bot-003@x.test") else None)(h.scrape()))
     assert value(m, "binance_futures_sub_accounts", master="desk") == 10
@@ -229,7 +228,7 @@ def test_a_sub_account_that_disappears_stops_being_exported(sim: Simulator, make
     assert value(m, "binance_futures_up", alias="bot-004@x.test") == 1
 
 
-def test_a_failing_sub_account_is_down_alone(sim: Simulator, make_harness) -> None:  # noqa: F811
+def test_a_failing_sub_account_is_down_alone(sim: Simulator, make_harness) -> None:
     sim.set_fault("bot-005@x.test", Fault("wrong_types"))
     h = make_harness(config(sim, markets=[], sub_accounts={"include": ["bot-00*"]}))
     m = wait_until(lambda: (lambda s: s if value(s, "binance_futures_up", alias="bot-004@x.test") else None)(h.scrape()))
