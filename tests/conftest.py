@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -217,3 +220,28 @@ def make_harness() -> Iterator:
 def assert_no_secrets(text: str, secrets: list[str] = ALL_SECRETS) -> None:
     for secret in secrets:
         assert secret not in text, "a secret leaked into output"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 20, **kw: object) -> subprocess.CompletedProcess:
+    """The CLI as a process, under a 2 GiB address-space cap: a runaway read fails instead of swapping,
+    and `timeout` turns a hang into a failure."""
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run([sys.executable, "-m", "exporter", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=cap_memory, env=env, **kw)  # type: ignore[arg-type]
+
+
+def one_error_line(proc: subprocess.CompletedProcess, source: Path) -> str:
+    """The CLI refused a file: exit 1 and exactly one line, `error: <file>: ...`."""
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {source}: "), proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path

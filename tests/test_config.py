@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from conftest import REPO, one_error_line, run_cli
 from exporter.config import ConfigError, load_config, parse_config, parse_config_text
+from exporter.files import CONFIG_FILE_MAX, SECRET_FILE_MAX, YAML_MAX_DEPTH, YAML_MAX_NODES
 
-REPO = Path(__file__).resolve().parent.parent
+
 KEY = "k" * 64
 SECRET = "S3cr3t-" + "x" * 57
 ENV = {"MAIN_KEY": KEY, "MAIN_SECRET": SECRET}
@@ -208,8 +213,7 @@ def test_plain_http_to_a_remote_host_is_warned() -> None:
 def test_cli_bad_config_exits_nonzero_with_one_line(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
-                          cwd=REPO, capture_output=True, text=True, timeout=30)
+    proc = run_cli(f"--config.file={path}", "--config.check", timeout=30)
     assert proc.returncode == 1
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -220,16 +224,13 @@ def test_cli_bad_config_exits_nonzero_with_one_line(tmp_path: Path, content: str
 def test_cli_config_check_ok(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"accounts": [account()]}))
-    proc = subprocess.run([sys.executable, "-m", "exporter", f"--config.file={path}", "--config.check"],
-                          cwd=REPO, capture_output=True, text=True, timeout=30,
-                          env={"MAIN_KEY": KEY, "MAIN_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
+    proc = run_cli(f"--config.file={path}", "--config.check", timeout=30,
+                   env={"MAIN_KEY": KEY, "MAIN_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert "OK, 1 account(s)" in proc.stdout
     assert KEY not in proc.stdout + proc.stderr and SECRET not in proc.stdout + proc.stderr
 
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10) \
     | st.sampled_from(["${MAIN_KEY}", "${UNSET}", "v3", "v2", "https://x", "main", "$$"])
@@ -261,12 +262,7 @@ def test_arbitrary_text_gives_config_or_config_error(text: str) -> None:
 
 # --- Files and YAML from outside: bounded, one line, never a secret (issue 9) ---
 
-import os  # noqa: E402
-import random  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
 
-from exporter.files import CONFIG_FILE_MAX, SECRET_FILE_MAX, YAML_MAX_DEPTH, YAML_MAX_NODES  # noqa: E402
 
 # Shaped like a real Binance secret: 64 random letters and digits.
 RANDOM_SECRET = "".join(random.Random(9).choices("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", k=64))
@@ -274,27 +270,8 @@ DIGIT_SECRET = "80417725399046331527"  # a secret that happens to parse as a num
 
 
 def run_check(config: Path, timeout: float = 20) -> subprocess.CompletedProcess:
-    """`--config.check` as a process, under a 2 GiB address-space cap so a runaway read fails instead of swapping."""
-    def cap_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-
-    return subprocess.run([sys.executable, "-m", "exporter", f"--config.file={config}", "--config.check"],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout, preexec_fn=cap_memory,
-                          env={"PATH": "/usr/bin:/bin", "MAIN_KEY": KEY, "MAIN_SECRET": SECRET})
-
-
-def one_error_line(proc: subprocess.CompletedProcess, source: Path) -> str:
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {source}: "), proc.stderr[-2000:]
-    return lines[0]
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Path:
-    path = tmp_path / "fifo"
-    os.mkfifo(path)
-    return path
+    return run_cli(f"--config.file={config}", "--config.check", timeout=timeout,
+                   env={"PATH": "/usr/bin:/bin", "MAIN_KEY": KEY, "MAIN_SECRET": SECRET})
 
 
 SPECIAL_FILES = ["fifo", "/dev/zero", "/dev/urandom", "directory"]

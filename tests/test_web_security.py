@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import bcrypt
@@ -17,10 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import ACCOUNTS, REPO, config_dict, parse_metrics, value, write_config
+from conftest import ACCOUNTS, REPO, config_dict, one_error_line, parse_metrics, run_cli, value, write_config
 from exporter.config import ConfigError
+from exporter.webconfig import WebConfig, load_web_config
 from testkit import Simulator
-from exporter.webconfig import load_web_config
 
 
 def _name(cn: str) -> x509.Name:
@@ -118,44 +120,21 @@ def test_bad_web_config(tmp_path: Path, data: dict, expected: str) -> None:
 
 # --- Files and YAML from outside, http_server_config, basic-auth timing (issues 9 and 12) ---
 
-import base64  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
 
-from exporter.webconfig import WebConfig  # noqa: E402
 
 SECRET = "Zq8vN2xLk4Tr7YwBc1HsJd6Fm9Gp3Qa0Ue5Ri8Oy2Pt7Xz4Vn1Mb6Kc3Lj9Hg0Fd"
 
 
 def run_demo_with(web: Path, timeout: float = 20) -> subprocess.CompletedProcess:
     """The CLI with a web config that must be refused: it exits 1 before serving (a hang fails the test)."""
-    def cap_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-
-    return subprocess.run([sys.executable, "-m", "exporter", "--demo", f"--web.config.file={web}",
-                           "--web.listen-address=127.0.0.1:0"], capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout, preexec_fn=cap_memory, start_new_session=True)
-
-
-def one_line(proc: subprocess.CompletedProcess, web: Path) -> str:
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {web}: "), proc.stderr[-2000:]
-    return lines[0]
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Path:
-    path = tmp_path / "fifo"
-    os.mkfifo(path)
-    return path
+    return run_cli("--demo", f"--web.config.file={web}", "--web.listen-address=127.0.0.1:0", timeout=timeout,
+                   start_new_session=True)
 
 
 @pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/dev/urandom"])
 def test_web_config_file_that_is_not_a_regular_file_is_refused(fifo: Path, special: str) -> None:
     target = fifo if special == "fifo" else Path(special)
-    line = one_line(run_demo_with(target), target)
+    line = one_error_line(run_demo_with(target), target)
     assert "cannot read web config file: not a regular file (a " in line
 
 
@@ -167,7 +146,7 @@ def test_tls_file_that_is_not_a_regular_file_is_refused(tmp_path: Path, pki: dic
     tls = {"cert_file": str(pki["server_cert"]), "key_file": str(pki["server_key"]),
            "client_ca_file": str(pki["ca_cert"]), key: str(target)}
     web = _web_config(tmp_path / "web.yml", {"tls_server_config": tls})
-    line = one_line(run_demo_with(web), web)
+    line = one_error_line(run_demo_with(web), web)
     assert f"tls_server_config.{key}: cannot read {target}: not a regular file (a " in line
 
 
@@ -286,7 +265,7 @@ def test_encrypted_tls_key_is_refused_without_prompting(tmp_path: Path, pki: dic
                                             serialization.BestAvailableEncryption(b"pass-phrase")))
     web = _web_config(tmp_path / "web.yml", {"tls_server_config": {"cert_file": str(pki["server_cert"]),
                                                                    "key_file": str(encrypted)}})
-    line = one_line(run_demo_with(web), web)  # OpenSSL's default would prompt on the terminal and wait
+    line = one_error_line(run_demo_with(web), web)  # OpenSSL's default would prompt on the terminal and wait
     assert "tls_server_config.key_file: the key is encrypted" in line
 
 
