@@ -50,22 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def log_budget(engine: Engine) -> None:
-    """Say at start what freshness the config will get within each host's weight budget."""
-    for plan in engine.budget_plans():
-        info = fields(host=plan.host, accounts=plan.accounts, demand_per_minute=round(plan.demand_per_minute),
-                      budget_per_minute=round(plan.budget_per_minute), refresh_every_s=round(plan.refresh_every_s, 1))
-        if plan.fits:
-            log.info("weight budget: every account refreshed each scrape", extra=info)
-        elif plan.refresh_every_s <= plan.max_data_age_s:
-            log.warning("weight budget: scraping every account every time would exceed the budget; "
-                        "each account is refreshed about every refresh_every_s seconds instead", extra=info)
-        else:
-            log.warning("weight budget: accounts cannot be refreshed within max_data_age_seconds and will "
-                        "show up=0 between refreshes; scrape less often, raise max_data_age_seconds, "
-                        "or shard with /probe over several IPs", extra=info)
-
-
 def limit_malloc_arenas() -> None:
     """Cap glibc at two malloc arenas, as MALLOC_ARENA_MAX=2 would.
 
@@ -112,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("config problem", extra=fields(warning=warning))
     limit_malloc_arenas()
     engine = Engine(config)
-    log_budget(engine)
+    engine.log_budget()
     if args.config_check:
         engine.close()
         print(f"{config.source}: OK, {len(config.accounts)} account(s)")

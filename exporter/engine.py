@@ -282,13 +282,15 @@ class Engine:
         for host, weight in rounds.items():
             host.governor.plan(weight, self.config.scrape_interval_seconds, largest[host])
 
-    def budget_plans(self) -> list[BudgetPlan]:
-        """What the config will cost each host and, within its budget, how fresh its data will be."""
+    def budget_plans(self, hosts: Iterable[Host] | None = None) -> list[BudgetPlan]:
+        """What the accounts cost each host and, within its budget, how fresh their data will be."""
         rounds: dict[Host, list[int]] = {}
         with self._cond:
             targets = [s.target for s in self.states.values()]
+        wanted = None if hosts is None else set(hosts)
         for target in targets:
-            rounds.setdefault(target.host, []).append(target.weight)
+            if wanted is None or target.host in wanted:
+                rounds.setdefault(target.host, []).append(target.weight)
         plans = []
         interval = self.config.scrape_interval_seconds
         for host in _ordered(rounds):
@@ -299,6 +301,22 @@ class Engine:
             max_age = min(t.account.max_data_age_seconds for t in targets if t.host is host)
             plans.append(BudgetPlan(host.label, len(weights), sum(weights), demand, cap, every, max_age))
         return plans
+
+    def log_budget(self, hosts: Iterable[Host] | None = None) -> None:
+        """Say what freshness the accounts get within each host's weight budget (at start, after discovery)."""
+        for plan in self.budget_plans(hosts):
+            info = fields(host=plan.host, accounts=plan.accounts, demand_per_minute=round(plan.demand_per_minute),
+                          budget_per_minute=round(plan.budget_per_minute),
+                          refresh_every_s=round(plan.refresh_every_s, 1))
+            if plan.fits:
+                log.info("weight budget: every account refreshed each scrape", extra=info)
+            elif plan.refresh_every_s <= plan.max_data_age_s:
+                log.warning("weight budget: scraping every account every time would exceed the budget; "
+                            "each account is refreshed about every refresh_every_s seconds instead", extra=info)
+            else:
+                log.warning("weight budget: accounts cannot be refreshed within max_data_age_seconds and will "
+                            "show up=0 between refreshes; scrape less often, raise max_data_age_seconds, "
+                            "or shard with /probe over several IPs", extra=info)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> list[Future[None]]:
@@ -375,8 +393,10 @@ class Engine:
         return None
 
     def _start(self, state: TargetState, deadline: float) -> Future[None] | None:
+        """Run a refresh whose weight was just taken from its host's budget."""
         with state.lock:
             if state.inflight is not None:  # another scrape won the race; its fetch serves both
+                state.target.host.governor.refund(state.target.weight)
                 return state.inflight
             previous, state.admitted_at = state.admitted_at, time.monotonic()
             state.queued = False
@@ -431,7 +451,7 @@ class Engine:
             last, ok, errors = state.last, state.last_ok, tuple(state.errors.items())
         target = state.target
         up = (last is not None and last.error is None and ok is not None
-              and time.time() - ok.fetched_at <= target.account.max_data_age_seconds)
+              and time.monotonic() - ok.finished <= target.account.max_data_age_seconds)
         return TargetView(
             target=target, up=up, snapshot=ok.snapshot if up and ok is not None else None,
             duration=None if last is None else last.finished - last.started,
@@ -506,7 +526,8 @@ class Engine:
                 wanted[(alias, market)] = Target(alias, market, account, discovery.host, discovery.client,
                                                  sub_account_calls(email, market), master.alias, email)
         with self._cond:
-            old = {key for alias in self._subs_of[master.alias] for key in self.by_alias.get(alias, ())}
+            previous = list(self._subs_of[master.alias])
+            old = {key for alias in previous for key in self.by_alias.get(alias, ())}
             for key in old - wanted.keys():
                 self.remove_target(key)
             for key, target in wanted.items():
@@ -519,6 +540,8 @@ class Engine:
         self.plan_budgets()
         log.info("sub-accounts discovered", extra=fields(master=master.alias, found=len(aliases),
                                                         listed=len(emails)))
+        if set(aliases) != set(previous):
+            self.log_budget([discovery.host])
 
     def _no_futures_account(self, target: Target) -> None:
         """A sub-account without this futures account: no target, no error, until the next discovery."""
