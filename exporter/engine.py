@@ -15,8 +15,6 @@ scrape wanted, each once, and empty as they are served.
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
 import heapq
 import itertools
 import logging
@@ -26,49 +24,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
-from urllib.parse import urlsplit
 
-from exporter.client import REASONS, Client, HostClock, ScrapeError, Skipped
-from exporter.clock import Clock
-from exporter.config import AccountConfig, Config
-from exporter.endpoints import (HOST_KINDS, SUB_ACCOUNT_MAX_PAGES, SUB_ACCOUNT_PAGE_SIZE, Call, coinm_calls,
-                                 pm_calls, sub_account_calls, sub_account_list_call, usdm_calls)
-from exporter.governor import Governor
+from exporter.client import REASONS, ScrapeError, Skipped
+from exporter.config import Config
+from exporter.discovery import DISCOVERY_TIMEOUT_S, Discovery, DiscoveryView, list_emails, select
+from exporter.discovery import view as discovery_view
 from exporter.hosts import Host
 from exporter.logs import fields
 from exporter.parsing import Snapshot
-from exporter.transport import Transport, Watchdog, detach
+from exporter.targets import Target, Topology
+from exporter.transport import Watchdog, detach
 
 log = logging.getLogger("exporter.engine")
 
 WAIT_GRACE_S = 0.05  # a fetch cut at the deadline reports within milliseconds
 STARTUP_SYNC_S = 5.0
-DISCOVERY_TIMEOUT_S = 30.0
 # "future account not exists" / "future account or sub relation not exists": the
 # sub-account has no futures account of that type. Not an error of the sub-account.
 NO_FUTURES_CODES = (-5011, -5012)
-
-
-@dataclass(frozen=True)
-class Target:
-    """One fetch unit: one account in one market (one `up`, one error counter)."""
-
-    alias: str
-    market: str
-    account: AccountConfig
-    host: Host
-    client: Client
-    calls: tuple[Call, ...]
-    master: str | None = None  # sub-accounts: the master account's alias
-    email: str | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.alias, self.market
-
-    @property
-    def weight(self) -> int:
-        return sum(call.weight for call in self.calls)
 
 
 @dataclass(frozen=True)
@@ -139,31 +112,6 @@ class BudgetPlan:
         return self.demand_per_minute <= self.budget_per_minute
 
 
-@dataclass
-class Discovery:
-    """A master account whose key finds its sub-accounts (the `sub_accounts:` of its config)."""
-
-    master: AccountConfig
-    host: Host
-    client: Client
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    running: bool = False
-    ran_at: float | None = None  # monotonic start of the latest run
-    found: int | None = None  # sub-accounts kept by the latest successful run
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-
-    def due(self, now: float) -> bool:
-        interval = self.master.sub_accounts.discovery_interval_seconds if self.master.sub_accounts else 0
-        return not self.running and (self.ran_at is None or now - self.ran_at >= interval)
-
-
-@dataclass(frozen=True)
-class DiscoveryView:
-    master: str
-    found: int | None
-    errors: tuple[tuple[str, int], ...]
-
-
 class _HostQueue:
     """Targets of one host waiting for budget or the end of a back-off, oldest data first."""
 
@@ -178,9 +126,8 @@ class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.watchdog = Watchdog()
-        self.hosts: dict[tuple[str, str], Host] = {}
-        self._host_clocks: dict[tuple[str, str], HostClock] = {}
-        self._transports: list[Transport] = []
+        self.topology = Topology(config, self.watchdog)
+        self.hosts = self.topology.hosts
         self.states: dict[tuple[str, str], TargetState] = {}
         self.by_alias: dict[str, list[tuple[str, str]]] = {}
         self.pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="fetch")
@@ -188,71 +135,20 @@ class Engine:
         self._queues: dict[Host, _HostQueue] = {}
         self._seq = itertools.count()
         self._closed = False
-        # Which kinds of host each base URL serves, in a fixed order: where one URL serves several
-        # (a proxy, the demo's simulator), all but the first get "/<kind>" in their `host` label.
-        self._kinds_by_url: dict[str, list[str]] = {}
-        for account in config.accounts:
-            needed = set(account.markets) | ({"usdm"} if "pm" in account.markets else set()) \
-                | ({"sapi"} if account.sub_accounts is not None else set())
-            for kind in needed:
-                self._kinds_by_url.setdefault(account.base_url_for(kind), []).append(kind)
-        for url, kinds in self._kinds_by_url.items():
-            self._kinds_by_url[url] = [k for k in HOST_KINDS if k in kinds]
         self.discoveries: dict[str, Discovery] = {}
         self._subs_of: dict[str, list[str]] = {}  # master alias -> sub-account aliases, in order
         for account in config.accounts:
             for market in account.markets:
-                self.add_target(self._target(account, market))
+                self.add_target(self.topology.target(account, market))
             if account.sub_accounts is not None:
-                host = self.host(account, "sapi")
+                host = self.topology.host(account, "sapi")
                 # One connection per concurrent sub-account fetch, kept alive between scrapes.
-                client = self.client(account, host, pool_size=config.max_concurrency)
+                client = self.topology.client(account, host, pool_size=config.max_concurrency)
                 self.discoveries[account.alias] = Discovery(account, host, client)
                 self._subs_of[account.alias] = []
                 self.by_alias.setdefault(account.alias, [])
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
-
-    # ---- building ------------------------------------------------------------------------
-    def host(self, account: AccountConfig, kind: str) -> Host:
-        base_url = account.base_url_for(kind)
-        key = (base_url, kind)
-        if key in self.hosts:
-            return self.hosts[key]
-        if HOST_KINDS[kind].time_path is None:  # Portfolio Margin: sign with the USD-M host's clock
-            time_host = self.host(account, "usdm")
-            clock, host_clock = time_host.clock, self._host_clocks[(time_host.base_url, "usdm")]
-        else:
-            clock, host_clock = Clock(), None
-        netloc = account.host_label or urlsplit(base_url).netloc
-        kinds = self._kinds_by_url.get(base_url, [kind])
-        shared = len(kinds) > 1 and kind != kinds[0]
-        governor = Governor(self.config.weight_limit_for(kind), self.config.weight_budget_share, clock.now_ms)
-        host = Host(base_url=base_url, label=f"{netloc}/{kind}" if shared else netloc, kind=kind,
-                    governor=governor, clock=clock)
-        self.hosts[key] = host
-        self._host_clocks[key] = host_clock or HostClock(host, self._transport(base_url, 1))
-        return host
-
-    def _transport(self, base_url: str, pool_size: int) -> Transport:
-        transport = Transport(base_url, pool_size, self.watchdog)
-        self._transports.append(transport)
-        return transport
-
-    def client(self, account: AccountConfig, host: Host, pool_size: int = 2) -> Client:
-        clock = self._host_clocks[(host.base_url, host.kind)]
-        return Client(host, self._transport(host.base_url, pool_size), clock, account.api_key, account.signer,
-                      account.recv_window_ms)
-
-    def _target(self, account: AccountConfig, market: str) -> Target:
-        host = self.host(account, market)
-        if market == "usdm":
-            calls = usdm_calls(account.api_version, account.endpoint, account.positions)
-        elif market == "coinm":
-            calls = coinm_calls(account.endpoint, account.positions)
-        else:
-            calls = pm_calls()
-        return Target(account.alias, market, account, host, self.client(account, host), calls)
 
     def add_target(self, target: Target) -> None:
         with self._cond:
@@ -322,8 +218,7 @@ class Engine:
     def start(self) -> list[Future[None]]:
         """Measure every host's clock once, so the first scrape signs correctly."""
         deadline = time.monotonic() + STARTUP_SYNC_S
-        clocks = {id(c): c for c in self._host_clocks.values()}.values()  # PM shares the USD-M one
-        futures = [self.pool.submit(clock.ensure, deadline) for clock in clocks]
+        futures = [self.pool.submit(clock.ensure, deadline) for clock in self.topology.clocks()]
         return futures + [f for f in (self._start_discovery(d) for d in self.discoveries.values()) if f]
 
     def close(self) -> None:
@@ -333,8 +228,7 @@ class Engine:
             self._cond.notify_all()
         self.watchdog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        for transport in self._transports:
-            transport.close()
+        self.topology.close()
 
     # ---- scraping ------------------------------------------------------------------------
     def aliases(self) -> list[str]:
@@ -471,23 +365,21 @@ class Engine:
             return None
 
     def _discover(self, discovery: Discovery) -> None:
-        """List the master's sub-accounts (paged), then add and remove their targets to match."""
+        """List the master's sub-accounts, then add and remove their targets to match."""
         master = discovery.master
-        deadline = time.monotonic() + DISCOVERY_TIMEOUT_S
-        emails: list[str] = []
         try:
-            for page in range(1, SUB_ACCOUNT_MAX_PAGES + 1):
-                entries = discovery.client.call(sub_account_list_call(page), deadline)
-                emails.extend(e.email for e in entries)
-                if len(entries) < SUB_ACCOUNT_PAGE_SIZE:
-                    break
+            emails = list_emails(discovery.client, time.monotonic() + DISCOVERY_TIMEOUT_S)
         except Skipped:
             log.info("sub-account discovery deferred (budget or back-off)", extra=fields(master=master.alias))
             with discovery.lock:
                 discovery.running, discovery.ran_at = False, None  # again at the next scrape
             return
-        except ScrapeError as exc:
-            error = ScrapeError(exc.reason, exc.detail, exc.status, exc.code)
+        except Exception as exc:  # a ScrapeError, or a bug: never let it out of the thread
+            error = (ScrapeError(exc.reason, exc.detail, exc.status, exc.code) if isinstance(exc, ScrapeError)
+                     else ScrapeError("bad_response", f"internal error: {type(exc).__name__}"))
+            if not isinstance(exc, ScrapeError):
+                log.error("unexpected error in sub-account discovery", exc_info=True,
+                          extra=fields(master=master.alias))
             detach(exc)
             with discovery.lock:
                 discovery.errors[error.reason] += 1
@@ -495,36 +387,23 @@ class Engine:
             log.warning("sub-account discovery failed", extra=fields(
                 master=master.alias, reason=error.reason, status=error.status, code=error.code, error=error.detail))
             return
-        except Exception as exc:  # never let a bug kill the thread's caller
-            log.error("unexpected error in sub-account discovery", exc_info=True, extra=fields(master=master.alias))
-            detach(exc)
-            with discovery.lock:
-                discovery.errors["bad_response"] += 1
-                discovery.running = False
-            return
         self._apply_discovery(discovery, emails)
 
     def _apply_discovery(self, discovery: Discovery, emails: list[str]) -> None:
         master = discovery.master
-        rules = master.sub_accounts
-        assert rules is not None
-        kept = sorted({e for e in emails
-                       if any(fnmatch.fnmatchcase(e.lower(), g.lower()) for g in rules.include)
-                       and not any(fnmatch.fnmatchcase(e.lower(), g.lower()) for g in rules.exclude)})
+        assert master.sub_accounts is not None
         with self._cond:
             taken = {a for a in self.by_alias if a not in self._subs_of[master.alias]}
         wanted: dict[tuple[str, str], Target] = {}
         aliases: list[str] = []
-        for email in kept:
-            alias = rules.aliases.get(email, email)
+        for email, alias in select(master.sub_accounts, emails):
             if alias in taken or alias in aliases:
                 log.warning("sub-account skipped: its alias is taken", extra=fields(master=master.alias, alias=alias))
                 continue
             aliases.append(alias)
-            account = dataclasses.replace(master, alias=alias, markets=rules.markets, sub_accounts=None)
-            for market in rules.markets:
-                wanted[(alias, market)] = Target(alias, market, account, discovery.host, discovery.client,
-                                                 sub_account_calls(email, market), master.alias, email)
+            for market in master.sub_accounts.markets:
+                wanted[(alias, market)] = self.topology.sub_account_target(master, alias, email, market,
+                                                                          discovery.host, discovery.client)
         with self._cond:
             previous = list(self._subs_of[master.alias])
             old = {key for alias in previous for key in self.by_alias.get(alias, ())}
@@ -605,11 +484,6 @@ def _age_key(state: TargetState) -> float:
 
 def _ordered(hosts: Iterable[Host]) -> list[Host]:
     return sorted(hosts, key=lambda h: (h.label, h.kind))
-
-
-def discovery_view(discovery: Discovery) -> DiscoveryView:
-    with discovery.lock:
-        return DiscoveryView(discovery.master.alias, discovery.found, tuple(discovery.errors.items()))
 
 
 def host_view(host: Host) -> HostView:
