@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test venv bench clean
+.PHONY: test venv golden bench clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ venv: $(VPY)
 
 test: venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# Rewrite tests/golden/ from the current output (review the diff, then commit it).
+golden: venv
+	UPDATE_GOLDEN=1 $(VPY) -m pytest -q tests/test_golden.py
 
 bench: venv
 	$(VPY) -m benchmarks.scrape $(BENCH_ARGS)
