@@ -17,6 +17,9 @@ from exporter.endpoints import SUB_ACCOUNT_MAX_PAGES, SUB_ACCOUNT_PAGE_SIZE, sub
 from exporter.hosts import Host
 
 DISCOVERY_TIMEOUT_S = 30.0
+# A sub-account without a futures account of a type stays out for this long before it
+# is asked again: not on every discovery, which would make its series come and go.
+RECHECK_WITHOUT_FUTURES_S = 3600.0
 
 
 @dataclass
@@ -29,8 +32,19 @@ class Discovery:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     running: bool = False
     ran_at: float | None = None  # monotonic start of the latest run
-    found: int | None = None  # sub-accounts kept by the latest successful run
+    listed: bool = False  # a run has succeeded
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    without_futures: dict[tuple[str, str], float] = field(default_factory=dict)  # (email, market): monotonic
+
+    def note_without_futures(self, email: str, market: str, now: float) -> None:
+        with self.lock:
+            self.without_futures[(email, market)] = now
+
+    def skip(self, email: str, market: str, now: float) -> bool:
+        """Known to have no futures account of this market, and asked recently."""
+        with self.lock:
+            seen = self.without_futures.get((email, market))
+            return seen is not None and now - seen < RECHECK_WITHOUT_FUTURES_S
 
     def due(self, now: float) -> bool:
         interval = self.master.sub_accounts.discovery_interval_seconds if self.master.sub_accounts else 0
@@ -64,6 +78,8 @@ def select(rules: SubAccounts, emails: list[str]) -> list[tuple[str, str]]:
     return [(email, rules.aliases.get(email, email)) for email in kept]
 
 
-def view(discovery: Discovery) -> DiscoveryView:
+def view(discovery: Discovery, exported: int) -> DiscoveryView:
+    """`exported`: how many of its sub-accounts have at least one target now."""
     with discovery.lock:
-        return DiscoveryView(discovery.master.alias, discovery.found, tuple(discovery.errors.items()))
+        return DiscoveryView(discovery.master.alias, exported if discovery.listed else None,
+                             tuple(discovery.errors.items()))

@@ -75,6 +75,7 @@ class TargetView:
     duration: float | None
     last_success: float | None  # wall clock
     errors: tuple[tuple[str, int], ...]
+    assets: frozenset[str] = frozenset()  # the assets of the latest successful fetch, even if too old now
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ class Engine:
             wait_futures(waits, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE_S)
         hosts = {s.target.host for s in states} | {d.host for d in masters}
         return ScrapeResult([self.view(s) for s in states], [host_view(h) for h in _ordered(hosts)],
-                            [discovery_view(d) for d in masters])
+                            [discovery_view(d, self._exported_subs(d.master.alias)) for d in masters])
 
     def _refresh(self, state: TargetState, now: float, deadline: float) -> Future[None] | None:
         """Start, queue or skip one target's refresh; returns what the scrape should wait for."""
@@ -350,6 +351,7 @@ class Engine:
             target=target, up=up, snapshot=ok.snapshot if up and ok is not None else None,
             duration=None if last is None else last.finished - last.started,
             last_success=None if ok is None else ok.fetched_at, errors=errors,
+            assets=frozenset(row.asset for row in ok.snapshot.assets) if ok and ok.snapshot else frozenset(),
         )
 
     # ---- sub-accounts --------------------------------------------------------------------
@@ -389,6 +391,10 @@ class Engine:
             return
         self._apply_discovery(discovery, emails)
 
+    def _exported_subs(self, master: str) -> int:
+        with self._cond:
+            return sum(1 for alias in self._subs_of.get(master, ()) if self.by_alias.get(alias))
+
     def _apply_discovery(self, discovery: Discovery, emails: list[str]) -> None:
         master = discovery.master
         assert master.sub_accounts is not None
@@ -396,14 +402,16 @@ class Engine:
             taken = {a for a in self.by_alias if a not in self._subs_of[master.alias]}
         wanted: dict[tuple[str, str], Target] = {}
         aliases: list[str] = []
+        now = time.monotonic()
         for email, alias in select(master.sub_accounts, emails):
             if alias in taken or alias in aliases:
                 log.warning("sub-account skipped: its alias is taken", extra=fields(master=master.alias, alias=alias))
                 continue
             aliases.append(alias)
             for market in master.sub_accounts.markets:
-                wanted[(alias, market)] = self.topology.sub_account_target(master, alias, email, market,
-                                                                          discovery.host, discovery.client)
+                if not discovery.skip(email, market, now):
+                    wanted[(alias, market)] = self.topology.sub_account_target(master, alias, email, market,
+                                                                              discovery.host, discovery.client)
         with self._cond:
             previous = list(self._subs_of[master.alias])
             old = {key for alias in previous for key in self.by_alias.get(alias, ())}
@@ -414,7 +422,7 @@ class Engine:
                     self.add_target(target)
             self._subs_of[master.alias] = aliases
         with discovery.lock:
-            discovery.found = len(aliases)
+            discovery.listed = True
             discovery.running = False
         self.plan_budgets()
         log.info("sub-accounts discovered", extra=fields(master=master.alias, found=len(aliases),
@@ -423,7 +431,10 @@ class Engine:
             self.log_budget([discovery.host])
 
     def _no_futures_account(self, target: Target) -> None:
-        """A sub-account without this futures account: no target, no error, until the next discovery."""
+        """A sub-account without this futures account: no target and no error, for a while."""
+        discovery = self.discoveries.get(target.master or "")
+        if discovery is not None and target.email is not None:
+            discovery.note_without_futures(target.email, target.market, time.monotonic())
         self.remove_target(target.key)
         log.info("sub-account has no futures account of this market", extra=fields(
             master=target.master, alias=target.alias, market=target.market))

@@ -154,7 +154,7 @@ def read_fields(item: Mapping[str, Any], fields: Sequence[Field], where: str) ->
                 raise BadResponse(f"field {name} is not a boolean")
             values[spec.metric] = 1.0 if raw else 0.0
         elif spec.kind == "millis":
-            if raw is not None:
+            if raw is not None and raw != 0:  # 0: never updated (an untouched asset), not 1970
                 values[spec.metric] = _millis(raw, name)
         elif spec.kind == "opt_decimal" and (raw == "" or raw is None):
             continue  # "no value" (Portfolio Margin sends "" in numeric fields)

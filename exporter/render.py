@@ -69,7 +69,8 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
         key = [target.alias, target.market]
         if target.market != "pm":
             for asset, amount in account.min_available_balance.items():
-                min_available.add_metric([*key, asset], amount)
+                if asset in view.assets:  # only assets the account holds in this market
+                    min_available.add_metric([*key, asset], amount)
             if account.max_margin_ratio is not None:
                 max_margin_ratio.add_metric(key, account.max_margin_ratio)
             if account.min_liquidation_distance is not None:
@@ -118,9 +119,9 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
 
 def host_families(hosts: list[HostView]) -> Iterator[Metric]:
     """Per API host: Binance's figure, our budget and use, back-off, clock."""
-    used = _gauge("used_weight", "Request weight Binance reports used by this IP in the current minute "
-                  "(highest X-MBX-USED-WEIGHT-1M seen); absent when no answer this minute reported it.",
-                  ("host", "interval"))
+    used = _gauge("used_weight", "Request weight Binance reports used by this IP in the current minute: the "
+                  "highest X-MBX-USED-WEIGHT-1M seen (X-SAPI-USED-IP-WEIGHT-1M on /sapi, counted per "
+                  "endpoint); absent when no answer this minute reported it.", ("host", "interval"))
     limit = _gauge("weight_limit", "Binance's request-weight limit per minute and IP (config).", ("host", "interval"))
     budget = _gauge("weight_budget", "The exporter's own weight cap per rolling minute: weight_limit x "
                     "weight_budget_share.", ("host",))
@@ -148,8 +149,8 @@ def host_families(hosts: list[HostView]) -> Iterator[Metric]:
 
 def discovery_families(discoveries: list[DiscoveryView]) -> Iterator[Metric]:
     """Per master account: how many sub-accounts its key found, and failed discoveries."""
-    found = _gauge("sub_accounts", "Sub-accounts found through the master's key at the latest discovery "
-                   "(after include/exclude).", ("master",))
+    found = _gauge("sub_accounts", "Sub-accounts exported for this master: found through its key, kept by "
+                   "include/exclude, with a futures account in at least one configured market.", ("master",))
     errors = CounterMetricFamily(f"{NS}_sub_account_discovery_errors", "Failed sub-account discoveries by "
                                  "master and reason.", labels=["master", "reason"])
     for view in discoveries:

@@ -81,7 +81,8 @@ ASSET_FAMILIES = _families(
     ("cross_unrealized_pnl", "Unrealized PnL of cross positions (crossUnPnl)."),
     ("max_withdraw_amount", "Maximum amount for transfer out (maxWithdrawAmount; withdrawAvailable on COIN-M)."),
     ("margin_available", "1 if the asset can be used as margin in Multi-Assets mode (marginAvailable)."),
-    ("balance_update_timestamp_seconds", "Last update time reported by Binance (updateTime), Unix seconds."),
+    ("balance_update_timestamp_seconds", "Last update time reported by Binance (updateTime), Unix seconds; "
+                                         "absent when Binance reports 0 (never updated)."),
     ("margin_balance", "Margin balance: wallet balance plus unrealized PnL (marginBalance)."),
     ("maint_margin", "Maintenance margin required (maintMargin; maintenanceMargin for sub-accounts)."),
     ("initial_margin", "Initial margin required at the current mark price (initialMargin)."),
@@ -141,7 +142,8 @@ POSITION_FAMILIES = _families(
     ("position_mark_price", "Mark price (markPrice)."),
     ("position_liquidation_price", "Liquidation price (liquidationPrice); absent when Binance reports 0, "
                                    "i.e. no liquidation price."),
-    ("position_notional", "Notional value at the mark price (notional; notionalValue on COIN-M)."),
+    ("position_notional", "Notional value at the mark price (notional); absent on COIN-M, whose positionRisk "
+                          "has none."),
     ("position_unrealized_pnl", "Unrealized PnL of the position (unRealizedProfit)."),
     ("position_required_initial_margin", "Initial margin required for the position at the current mark "
                                          "price (initialMargin)."),

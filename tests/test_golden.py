@@ -172,7 +172,8 @@ def scrape_twice(path: str) -> str:
     url = f"http://127.0.0.1:{server.server_port}"
     try:
         wait_until(lambda: requests.get(url + "/-/ready", timeout=5).status_code == 200, timeout=10)
-        assert engine.discoveries["master"].found == 3  # alpha, beta, nofutures; test-1 excluded
+        assert engine.discoveries["master"].listed
+        assert engine._subs_of["master"] == ["alpha", "beta@sub.test", "nofutures@sub.test"]  # test-1 excluded
         assert requests.get(url + path, timeout=10).status_code == 200
         resp = requests.get(url + path, timeout=10)
         assert resp.status_code == 200, resp.text
