@@ -266,6 +266,8 @@ class Engine:
                 waits.append(future)
         if waits:
             wait_futures(waits, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE_S)
+        with self._cond:  # targets removed meanwhile (a sub-account without that futures account) are gone
+            states = [s for s in states if self.states.get(s.target.key) is s]
         hosts = {s.target.host for s in states} | {d.host for d in masters}
         return ScrapeResult([self.view(s) for s in states], [host_view(h) for h in _ordered(hosts)],
                             [discovery_view(d, self._exported_subs(d.master.alias)) for d in masters])
