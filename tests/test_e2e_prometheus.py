@@ -188,8 +188,28 @@ def test_dashboard_queries_return_data_and_low_balance_alert_fires(prometheus_wi
     assert not {"job", "instance"} & set(firing[0]["metric"]), firing
 
     # A healthy demo raises none of the "exporter/account broken" alerts.
-    broken = api.query('ALERTS{alertname=~"BinanceFutures(AccountScrapeFailing|ExporterDown|IpBanned)"}')
+    broken = api.query('ALERTS{alertname=~"BinanceFutures(AccountScrapeFailing|AccountDataStale|ExporterDown|'
+                       'IpBanned|RateLimited)"}')
     assert broken == [], broken
+
+
+def test_liquidation_alert_fires_for_the_demo_position_near_liquidation(prometheus_with_exporter):
+    """The demo's hedge account holds an ETHUSDT short within 7 % of its liquidation price (threshold 10 %):
+    exactly that position fires, once, although both jobs scrape it; the BTCUSDT long (far away) does not,
+    nor do the margin-ratio and uniMMR alerts (the demo's ratios are healthy)."""
+    api = prometheus_with_exporter
+    deadline = time.monotonic() + DEADLINE_SECONDS
+
+    def near_liquidation_firing():
+        series = api.query('ALERTS{alertname="BinanceFuturesPositionNearLiquidation",alertstate="firing"}')
+        return bool(series), [s["metric"] for s in series]
+
+    firing = poll(near_liquidation_firing, "BinanceFuturesPositionNearLiquidation firing", deadline)
+    assert [(m["alias"], m["market"], m["symbol"], m["position_side"]) for m in firing] == [
+        ("hedge", "usdm", "ETHUSDT", "SHORT")], firing
+    assert api.query('ALERTS{alertname=~"BinanceFutures(MarginRatioHigh|UniMMRLow)"}') == []
+    distance = api.query('binance_futures:position_liquidation_distance{alias="hedge",symbol="ETHUSDT"}')
+    assert 0.03 < float(distance[0]["value"][1]) < 0.07, distance
 
 
 def test_probe_job_relabeling(prometheus_with_exporter):
