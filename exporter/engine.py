@@ -194,7 +194,7 @@ class Engine:
             weights = rounds[host]
             demand = sum(weights) * 60.0 / interval
             cap = host.governor.cap
-            every = max(interval, sum(weights) * 60.0 / cap)
+            every = max(interval, sum(weights) / host.governor.rate)
             max_age = min(t.account.max_data_age_seconds for t in targets if t.host is host)
             plans.append(BudgetPlan(host.label, len(weights), sum(weights), demand, cap, every, max_age))
         return plans

@@ -2,7 +2,7 @@
 
 Binance counts request weight per IP and minute, and the user's trading bots
 share that limit, so the exporter holds itself to `weight_limit x
-weight_budget_share` per rolling 60 s (the cap), counting every request it
+weight_budget_share` per rolling 60 s (the cap; see WINDOW_SLACK_S), counting every request it
 makes at Binance's documented weights, and sends nothing more in a minute for
 which Binance reports the IP's total (bots included) near `weight_limit`.
 
@@ -23,6 +23,11 @@ from collections import deque
 from typing import Callable
 
 WINDOW_S = 60.0
+# Weight is counted when a request is admitted, Binance counts it when the request
+# arrives: a request that waited a moment (a thread, a clock measurement, the network)
+# lands later than its admission. The cap therefore holds over a window this much
+# longer than a minute, so it holds at Binance for every delay up to the slack.
+WINDOW_SLACK_S = 1.0
 # Binance's X-MBX-USED-WEIGHT-1M counts the bots too. Stop at 90 % of the limit:
 # the figure is as old as our last answer, bots may spend weight meanwhile, and
 # what they need is worth more than one more refresh of ours.
@@ -34,7 +39,7 @@ class Governor:
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.weight_limit = weight_limit
         self.cap = float(weight_limit) * share
-        self._rate = self.cap / WINDOW_S  # weight per second
+        self._rate = self.cap / (WINDOW_S + WINDOW_SLACK_S)  # weight per second: the steady flow
         self._server_ms = server_ms
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -45,6 +50,11 @@ class Governor:
         self._reported_minute = -1
         self._reported_used = 0
         self._reported_at = 0.0
+
+    @property
+    def rate(self) -> float:
+        """The steady flow, weight per second: what the budget sustains with no burst."""
+        return self._rate
 
     # ---- configuration -------------------------------------------------------------------
     def plan(self, round_weight: int, interval_s: float, largest_call: int) -> None:
@@ -62,7 +72,7 @@ class Governor:
 
     # ---- accounting ----------------------------------------------------------------------
     def _expire(self, now: float) -> None:
-        while self._sent and self._sent[0][0] <= now - WINDOW_S:
+        while self._sent and self._sent[0][0] <= now - WINDOW_S - WINDOW_SLACK_S:
             self._sent_sum -= self._sent.popleft()[1]
 
     def _ip_blocked(self, weight: int) -> float:
@@ -82,7 +92,7 @@ class Governor:
         for t, w in self._sent:
             need -= w
             if need <= 0:
-                return t + WINDOW_S - now
+                return t + WINDOW_S + WINDOW_SLACK_S - now
         return WINDOW_S  # a single request heavier than the cap: never (caller caps weights)
 
     def _pace_wait(self, now: float) -> float:
@@ -154,8 +164,9 @@ class Governor:
     def used_last_minute(self) -> int:
         """Weight this exporter sent to the host in the last 60 s."""
         with self._lock:
-            self._expire(self._monotonic())
-            return self._sent_sum
+            now = self._monotonic()
+            self._expire(now)
+            return sum(w for t, w in self._sent if t > now - WINDOW_S)
 
     def reported_this_minute(self) -> int | None:
         """Binance's figure for the IP, only while it is about the current minute."""

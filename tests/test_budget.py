@@ -114,6 +114,7 @@ def test_over_budget_refreshes_go_oldest_first(sim: Simulator, make_harness,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1 s 'minute' with room for one refresh at a time: accounts take turns, none starves."""
     monkeypatch.setattr(governor, "WINDOW_S", 1.0)
+    monkeypatch.setattr(governor, "WINDOW_SLACK_S", 0.02)  # scaled down with the window
     data = config_dict(sim.base_url)
     data["weight_budget_share"] = 0.0025  # cap 6 per 1 s: the clock (1), then one balance (5) at a time
     h = make_harness(data)

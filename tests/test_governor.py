@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.governor import WINDOW_S, Governor
+from exporter.governor import WINDOW_S, WINDOW_SLACK_S, Governor
 
 
 class Clock:
@@ -30,11 +30,12 @@ def governor(clock: Clock, limit: int = 2400, share: float = 0.5) -> Governor:
     return Governor(limit, share, clock.server, clock.monotonic)
 
 
-def max_window(sent: list[tuple[float, int]]) -> int:
-    """The most weight sent in any half-open 60 s window (t-60, t]."""
+def max_window(sent: list[tuple[float, int]], window: float = WINDOW_S + WINDOW_SLACK_S) -> int:
+    """The most weight sent in any half-open window (t - window, t]; by default 61 s: the cap holds
+    over a minute plus the slack, so at Binance for any request that lands up to 1 s late."""
     best = 0
     for i, (t, _) in enumerate(sent):
-        best = max(best, sum(w for s, w in sent[: i + 1] if s > t - WINDOW_S))
+        best = max(best, sum(w for s, w in sent[: i + 1] if s > t - window))
     return best
 
 
@@ -53,6 +54,9 @@ def test_no_rolling_minute_ever_exceeds_the_cap(steps: list[tuple[float, int, bo
             sent.append((clock.now, weight))
     assert max_window(sent) <= 150
     assert gov.used_last_minute() == sum(w for t, w in sent if t > clock.now - WINDOW_S)
+    # ...and a request that reaches Binance up to 1 s after its admission still keeps every minute under it.
+    delayed = sorted((t + (0.999 if i % 2 else 0.0), w) for i, (t, w) in enumerate(sent))
+    assert max_window(delayed, WINDOW_S) <= 150
 
 
 def test_under_budget_a_whole_round_goes_at_once() -> None:
@@ -75,12 +79,13 @@ def test_over_budget_refreshes_flow_at_the_caps_steady_rate() -> None:
             starts.append(clock.now)
         clock.advance(0.05)
     per_minute = Counter(int((t - 10_000) // 60) for t in starts)
-    assert all(1195 <= per_minute[m] * 5 <= 1210 for m in range(5)), per_minute
+    assert all(1170 <= per_minute[m] * 5 <= 1200 for m in range(5)), per_minute  # 1200 x 60 / 61 = 1180
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     # An even flow, 4 refreshes a second; where the cap itself binds (a request exactly 60 s
     # old still in the window) the next one waits one more slot, never longer.
-    assert max(gaps) <= 0.55 and sum(g > 0.3 for g in gaps) < len(gaps) / 20
+    assert max(gaps) <= 0.6 and sum(g > 0.3 for g in gaps) < len(gaps) / 20
     assert max_window([(t, 5) for t in starts]) <= 1200
+    assert max_window([(t + (0.9 if i % 3 else 0), 5) for i, t in enumerate(starts)], WINDOW_S) <= 1200
 
 
 def test_a_stall_lets_no_burst_build_up() -> None:
@@ -91,8 +96,8 @@ def test_a_stall_lets_no_burst_build_up() -> None:
         clock.advance(1)
         gov.stall()  # e.g. waiting out a back-off with accounts queued
     assert gov.try_acquire(5)
-    assert gov.wait_time(5) > 0  # only the steady rate from here: 5 / 20 per second = 0.25 s
-    clock.advance(0.25)
+    assert gov.wait_time(5) > 0  # only the steady rate from here: 5 / (1200 / 61) per second = 0.254 s
+    clock.advance(0.26)
     assert gov.try_acquire(5)
 
 
