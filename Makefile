@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test venv bench clean
+.PHONY: test venv bench bench-budget bench-subaccounts bench-soak clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,18 @@ venv: $(VPY)
 test: venv
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
+# Benchmarks (see README, Performance); each writes benchmarks/results/<name>.json.
 bench: venv
 	$(VPY) -m benchmarks.scrape $(BENCH_ARGS)
+
+bench-budget: venv
+	$(VPY) -m benchmarks.budget $(BENCH_ARGS)
+
+bench-subaccounts: venv
+	$(VPY) -m benchmarks.subaccounts $(BENCH_ARGS)
+
+bench-soak: venv
+	$(VPY) -m benchmarks.soak $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
