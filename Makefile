@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test venv golden bench clean
+.PHONY: test venv golden bench bench-budget bench-subaccounts bench-soak clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,18 @@ test: venv
 golden: venv
 	UPDATE_GOLDEN=1 $(VPY) -m pytest -q tests/test_golden.py
 
+# Benchmarks (see docs/performance.md); each writes benchmarks/results/<name>.json.
 bench: venv
 	$(VPY) -m benchmarks.scrape $(BENCH_ARGS)
+
+bench-budget: venv
+	$(VPY) -m benchmarks.budget $(BENCH_ARGS)
+
+bench-subaccounts: venv
+	$(VPY) -m benchmarks.subaccounts $(BENCH_ARGS)
+
+bench-soak: venv
+	$(VPY) -m benchmarks.soak $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

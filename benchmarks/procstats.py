@@ -12,6 +12,7 @@ import os
 import platform
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,25 @@ SERVING_RE = re.compile(r"Serving metrics at (https?://[^/\s]+)")
 # What Prometheus 2.x/3.x sends by default: OpenMetrics preferred, so prometheus_client answers in it.
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+METRIC_LINE_RE = re.compile(rb"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$", re.M)
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_samples(body: bytes, *names: str) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample of these metric names in a text exposition.
+
+    A regex over the lines, not prometheus_client's parser: a 300-account
+    exposition is ~1 MB, and the driver shares 2 cores with the exporter.
+    """
+    wanted = {n.encode() for n in names}
+    out = []
+    for m in METRIC_LINE_RE.finditer(body):
+        if m.group(1) in wanted:
+            labels = dict(LABEL_RE.findall(m.group(2).decode())) if m.group(2) else {}
+            out.append((m.group(1).decode(), labels, float(m.group(3))))
+    return out
 
 
 def credentials(index: int, seed: int = 0) -> tuple[str, str]:
@@ -76,6 +96,24 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
 
 def median(values: Sequence[float]) -> float | None:
     return percentile(values, 50.0)
+
+
+def rolling_max(events: Iterable[tuple[float, float]], window: float = 60.0) -> tuple[float, float | None]:
+    """The largest sum of values in any `window` seconds, and when that window ended.
+
+    Windows are (t - window, t] at every event's time t, the way the exporter's
+    governor counts its rolling minute (an event exactly `window` old has expired).
+    """
+    data = sorted(events)
+    best, best_end, total, low = 0.0, None, 0.0, 0
+    for t, value in data:
+        total += value
+        while data[low][0] <= t - window:
+            total -= data[low][1]
+            low += 1
+        if total > best:
+            best, best_end = total, t
+    return best, best_end
 
 
 def slope_per_minute(points: Sequence[tuple[float, float]]) -> float | None:
@@ -243,9 +281,15 @@ def _pump_lines(stream: Any, sink: "queue.Queue[str | None]") -> None:
 class SimProcess:
     """`benchmarks.simserver` in its own process (its CPU stays out of the exporter's and driver's)."""
 
-    def __init__(self, accounts: int, assets: int = 5, latency_ms: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, accounts: int, assets: int = 5, latency_ms: float = 0.0, seed: int = 0, *,
+                 weight_limit: int | None = None, sub_accounts: int = 0, request_log: bool = False) -> None:
         self.args = [sys.executable, "-m", "benchmarks.simserver", f"--accounts={accounts}",
-                     f"--assets={assets}", f"--latency-ms={latency_ms}", f"--seed={seed}"]
+                     f"--assets={assets}", f"--latency-ms={latency_ms}", f"--seed={seed}",
+                     f"--sub-accounts={sub_accounts}"]
+        if weight_limit is not None:  # else simserver's default: no practical limit on /fapi
+            self.args.append(f"--weight-limit={weight_limit}")
+        if request_log:
+            self.args.append("--request-log")
         self.proc: subprocess.Popen[str] | None = None
         self.base_url = ""
         self._lock = threading.Lock()
@@ -288,6 +332,11 @@ class SimProcess:
     def set_faults(self, faults: dict[str, dict | None]) -> None:
         self.command({"op": "faults", "faults": faults})
 
+    def requests(self, since: int = 0) -> dict:
+        """The request log from entry `since` on: {"entries": [[at, path, account, email, status, weight]],
+        "next", "dropped"} (simserver needs request_log=True)."""
+        return self.command({"op": "requests", "since": since}, timeout=120.0)
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -309,17 +358,43 @@ class SimProcess:
         self.stop()
 
 
-def exporter_config(base_url: str, count: int, *, max_concurrency: int, timeout_seconds: float,
-                    seed: int = 0, weight_limit: int = 1_000_000) -> dict:
+def exporter_config(base_url: str, count: int, *, max_concurrency: int | None, timeout_seconds: float | None,
+                    seed: int = 0, weight_limit: int = 1_000_000, cache_seconds: float | None = 0.0,
+                    **top: Any) -> dict:
+    """The first `count` simulator accounts; `top` adds top-level keys (scrape_interval_seconds, ...).
+
+    None leaves a key out, i.e. at the exporter's default.
+
+    The defaults measure the exporter's work, not its weight budget: every
+    scrape fetches every account (`cache_seconds: 0`; the exporter's own default
+    would serve scrapes less than 0.8 x scrape_interval_seconds apart from its
+    cache), and `weight_limit` is far above what back-to-back scrapes use, so
+    the governor never defers a fetch. benchmarks.budget measures the budget.
+    """
+    defaults: dict[str, Any] = {"base_url": base_url}
+    if timeout_seconds is not None:
+        defaults["timeout_seconds"] = timeout_seconds
+    if cache_seconds is not None:
+        defaults["cache_seconds"] = cache_seconds
     return {
-        "defaults": {"base_url": base_url, "timeout_seconds": timeout_seconds},
-        "max_concurrency": max_concurrency,
+        "defaults": defaults,
+        **({} if max_concurrency is None else {"max_concurrency": max_concurrency}),
         "weight_limit": weight_limit,
+        **top,
         "accounts": [
             {"alias": alias(i), "api_key": credentials(i, seed)[0], "api_secret": credentials(i, seed)[1]}
             for i in range(count)
         ],
     }
+
+
+def py_spy() -> str | None:
+    """py-spy on PATH, or next to this interpreter (a venv that is not activated)."""
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else None
 
 
 @dataclass

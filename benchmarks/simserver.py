@@ -1,6 +1,7 @@
 """The simulator as a child process the benchmarks can steer over stdin/stdout.
 
     python -m benchmarks.simserver --accounts 300 --assets 5 --latency-ms 300
+    python -m benchmarks.simserver --accounts 1 --sub-accounts 500 --request-log
 
 Prints its base URL as the first stdout line, then answers one JSON command
 per stdin line with one JSON line on stdout:
@@ -8,10 +9,18 @@ per stdin line with one JSON line on stdout:
     {"op": "stats"}                          -> the simulator's stats()
     {"op": "latency", "ms": 50}              -> change the per-request latency
     {"op": "faults", "faults": {KEY: {"kind": "http_500", "latency_s": 0.2} | null, ...}}
+    {"op": "requests", "since": 0}           -> {"entries": [[at, path, account, email, status, weight], ...],
+                                                 "next": N, "dropped": D}  (needs --request-log)
 
 and stops when stdin closes (so it never outlives the driver). Accounts use
 `procstats.credentials(i, seed)`, with `--assets` non-zero balance rows each
 (USDT, USDC, BNB, BTC, ETH, ...), unlike `generate_accounts`' three rows.
+With `--sub-accounts N`, account 0 is also a master key owning N sub-accounts
+(`sub_email(i)`), each with a USD-M futures account of `--assets` rows.
+
+The request log names accounts by their index (`account`, None for an unknown
+or missing key), never by key, so nothing secret crosses the pipe. `at` is
+the arrival time (time.time()), when the request's weight is charged.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ if __package__ in (None, ""):  # `python benchmarks/simserver.py`
 
 from benchmarks.procstats import ASSETS, credentials  # noqa: E402
 from exporter.simulator import format_decimal  # noqa: E402
-from testkit import Fault, SimAccount, Simulator  # noqa: E402
+from testkit import Fault, SimAccount, SimFutures, SimSubAccount, Simulator  # noqa: E402
 
 
 def balance_rows(index: int, assets: int, seed: int = 0) -> list[dict]:
@@ -51,12 +60,18 @@ def balance_rows(index: int, assets: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def build_accounts(count: int, assets: int, seed: int = 0) -> list[SimAccount]:
+def sub_email(index: int) -> str:
+    return f"sub-{index:04d}@bench.example"
+
+
+def build_accounts(count: int, assets: int, seed: int = 0, sub_accounts: int = 0) -> list[SimAccount]:
     accounts = []
     for index in range(count):
         key, secret = credentials(index, seed)
+        subs = [SimSubAccount(email=sub_email(i), usdm=SimFutures(balances=balance_rows(100_000 + i, assets, seed)))
+                for i in range(sub_accounts if index == 0 else 0)]
         accounts.append(SimAccount(api_key=key, api_secret=secret, account_alias=f"A{index:04d}",
-                                   balances=balance_rows(index, assets, seed)))
+                                   balances=balance_rows(index, assets, seed), sub_accounts=subs))
     return accounts
 
 
@@ -67,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", type=int, default=5)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--weight-limit", type=int, default=1_000_000_000)
+    parser.add_argument("--sapi-weight-limit", type=int, default=12000, help="per /sapi endpoint, like Binance")
+    parser.add_argument("--sub-accounts", type=int, default=0, help="sub-accounts of account 0 (a master key)")
+    parser.add_argument("--request-log", action="store_true", help="keep a log of every request (op requests)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    sim = Simulator(build_accounts(args.accounts, args.assets, args.seed),
-                    latency_s=args.latency_ms / 1000.0, weight_limit=args.weight_limit)
+    sim = Simulator(build_accounts(args.accounts, args.assets, args.seed, args.sub_accounts),
+                    latency_s=args.latency_ms / 1000.0, weight_limit=args.weight_limit,
+                    sapi_weight_limit=args.sapi_weight_limit, request_log=args.request_log)
+    index_of = {credentials(i, args.seed)[0]: i for i in range(args.accounts)}
     print(sim.start(), flush=True)
     try:
         for line in sys.stdin:
@@ -86,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
                 elif op == "latency":
                     sim.latency_s = float(cmd["ms"]) / 1000.0
                     reply = {"ok": True}
+                elif op == "requests":
+                    if sim.request_log is None:
+                        raise ValueError("start the simulator with --request-log")
+                    since = int(cmd.get("since", 0))
+                    entries = sim.request_log.since(since)
+                    reply = {"entries": [[e.at, e.path, index_of.get(e.api_key or ""), e.email, e.status, e.weight]
+                                         for e in entries],
+                             "next": since + len(entries), "dropped": sim.request_log.dropped}
                 elif op == "faults":
                     for key, spec in cmd["faults"].items():
                         sim.set_fault(key, None if spec is None else Fault(**spec))

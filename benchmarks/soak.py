@@ -11,6 +11,10 @@ host and would turn the soak into a back-off test). `--workers` threads
 scrape the exporter's /metrics and /probe?target=... back to back, as
 Prometheus would, with a scrape-timeout header.
 
+The exporter runs with `cache_seconds: 0` and a weight limit far above what
+the soak sends (procstats.exporter_config), so every scrape asks the faulty
+API again instead of being served from the cache or deferred by the budget.
+
 Sampled every `--sample-interval` s from the exporter's pid: RSS, threads,
 open fds, CPU. Checked: every answer is 200; no "Traceback" in any body or the
 exporter's stderr; no API key or secret in any body or stderr; after the
@@ -50,6 +54,7 @@ from benchmarks.procstats import (  # noqa: E402
     fetch,
     machine_info,
     md_table,
+    metric_samples,
     percentile,
     sample,
     slope_per_minute,
@@ -72,7 +77,6 @@ RSS_GROWTH_LIMIT_MB = 10.0
 THREAD_SLACK = 8
 FD_SLACK = 8
 UP_RE = re.compile(rb"^binance_futures_up\{[^}]*\} (\S+)$", re.M)
-ERR_RE = re.compile(rb'^binance_futures_scrape_errors_total\{alias="[^"]*",reason="([^"]*)"\} (\S+)$', re.M)
 
 
 @dataclass
@@ -184,8 +188,8 @@ def final_check(base_url: str, args: argparse.Namespace) -> tuple[int, int, dict
     finally:
         session.close()
     errors: Counter = Counter()
-    for reason, value in ERR_RE.findall(answer.body):
-        errors[reason.decode()] += float(value)
+    for _name, labels, value in metric_samples(answer.body, "binance_futures_scrape_errors_total"):
+        errors[labels.get("reason", "")] += value
     return up, len(values), dict(errors), answer.body
 
 

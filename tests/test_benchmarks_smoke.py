@@ -68,3 +68,48 @@ def test_scrape_and_soak_quick(tmp_path: Path) -> None:
     assert soak_report["body_secret_leaks"] == 0 and soak_report["stderr_secret_leaks"] == 0
     assert soak_report["body_tracebacks"] == 0 and soak_report["stderr_tracebacks"] == 0
     assert soak_report["non_200"] == 0
+    # The faults reached the exporter and were counted (every scrape asks the API: cache_seconds 0).
+    assert sum(soak_report["scrape_errors_by_reason"].values()) > 0
+
+
+def test_budget_and_subaccounts_quick(tmp_path: Path) -> None:
+    budget_json = tmp_path / "budget.json"
+    subs_json = tmp_path / "subaccounts.json"
+    budget = _start(["-m", "benchmarks.budget", "--quick", "--output", str(budget_json)])
+    subs = _start(["-m", "benchmarks.subaccounts", "--quick", "--output", str(subs_json)])
+    budget_out = _finish(budget)
+    subs_out = _finish(subs)
+
+    assert "### Targets" in budget_out
+    report = json.loads(budget_json.read_text())
+    assert {"machine", "params", "scrapes", "simulator", "targets", "wall_median_s", "wall_p95_s",
+            "up_per_scrape", "fetches_deferred_total", "exporter_used_weight_max", "duration_s"} <= report.keys()
+    sim = report["simulator"]
+    assert {"answers_429", "answers_418", "worst_rolling_60s_weight", "worst_fixed_minute_weight",
+            "first_fetch_s", "refresh_interval_s", "end_gap_s"} <= sim.keys()
+    accounts = report["params"]["accounts"]
+    # Correctness, not speed: the quick run asks for more than the budget, so the governor paces
+    # (deferred fetches), yet nothing is refused, every account gets fetched and ends up.
+    assert sim["answers_429"] == sim["answers_418"] == 0
+    assert sim["worst_rolling_60s_weight"] <= report["budget_per_minute"]
+    assert sim["accounts_never_fetched"] == 0
+    assert report["fetches_deferred_total"] > 0
+    assert report["up_per_scrape"][-1] == accounts
+    assert all(s["status"] == 200 for s in report["scrapes"]) and report["stderr_tracebacks"] == 0
+    assert all(t["result"] in ("PASS", "FAIL") for t in report["targets"])
+
+    assert "### Targets" in subs_out
+    report = json.loads(subs_json.read_text())
+    assert {"machine", "params", "single", "master", "targets", "profile", "duration_s"} <= report.keys()
+    n = report["params"]["sub_accounts"]
+    for phase in (report["single"], report["master"]):
+        assert {"ready_s", "first_full_scrape_s", "wall_median_s", "wall_p95_s", "cpu_ms_per_account_scrape",
+                "rss_mb_peak_hwm", "connections", "answers_429_418",
+                "worst_rolling_60s_weight_sapi_host"} <= phase.keys()
+        assert phase["up_ok"] == phase["up_expected"] and phase["non_200"] == 0 and phase["stderr_tracebacks"] == 0
+        assert phase["answers_429_418"] == 0
+    master = report["master"]
+    assert master["accounts"] == n and master["sub_accounts_gauge"] == n
+    assert master["requests_by_path"]["/sapi/v2/sub-account/futures/account"] >= n * (master["scrapes"] + 1)
+    assert master["fetches_deferred_total"] == 0
+    assert all(t["result"] in ("PASS", "FAIL") for t in report["targets"])
