@@ -49,7 +49,7 @@ class Governor:
         self._tau = 0.0  # burst tolerance, seconds
         self._reported_minute = -1
         self._reported_used = 0
-        self._reported_at = 0.0
+        self._since_report = 0  # weight admitted after Binance's latest figure (not yet in it)
 
     @property
     def rate(self) -> float:
@@ -80,8 +80,7 @@ class Governor:
         server_ms = self._server_ms()
         if server_ms // 60000 != self._reported_minute:
             return 0.0
-        ours_since = sum(w for t, w in self._sent if t > self._reported_at)
-        if self._reported_used + ours_since + weight <= self.weight_limit * (1 - IP_RESERVE_SHARE):
+        if self._reported_used + self._since_report + weight <= self.weight_limit * (1 - IP_RESERVE_SHARE):
             return 0.0
         return (60000 - server_ms % 60000) / 1000.0 + 0.05
 
@@ -126,6 +125,7 @@ class Governor:
             self._tat = tat + weight / self._rate
             self._sent.append((now, weight))
             self._sent_sum += weight
+            self._since_report += weight
             return True
 
     def ip_room(self, weight: int) -> bool:
@@ -140,6 +140,7 @@ class Governor:
                 if self._sent[index][1] == weight:
                     del self._sent[index]
                     self._sent_sum -= weight
+                    self._since_report = max(0, self._since_report - weight)
                     return
 
     def stall(self) -> None:
@@ -156,9 +157,10 @@ class Governor:
         with self._lock:
             if minute != self._reported_minute:
                 self._reported_minute, self._reported_used = minute, used
-            else:
-                self._reported_used = max(self._reported_used, used)
-            self._reported_at = self._monotonic()
+                self._since_report = 0
+            elif used >= self._reported_used:  # an older answer arriving late tells nothing new
+                self._reported_used = used
+                self._since_report = 0
 
     # ---- reading -------------------------------------------------------------------------
     def used_last_minute(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.engine import DiscoveryView, HostView, ScrapeResult
@@ -31,6 +32,14 @@ def _gauges(families: tuple[Family, ...]) -> dict[str, GaugeMetricFamily]:
 
 def _gauge(name: str, text: str, labels: tuple[str, ...]) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{NS}_{name}", text, labels=list(labels))
+
+
+def _put(family: Metric, labels: dict[str, str], value: float) -> None:
+    """family.add_metric, given the label dict: the ~10-60 samples of one account, asset or position
+    share one dict instead of zipping a new one each (half of the renderer's CPU at 500 sub-accounts).
+    Counters take their `_total` sample name, as CounterMetricFamily.add_metric gives it."""
+    name = family.name + "_total" if family.type == "counter" else family.name
+    family.samples.append(Sample(name, labels, value, None))
 
 
 def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
@@ -66,48 +75,48 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
     for view in result.targets:
         target = view.target
         account = target.account
-        key = [target.alias, target.market]
+        acct = {"alias": target.alias, "market": target.market}
         if target.market != "pm":
             for asset, amount in account.min_available_balance.items():
                 if asset in view.assets:  # only assets the account holds in this market
-                    min_available.add_metric([*key, asset], amount)
+                    _put(min_available, {**acct, "asset": asset}, amount)
             if account.max_margin_ratio is not None:
-                max_margin_ratio.add_metric(key, account.max_margin_ratio)
+                _put(max_margin_ratio, acct, account.max_margin_ratio)
             if account.min_liquidation_distance is not None:
-                min_liq_distance.add_metric(key, account.min_liquidation_distance)
+                _put(min_liq_distance, acct, account.min_liquidation_distance)
         elif account.min_uni_mmr is not None:
-            min_uni_mmr.add_metric(key, account.min_uni_mmr)
-        host_info.add_metric([*key, target.host.label], 1.0)
+            _put(min_uni_mmr, acct, account.min_uni_mmr)
+        _put(host_info, {**acct, "host": target.host.label}, 1.0)
         if target.master is not None and target.alias not in seen_sub:
             seen_sub.add(target.alias)
-            sub_info.add_metric([target.alias, target.master, target.email or ""], 1.0)
-        up.add_metric(key, 1.0 if view.up else 0.0)
+            _put(sub_info, {"alias": target.alias, "master": target.master, "email": target.email or ""}, 1.0)
+        _put(up, acct, 1.0 if view.up else 0.0)
         if view.duration is not None:
-            duration.add_metric(key, view.duration)
+            _put(duration, acct, view.duration)
         if view.last_success is not None:
-            last_success.add_metric(key, view.last_success)
+            _put(last_success, acct, view.last_success)
         for reason, count in view.errors:
-            errors.add_metric([*key, reason], count)
+            _put(errors, {**acct, "reason": reason}, count)
         snap = view.snapshot
         if snap is None:
             continue
         if snap.account_alias:
-            info.add_metric([*key, snap.account_alias], 1.0)
+            _put(info, {**acct, "account_alias": snap.account_alias}, 1.0)
         for row in snap.assets:
             if skip_zero and row.zero and row.asset not in account.min_available_balance:
                 continue
-            labels = [*key, row.asset]
+            labels = {**acct, "asset": row.asset}
             for name, value in row.values.items():
-                assets[name].add_metric(labels, value)
+                _put(assets[name], labels, value)
         for name, value in snap.totals.items():
-            totals[name].add_metric(key, value)
+            _put(totals[name], acct, value)
         if snap.status is not None:
             for state in PM_ACCOUNT_STATUSES:
-                status.add_metric([*key, state], 1.0 if state == snap.status else 0.0)
+                _put(status, {**acct, "status": state}, 1.0 if state == snap.status else 0.0)
         for pos in snap.positions:
-            labels = [*key, pos.symbol, pos.side]
+            labels = {**acct, "symbol": pos.symbol, "position_side": pos.side}
             for name, value in pos.values.items():
-                positions[name].add_metric(labels, value)
+                _put(positions[name], labels, value)
     yield from assets.values()
     yield from (min_available, info)
     yield from totals.values()

@@ -15,7 +15,7 @@ import html
 from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, quote
 
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder, gzip_accepted
@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.engine import Engine
+from exporter.exposition import encode_text
 from exporter.httpserver import parse_listen_address, serve
 from exporter.render import families
 from exporter.webconfig import BasicAuth
@@ -118,7 +119,7 @@ def scrape_registry(collector: ScrapeCollector) -> CollectorRegistry:
 def exposition(registry: CollectorRegistry, environ: dict, start_response: StartResponse) -> list[bytes]:
     accept = environ.get("HTTP_ACCEPT", "")
     if _wants_text(accept):
-        encoder, content_type = generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+        encoder, content_type = encode_text, CONTENT_TYPE_PLAIN_0_0_4
     else:
         encoder, content_type = choose_encoder(accept)
     names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
