@@ -136,7 +136,7 @@ class AccountConfig:
 class Config:
     source: str
     accounts: tuple[AccountConfig, ...]
-    max_concurrency: int = 256
+    max_concurrency: int = 512
     weight_limit: int = 2400
     coinm_weight_limit: int = 2400
     pm_weight_limit: int = 6000

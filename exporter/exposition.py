@@ -24,6 +24,14 @@ _MUNGED_TYPES = {"counter": ("_total", "counter"), "info": ("_info", "gauge"), "
 _OM_SUFFIXES = ("_created", "_gsum", "_gcount")
 
 
+def _value(number: float) -> str:
+    """floatToGoString's text, without its work for the common case: a finite float whose repr has no
+    exponent to convert (Go writes positive values from 1e6 up with one; repr does too from 1e16)."""
+    if number.__class__ is float and -1e6 < number < 1e6:
+        return repr(number)
+    return floatToGoString(number)
+
+
 def _escape_value(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
@@ -68,7 +76,7 @@ def encode_text(registry: Collector) -> bytes:
     def sample_line(sample) -> str:  # noqa: ANN001 - prometheus_client's Sample
         labels = label_str(sample.labels) if sample.labels else ""
         timestamp = "" if sample.timestamp is None else f" {int(float(sample.timestamp) * 1000):d}"
-        return f"{metric_name(sample.name)}{labels} {floatToGoString(sample.value)}{timestamp}\n"
+        return f"{metric_name(sample.name)}{labels} {_value(sample.value)}{timestamp}\n"
 
     for metric in registry.collect():
         suffix, mtype = _MUNGED_TYPES.get(metric.type, ("", metric.type))

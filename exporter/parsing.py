@@ -137,35 +137,53 @@ def _millis(value: Any, where: str) -> float:
     return value / 1000.0
 
 
+_MISSING = object()
+_DECIMAL_KINDS = frozenset({"decimal", "opt_decimal"})
+_DECIMAL_MATCH = DECIMAL_RE.fullmatch  # at most 30 + 30 digits: float() of it is always finite
+
+
 def read_fields(item: Mapping[str, Any], fields: Sequence[Field], where: str) -> dict[str, float]:
     """The metric values of one JSON object, per its field table."""
     values: dict[str, float] = {}
     for spec in fields:
-        if spec.json not in item or spec.metric is None:
-            if spec.kind == "decimal" and spec.metric is not None:
+        metric = spec.metric
+        if metric is None:
+            continue
+        raw = item.get(spec.json, _MISSING)
+        kind = spec.kind
+        if kind in _DECIMAL_KINDS and raw.__class__ is str and _DECIMAL_MATCH(raw):
+            values[metric] = float(raw)  # the common case, first: a plain decimal string
+            continue
+        if raw is _MISSING:
+            if kind == "decimal":
                 raise BadResponse(f"{where}: field {spec.json} is missing")
             continue
-        raw = item[spec.json]
         name = f"{where}.{spec.json}"
-        if spec.kind == "bool":
+        if kind == "bool":
             if raw is None:
                 continue
             if not isinstance(raw, bool):
                 raise BadResponse(f"field {name} is not a boolean")
-            values[spec.metric] = 1.0 if raw else 0.0
-        elif spec.kind == "millis":
+            values[metric] = 1.0 if raw else 0.0
+        elif kind == "millis":
             if raw is not None and raw != 0:  # 0: never updated (an untouched asset), not 1970
-                values[spec.metric] = _millis(raw, name)
-        elif spec.kind == "opt_decimal" and (raw == "" or raw is None):
+                values[metric] = _millis(raw, name)
+        elif kind == "opt_decimal" and (raw == "" or raw is None):
             continue  # "no value" (Portfolio Margin sends "" in numeric fields)
-        else:
-            values[spec.metric] = parse_decimal(raw, name)
+        elif kind in _DECIMAL_KINDS:
+            values[metric] = parse_decimal(raw, name)
     return values
 
 
+_AMOUNTS: dict[int, tuple[Sequence[Field], tuple[str, ...]]] = {}
+
+
 def _amounts_zero(values: Mapping[str, float], fields: Sequence[Field]) -> bool:
-    return all(values.get(f.metric, 0.0) == 0.0 for f in fields
-               if f.metric is not None and f.kind in ("decimal", "opt_decimal"))
+    known = _AMOUNTS.get(id(fields))  # the entry keeps the table alive: its id stays its own
+    if known is None or known[0] is not fields:
+        known = _AMOUNTS[id(fields)] = (fields, tuple(f.metric for f in fields
+                                                      if f.metric and f.kind in _DECIMAL_KINDS))
+    return not any(values.get(m, 0.0) for m in known[1])
 
 
 def _label(value: Any, pattern: re.Pattern[str], what: str) -> str:

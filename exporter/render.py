@@ -102,14 +102,16 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
             continue
         if snap.account_alias:
             _put(info, {**acct, "account_alias": snap.account_alias}, 1.0)
-        for row in snap.assets:
+        for row in snap.assets:  # the hot loop: samples appended directly, as GaugeMetricFamily would
             if skip_zero and row.zero and row.asset not in account.min_available_balance:
                 continue
             labels = {**acct, "asset": row.asset}
             for name, value in row.values.items():
-                _put(assets[name], labels, value)
+                family = assets[name]
+                family.samples.append(Sample(family.name, labels, value, None))
         for name, value in snap.totals.items():
-            _put(totals[name], acct, value)
+            family = totals[name]
+            family.samples.append(Sample(family.name, acct, value, None))
         if snap.status is not None:
             for state in PM_ACCOUNT_STATUSES:
                 _put(status, {**acct, "status": state}, 1.0 if state == snap.status else 0.0)

@@ -104,9 +104,18 @@ def load_private_key(pem: bytes, passphrase: bytes | None) -> KeyPairSigner:
     return KeyPairSigner(key)
 
 
+def _quote(value: str, safe: str = "", encoding: str | None = None, errors: str | None = None) -> str:
+    return quote(value, safe="@" + safe, encoding=encoding, errors=errors)
+
+
 def build_query(params: list[tuple[str, str]]) -> str:
-    """Encode parameters in the given order with RFC 3986 percent-encoding."""
-    return urlencode(params, quote_via=quote)
+    """Encode parameters in the given order with RFC 3986 percent-encoding, keeping "@".
+
+    "@" may stand in a query (RFC 3986's pchar), and Binance's own connector sends a
+    sub-account's email with it unencoded (`urlencode(...).replace("%40", "@")`); a
+    query without "%" also keeps urllib3 off its per-character re-encoding path.
+    """
+    return urlencode(params, quote_via=_quote)
 
 
 def signed_query(params: list[tuple[str, str]], signer: Signer) -> str:

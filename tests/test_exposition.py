@@ -29,7 +29,8 @@ def registry(*metrics) -> CollectorRegistry:
 
 text = st.text(max_size=12)  # any unicode, quotes, backslashes, newlines, surrogates excluded below
 names = st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:.\-]{0,15}", fullmatch=True)
-values = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10**6)
+values = (st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10**6)
+          | st.sampled_from([0.0, -0.0, 1e-7, 999999.9999999, 1e6, -1e6, 123456789.123, -5e15, 1e16, 2.5e22]))
 
 
 @settings(max_examples=300, deadline=None)

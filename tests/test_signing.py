@@ -59,6 +59,11 @@ def test_encoding_is_rfc3986() -> None:
         "symbol=%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT&a=x%20y%2Fz~"
 
 
+def test_an_email_keeps_its_at_sign_as_binances_connector_sends_it() -> None:
+    assert build_query([("email", "bot+1@desk.example.com"), ("futuresType", "1")]) == \
+        "email=bot%2B1@desk.example.com&futuresType=1"
+
+
 def test_repr_hides_secret() -> None:
     signer = HmacSigner(Secret(SECRET))
     assert SECRET not in repr(signer) and SECRET not in str(signer)
