@@ -114,7 +114,7 @@ def note_answer(host: Host, resp: Response, sent_at: float) -> float:
     """What every answer tells about the host: used weight, and a pause if it is a 429/418."""
     used = parse_weight(resp.headers.get(HOST_KINDS[host.kind].weight_header))
     if used is not None:
-        host.governor.note_reported(used)
+        host.governor.note_reported(used, sent_at)
     if resp.status in (418, 429):
         host.count_limited(resp.status)
         _, msg = parse_error(resp.body)

@@ -32,6 +32,10 @@ WINDOW_SLACK_S = 1.0
 # the figure is as old as our last answer, bots may spend weight meanwhile, and
 # what they need is worth more than one more refresh of ours.
 IP_RESERVE_SHARE = 0.10
+# Our estimate of Binance's clock is good to a fraction of the round trip: a figure
+# from an answer whose request was in flight this close to a minute boundary may
+# belong to either minute.
+MINUTE_EDGE_MS = 500.0
 
 
 class Governor:
@@ -151,9 +155,21 @@ class Governor:
     def _stall_locked(self, now: float) -> None:
         self._tat = max(self._tat if self._tat is not None else now, now + self._tau)
 
-    def note_reported(self, used: int) -> None:
-        """Binance's X-MBX-USED-WEIGHT-1M from an answer: the IP's total this minute."""
-        minute = self._server_ms() // 60000
+    def note_reported(self, used: int, sent_at: float | None = None) -> None:
+        """Binance's X-MBX-USED-WEIGHT-1M from an answer: the IP's total in its minute.
+
+        `sent_at` (monotonic) is when the request left. A request that crossed a
+        minute boundary carries a figure that may belong to the minute that ended
+        (taken as this minute's, 1180 of the last minute would block us for the
+        rest of this one), and so may one that left within MINUTE_EDGE_MS of the
+        boundary: such a figure is not used; the next answer tells.
+        """
+        now_ms = self._server_ms()
+        minute = now_ms // 60000
+        if sent_at is not None:
+            elapsed_ms = max(0.0, self._monotonic() - sent_at) * 1000.0
+            if (now_ms - elapsed_ms - MINUTE_EDGE_MS) // 60000 != minute:
+                return
         with self._lock:
             if minute != self._reported_minute:
                 self._reported_minute, self._reported_used = minute, used

@@ -126,6 +126,23 @@ def test_reported_weight_keeps_the_minutes_highest() -> None:
     assert gov.reported_this_minute() == 7
 
 
+def test_a_figure_from_a_request_that_crossed_the_minute_is_not_this_minutes() -> None:
+    clock = Clock()  # 20 s into a Binance minute
+    gov = governor(clock, limit=2400)
+    gov.plan(round_weight=100, interval_s=15, largest_call=5)
+    clock.advance(39.8)
+    sent_at = clock.now
+    clock.advance(0.3)  # the answer comes back 0.1 s into the next minute
+    gov.note_reported(2158, sent_at)  # counted in the minute that ended, or in this one: unknown
+    assert gov.reported_this_minute() is None
+    assert gov.try_acquire(5)  # not blocked for the rest of this minute by the last one's total
+    clock.advance(0.5)
+    sent_at = clock.now  # 0.6 s into the minute: this figure is this minute's
+    clock.advance(0.3)
+    gov.note_reported(20, sent_at)
+    assert gov.reported_this_minute() == 20
+
+
 def test_a_follow_up_skips_pacing_but_not_the_cap() -> None:
     clock = Clock()
     gov = governor(clock, limit=20, share=0.5)  # cap 10
