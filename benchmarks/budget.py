@@ -55,14 +55,16 @@ from benchmarks.procstats import (  # noqa: E402
     SimProcess,
     exporter_config,
     fetch,
+    fill_defaults,
     fmt,
-    machine_info,
     md_table,
     median,
     metric_samples,
     peak_rss,
     percentile,
+    report_head,
     rolling_max,
+    rolling_windows,
     sample,
     write_json,
 )
@@ -96,13 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/budget.json)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
     args = p.parse_args(argv)
-    q = args.quick
-    args.accounts = args.accounts if args.accounts is not None else (10 if q else 300)
-    args.latency_ms = args.latency_ms if args.latency_ms is not None else (20.0 if q else 300.0)
-    args.interval = args.interval if args.interval is not None else (1.0 if q else 15.0)
-    args.duration = args.duration if args.duration is not None else (5.0 if q else 180.0)
+    fill_defaults(args, accounts=(10, 300), latency_ms=(20.0, 300.0), interval=(1.0, 15.0), duration=(5.0, 180.0))
     if args.output is None:
-        args.output = RESULTS / ("budget-quick.json" if q else "budget.json")
+        args.output = RESULTS / ("budget-quick.json" if args.quick else "budget.json")
     if args.accounts < 1 or args.interval <= 0 or args.duration < 0:
         p.error("--accounts, --interval must be positive, --duration >= 0")
     return args
@@ -156,12 +154,8 @@ def windows_over(events: list[tuple[float, float]], cap: float, window: float = 
     how long before the newest request the request that had just left it arrived.
     """
     data = sorted(events)
-    total, low, found = 0.0, 0, []
-    for t, value in data:
-        total += value
-        while data[low][0] <= t - window:
-            total -= data[low][1]
-            low += 1
+    found = []
+    for t, total, low in rolling_windows(data, window):
         if total > cap:
             found.append({"weight": total, "span_s": round(t - data[low][0], 4),
                           "next_older_gap_s": round(t - data[low - 1][0], 4) if low > 0 else None})
@@ -354,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"warning: the simulator's request log dropped {entries['dropped']} entries")
     budget_lines = [line for line in stderr.splitlines() if "weight budget" in line]
     report: dict[str, Any] = {
-        "benchmark": "budget",
-        "command": " ".join(["python -m benchmarks.budget", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
-        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **report_head("budget", argv, args),
         "exporter_config": {k: v for k, v in config.items() if k != "accounts"},
         "budget_per_minute": args.weight_limit * args.share,
         "round_trip_s": args.latency_ms / 1000.0,

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import requests
 import yaml
@@ -98,19 +98,26 @@ def median(values: Sequence[float]) -> float | None:
     return percentile(values, 50.0)
 
 
-def rolling_max(events: Iterable[tuple[float, float]], window: float = 60.0) -> tuple[float, float | None]:
-    """The largest sum of values in any `window` seconds, and when that window ended.
+def rolling_windows(data: Sequence[tuple[float, float]], window: float = 60.0) -> Iterator[tuple[float, float, int]]:
+    """For each event of time-sorted `data`: its time t, the sum of values in (t - window, t],
+    and the index in `data` of that window's oldest event.
 
-    Windows are (t - window, t] at every event's time t, the way the exporter's
-    governor counts its rolling minute (an event exactly `window` old has expired).
+    Windows are half-open the way the exporter's governor counts its rolling
+    minute (an event exactly `window` old has expired).
     """
-    data = sorted(events)
-    best, best_end, total, low = 0.0, None, 0.0, 0
+    total, low = 0.0, 0
     for t, value in data:
         total += value
         while data[low][0] <= t - window:
             total -= data[low][1]
             low += 1
+        yield t, total, low
+
+
+def rolling_max(events: Iterable[tuple[float, float]], window: float = 60.0) -> tuple[float, float | None]:
+    """The largest sum of values in any `window` seconds, and when that window ended."""
+    best, best_end = 0.0, None
+    for t, total, _ in rolling_windows(sorted(events), window):
         if total > best:
             best, best_end = total, t
     return best, best_end
@@ -243,6 +250,23 @@ def machine_info() -> dict[str, Any]:
         "exporter_version": __version__,
         "git_commit": _git_commit(),
         "git_uncommitted_exporter_files": _git_dirty(),
+    }
+
+
+def fill_defaults(args: Any, **defaults: tuple[Any, Any]) -> None:
+    """Each option left unset gets its (quick, full) default, by `args.quick`."""
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+
+
+def report_head(name: str, argv: list[str] | None, args: Any) -> dict[str, Any]:
+    """What every result file starts with: which benchmark, how it was run, on what."""
+    return {
+        "benchmark": name,
+        "command": " ".join([f"python -m benchmarks.{name}", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine_info(),
+        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
 
 

@@ -68,13 +68,14 @@ from benchmarks.procstats import (  # noqa: E402
     SimProcess,
     exporter_config,
     fetch,
+    fill_defaults,
     fmt,
-    machine_info,
-    py_spy,
     md_table,
     median,
     peak_rss,
     percentile,
+    py_spy,
+    report_head,
     sample,
     write_json,
 )
@@ -121,9 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.accounts = [int(x) for x in (args.accounts or ("1,5" if q else "1,10,100,300")).split(",") if x.strip()]
     if not args.accounts or min(args.accounts) < 1:
         p.error("--accounts needs positive integers")
-    args.latency_ms = args.latency_ms if args.latency_ms is not None else (50.0 if q else 300.0)
-    args.scrapes = args.scrapes if args.scrapes is not None else (3 if q else 20)
-    args.memory_scrapes = args.memory_scrapes if args.memory_scrapes is not None else (0 if q else RSS_TARGET_SCRAPES)
+    fill_defaults(args, latency_ms=(50.0, 300.0), scrapes=(3, 20), memory_scrapes=(0, RSS_TARGET_SCRAPES))
     args.accept = PROMETHEUS_ACCEPT if args.format == "prometheus" else "text/plain;version=0.0.4"
     if args.output is None:
         args.output = RESULTS / ("quick.json" if q else "latest.json")
@@ -477,10 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile = run_profile(sim, largest, args, workdir, log)
     targets = evaluate(runs, args)
     report = {
-        "benchmark": "scrape",
-        "command": " ".join(["python -m benchmarks.scrape", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
-        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **report_head("scrape", argv, args),
         "runs": runs,
         "targets": targets,
         "profile": profile,

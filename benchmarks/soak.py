@@ -52,10 +52,10 @@ from benchmarks.procstats import (  # noqa: E402
     credentials,
     exporter_config,
     fetch,
-    machine_info,
     md_table,
     metric_samples,
     percentile,
+    report_head,
     sample,
     slope_per_minute,
     write_json,
@@ -320,10 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     targets = [{"target": name, "result": "PASS" if ok else "FAIL", "detail": detail} for name, ok, detail in checks]
     report = {
-        "benchmark": "soak",
-        "command": " ".join(["python -m benchmarks.soak", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
-        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **report_head("soak", argv, args),
         "elapsed_s": elapsed,
         "scrapes": total,
         "scrapes_per_second": total / elapsed if elapsed else None,

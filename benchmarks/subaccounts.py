@@ -67,14 +67,15 @@ from benchmarks.procstats import (  # noqa: E402
     SimProcess,
     credentials,
     fetch,
+    fill_defaults,
     fmt,
-    machine_info,
     md_table,
     median,
     metric_samples,
     peak_rss,
     percentile,
     py_spy,
+    report_head,
     rolling_max,
     sample,
     write_json,
@@ -112,11 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
     args = p.parse_args(argv)
     q = args.quick
-    args.sub_accounts = args.sub_accounts if args.sub_accounts is not None else (20 if q else 500)
-    args.latency_ms = args.latency_ms if args.latency_ms is not None else (20.0 if q else 300.0)
-    args.scrapes = args.scrapes if args.scrapes is not None else (3 if q else 20)
-    args.interval = args.interval if args.interval is not None else (0.5 if q else 7.5)
-    args.baseline_interval = args.baseline_interval if args.baseline_interval is not None else (0.2 if q else 1.0)
+    fill_defaults(args, sub_accounts=(20, 500), latency_ms=(20.0, 300.0), scrapes=(3, 20), interval=(0.5, 7.5),
+                  baseline_interval=(0.2, 1.0))
     if args.output is None:
         args.output = RESULTS / ("subaccounts-quick.json" if q else "subaccounts.json")
     if args.profile == "auto":
@@ -421,10 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile = run_profile(sim, args, workdir, log)
     targets = evaluate(single, master, args)
     report = {
-        "benchmark": "subaccounts",
-        "command": " ".join(["python -m benchmarks.subaccounts", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(),
-        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **report_head("subaccounts", argv, args),
         "single": single,
         "master": master,
         "targets": targets,
