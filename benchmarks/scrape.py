@@ -50,7 +50,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # `python benchmarks/scrape.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -291,43 +291,58 @@ def summarize_profile(raw: str, top: int = 15) -> dict[str, Any]:
             "self_by_package": share(cat_counts), "inclusive_by_package": share(incl_cat)}
 
 
-def run_profile(sim: SimProcess, n: int, args: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
-    config = exporter_config(sim.base_url, n, max_concurrency=args.max_concurrency,
-                             timeout_seconds=args.timeout_seconds)
-    exp = ExporterProcess(config, workdir, name=f"profile-{n}").start()
-    assert exp.proc is not None
-    out_raw = workdir / f"profile-{n}.txt"
-    session = requests.Session()
-    url = f"{exp.base_url}/metrics"
-    header = args.scrape_timeout or None
+def py_spy_profile(pid: int, workdir: Path, name: str, scrape: Callable[[], float], scrapes: int,
+                   log: Any) -> dict[str, Any]:
+    """Record py-spy on `pid` while `scrape` (returning its wall time) runs `scrapes` times.
+
+    The collapsed stacks are kept as benchmarks/results/<name>.txt; the summary says
+    where the samples went.
+    """
+    out_raw = workdir / f"{name}.txt"
+    spy = subprocess.Popen([py_spy() or "py-spy", "record", "--pid", str(pid), "--rate", "200", "--gil",
+                            "--format", "raw", "--nolineno", "--output", str(out_raw)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        fetch(session, url, 120, header, args.accept)  # warm-up: connections, first-use imports
-        spy = subprocess.Popen([py_spy() or "py-spy", "record", "--pid", str(exp.proc.pid), "--rate", "200", "--gil",
-                                "--format", "raw", "--nolineno", "--output", str(out_raw)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)  # let py-spy attach
-        walls = [fetch(session, url, 120, header, args.accept).seconds for _ in range(args.profile_scrapes)]
+        walls = [scrape() for _ in range(scrapes)]
+    finally:
         spy.send_signal(signal.SIGINT)
         try:
             _, spy_err = spy.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             spy.kill()
             _, spy_err = spy.communicate()
-    finally:
-        session.close()
-        exp.stop()
     if not out_raw.exists():
         log(f"  py-spy wrote nothing: {spy_err.strip()[-500:]}")
         return {"tool": "py-spy", "error": spy_err.strip()[-500:]}
     raw = out_raw.read_text(encoding="utf-8", errors="replace")
-    keep = RESULTS / f"profile-{n}.txt"
+    keep = RESULTS / f"{name}.txt"
     keep.parent.mkdir(parents=True, exist_ok=True)
     keep.write_text(raw, encoding="utf-8")
     summary = summarize_profile(raw)
-    summary.update({"tool": "py-spy record --rate 200 --gil --nolineno (samples of the thread holding the GIL)", "accounts": n,
-                    "scrapes": args.profile_scrapes, "wall_median_s_under_profiler": median(walls),
+    summary.update({"tool": "py-spy record --rate 200 --gil --nolineno (samples of the thread holding the GIL)",
+                    "scrapes": scrapes, "wall_median_s_under_profiler": median(walls),
                     "collapsed_stacks": str(keep.relative_to(RESULTS.parent.parent))})
     return summary
+
+
+def run_profile(sim: SimProcess, n: int, args: argparse.Namespace, workdir: Path, log: Any) -> dict[str, Any]:
+    config = exporter_config(sim.base_url, n, max_concurrency=args.max_concurrency,
+                             timeout_seconds=args.timeout_seconds)
+    exp = ExporterProcess(config, workdir, name=f"profile-{n}").start()
+    assert exp.proc is not None
+    session = requests.Session()
+    url = f"{exp.base_url}/metrics"
+    header = args.scrape_timeout or None
+    try:
+        fetch(session, url, 120, header, args.accept)  # warm-up: connections, first-use imports
+        summary = py_spy_profile(exp.proc.pid, workdir, f"profile-{n}",
+                                 lambda: fetch(session, url, 120, header, args.accept).seconds,
+                                 args.profile_scrapes, log)
+    finally:
+        session.close()
+        exp.stop()
+    return {**summary, "accounts": n}
 
 
 # -- report --------------------------------------------------------------------------------

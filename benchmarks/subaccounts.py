@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,7 +78,7 @@ from benchmarks.procstats import (  # noqa: E402
     sample,
     write_json,
 )
-from benchmarks.scrape import summarize_profile  # noqa: E402
+from benchmarks.scrape import py_spy_profile  # noqa: E402
 
 MASTER = "master"
 SINGLE = "single"
@@ -287,45 +285,28 @@ def run_profile(sim: SimProcess, args: argparse.Namespace, workdir: Path, log: A
     cfg = config(sim.base_url, True, args.interval, args)
     exp = ExporterProcess(cfg, workdir, name="profile").start()
     assert exp.proc is not None
-    out_raw = workdir / "profile-subaccounts.txt"
     session = requests.Session()
     url = f"{exp.base_url}/metrics"
-    spy_err = ""
+    t0 = 0.0
+    count = 0
+
+    def scrape() -> float:
+        nonlocal t0, count
+        if count == 0:
+            t0 = time.monotonic()
+        delay = t0 + count * args.interval - time.monotonic()
+        count += 1
+        if delay > 0:
+            time.sleep(delay)
+        return fetch(session, url, 60, args.scrape_timeout).seconds
+
     try:
         fetch(session, url, 60, args.scrape_timeout)  # warm-up: connections, first-use imports
-        spy = subprocess.Popen([py_spy() or "py-spy", "record", "--pid", str(exp.proc.pid), "--rate", "200", "--gil",
-                                "--format", "raw", "--nolineno", "--output", str(out_raw)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)  # let py-spy attach
-        t0 = time.monotonic()
-        walls = []
-        for k in range(args.profile_scrapes):
-            delay = t0 + k * args.interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            walls.append(fetch(session, url, 60, args.scrape_timeout).seconds)
-        spy.send_signal(signal.SIGINT)
-        try:
-            _, spy_err = spy.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            _, spy_err = spy.communicate()
+        summary = py_spy_profile(exp.proc.pid, workdir, "profile-subaccounts", scrape, args.profile_scrapes, log)
     finally:
         session.close()
         exp.stop()
-    if not out_raw.exists():
-        log(f"  py-spy wrote nothing: {spy_err.strip()[-500:]}")
-        return {"tool": "py-spy", "error": spy_err.strip()[-500:]}
-    raw = out_raw.read_text(encoding="utf-8", errors="replace")
-    keep = RESULTS / "profile-subaccounts.txt"
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    keep.write_text(raw, encoding="utf-8")
-    summary = summarize_profile(raw)
-    summary.update({"tool": "py-spy record --rate 200 --gil --nolineno (samples of the thread holding the GIL)",
-                    "sub_accounts": args.sub_accounts, "scrapes": args.profile_scrapes,
-                    "wall_median_s_under_profiler": median(walls),
-                    "collapsed_stacks": str(keep.relative_to(RESULTS.parent.parent))})
-    return summary
+    return {**summary, "sub_accounts": args.sub_accounts}
 
 
 def evaluate(single: dict[str, Any], master: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
