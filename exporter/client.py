@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from exporter.endpoints import HOST_KINDS, TIME_WEIGHT, Call
+from exporter.governor import Admission
 from exporter.hosts import Host, parse_weight
 from exporter.parsing import BadResponse, Snapshot, load_json, parse_error, printable
 from exporter.secrets import Secret
@@ -135,7 +136,7 @@ class Client:
         self._recv_window = str(recv_window_ms)
         self._sleep = sleep
 
-    def fetch(self, calls: Sequence[Call], deadline: float) -> Snapshot:
+    def fetch(self, calls: Sequence[Call], deadline: float, admission: Admission) -> Snapshot:
         """All calls of one refresh, whose weight the caller already took from the budget.
 
         Each call is checked again just before it is sent: a pause may have begun, or
@@ -147,8 +148,7 @@ class Client:
             if index == 0:
                 self.clock.ensure(deadline)
             if self.host.backoff.remaining()[0] > 0 or not self.host.governor.ip_room(call.weight):
-                for unsent in calls[index:]:
-                    self.host.governor.refund(unsent.weight)
+                self.host.governor.refund(admission, sum(unsent.weight for unsent in calls[index:]))
                 raise Skipped()
             snapshot = snapshot.merge(self._call(call, deadline))
         return snapshot

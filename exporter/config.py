@@ -471,8 +471,9 @@ def _sub_accounts(ctx: _Ctx, value: Any, environ: Mapping[str, str]) -> SubAccou
             if not isinstance(email, str) or "@" not in email:
                 raise sub.error("aliases", "keys must be sub-account emails")
             if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
+                got = quote_value(alias) if isinstance(alias, str) else _type_name(alias)
                 raise sub.error("aliases", "aliases must be 1-64 characters of letters, digits and _ . : @ -, "
-                                f"got {quote_value(alias)} for {quote_value(email)}")
+                                f"got {got} for {quote_value(email)}")
         if len(set(aliases.values())) != len(aliases):
             raise sub.error("aliases", "gives two sub-accounts the same alias")
         out["aliases"] = dict(aliases)

@@ -29,6 +29,7 @@ from exporter.client import REASONS, ScrapeError, Skipped
 from exporter.config import Config
 from exporter.discovery import DISCOVERY_TIMEOUT_S, Discovery, DiscoveryView, list_emails, select
 from exporter.discovery import view as discovery_view
+from exporter.governor import Admission
 from exporter.hosts import Host
 from exporter.logs import fields
 from exporter.parsing import Snapshot
@@ -282,35 +283,36 @@ class Engine:
             if state.admitted_at is not None and now - state.admitted_at < self.config.refresh_after(target.account):
                 return None
             queued = state.queued
-        if not queued and host.backoff.remaining()[0] == 0 and not self._host_busy(host) \
-                and host.governor.try_acquire(target.weight):
-            return self._start(state, min(deadline, now + target.account.timeout_seconds))
+        if not queued and host.backoff.remaining()[0] == 0 and not self._host_busy(host):
+            admission = host.governor.try_acquire(target.weight)
+            if admission is not None:
+                return self._start(state, min(deadline, now + target.account.timeout_seconds), admission)
         host.count_deferred()
         self._enqueue(state)
         return None
 
-    def _start(self, state: TargetState, deadline: float) -> Future[None] | None:
+    def _start(self, state: TargetState, deadline: float, admission: Admission) -> Future[None] | None:
         """Run a refresh whose weight was just taken from its host's budget."""
         with state.lock:
             if state.inflight is not None:  # another scrape won the race; its fetch serves both
-                state.target.host.governor.refund(state.target.weight)
+                state.target.host.governor.refund(admission, admission.weight)
                 return state.inflight
             previous, state.admitted_at = state.admitted_at, time.monotonic()
             state.queued = False
             try:
-                state.inflight = future = self.pool.submit(self._run, state, deadline, previous)
+                state.inflight = future = self.pool.submit(self._run, state, deadline, previous, admission)
             except RuntimeError:  # pool shut down
                 state.inflight = None
                 return None
             return future
 
-    def _run(self, state: TargetState, deadline: float, previous: float | None) -> None:
+    def _run(self, state: TargetState, deadline: float, previous: float | None, admission: Admission) -> None:
         target = state.target
         started = time.monotonic()
         snapshot: Snapshot | None = None
         error: ScrapeError | None = None
         try:
-            snapshot = target.client.fetch(target.calls, deadline)
+            snapshot = target.client.fetch(target.calls, deadline, admission)
         except Skipped:  # not sent: no attempt, no error; the account stays as old as it was
             target.host.count_deferred()
             with state.lock:
@@ -391,7 +393,14 @@ class Engine:
             log.warning("sub-account discovery failed", extra=fields(
                 master=master.alias, reason=error.reason, status=error.status, code=error.code, error=error.detail))
             return
-        self._apply_discovery(discovery, emails)
+        try:
+            self._apply_discovery(discovery, emails)
+        except Exception:  # a bug: log it, keep the targets as they were, try again next interval
+            log.error("unexpected error applying sub-account discovery", exc_info=True,
+                      extra=fields(master=master.alias))
+        finally:
+            with discovery.lock:
+                discovery.running = False
 
     def _exported_subs(self, master: str) -> int:
         with self._cond:
@@ -425,7 +434,6 @@ class Engine:
             self._subs_of[master.alias] = aliases
         with discovery.lock:
             discovery.listed = True
-            discovery.running = False
         self.plan_budgets()
         log.info("sub-accounts discovered", extra=fields(master=master.alias, found=len(aliases),
                                                         listed=len(emails)))
@@ -484,11 +492,12 @@ class Engine:
                 if wait > 0:
                     self._cond.wait(min(wait, 1.0))
                     continue
-                if not host.governor.try_acquire(state.target.weight):
+                admission = host.governor.try_acquire(state.target.weight)
+                if admission is None:
                     self._cond.wait(0.05)
                     continue
                 heapq.heappop(queue.heap)
-            self._start(state, time.monotonic() + state.target.account.timeout_seconds)
+            self._start(state, time.monotonic() + state.target.account.timeout_seconds, admission)
 
 
 def _age_key(state: TargetState) -> float:

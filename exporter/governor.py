@@ -38,6 +38,16 @@ IP_RESERVE_SHARE = 0.10
 MINUTE_EDGE_MS = 500.0
 
 
+class Admission:
+    """Weight taken from the budget at one moment: what a refund gives back to."""
+
+    __slots__ = ("at", "weight")
+
+    def __init__(self, at: float, weight: int) -> None:
+        self.at = at
+        self.weight = weight
+
+
 class Governor:
     def __init__(self, weight_limit: int, share: float, server_ms: Callable[[], int],
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -47,7 +57,7 @@ class Governor:
         self._server_ms = server_ms
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._sent: deque[tuple[float, int]] = deque()
+        self._sent: deque[Admission] = deque()
         self._sent_sum = 0
         self._tat: float | None = None  # theoretical arrival time (GCRA)
         self._tau = 0.0  # burst tolerance, seconds
@@ -76,8 +86,8 @@ class Governor:
 
     # ---- accounting ----------------------------------------------------------------------
     def _expire(self, now: float) -> None:
-        while self._sent and self._sent[0][0] <= now - WINDOW_S - WINDOW_SLACK_S:
-            self._sent_sum -= self._sent.popleft()[1]
+        while self._sent and self._sent[0].at <= now - WINDOW_S - WINDOW_SLACK_S:
+            self._sent_sum -= self._sent.popleft().weight
 
     def _ip_blocked(self, weight: int) -> float:
         """Seconds until the next Binance minute, if the IP's total leaves no room now; else 0."""
@@ -92,10 +102,10 @@ class Governor:
         if self._sent_sum + weight <= self.cap:
             return 0.0
         need = self._sent_sum + weight - self.cap
-        for t, w in self._sent:
-            need -= w
+        for entry in self._sent:
+            need -= entry.weight
             if need <= 0:
-                return t + WINDOW_S + WINDOW_SLACK_S - now
+                return entry.at + WINDOW_S + WINDOW_SLACK_S - now
         return WINDOW_S  # a single request heavier than the cap: never (caller caps weights)
 
     def _pace_wait(self, now: float) -> float:
@@ -110,8 +120,8 @@ class Governor:
             self._expire(now)
             return max(self._cap_wait(now, weight), self._ip_blocked(weight), self._pace_wait(now))
 
-    def try_acquire(self, weight: int, pace: bool = True) -> bool:
-        """Take `weight` from the budget for a request about to be sent; False: don't send it.
+    def try_acquire(self, weight: int, pace: bool = True) -> Admission | None:
+        """Take `weight` from the budget for requests about to be sent; None: don't send them.
 
         `pace=False` is for single follow-ups of an admitted refresh (a retry, a clock
         re-sync): they still count against the cap and the IP total, but don't wait
@@ -122,30 +132,32 @@ class Governor:
             self._expire(now)
             if self._cap_wait(now, weight) > 0 or self._ip_blocked(weight) > 0:
                 self._stall_locked(now)
-                return False
+                return None
             if pace and self._pace_wait(now) > 0:
-                return False
+                return None
             tat = now if self._tat is None else max(self._tat, now)
             self._tat = tat + weight / self._rate
-            self._sent.append((now, weight))
+            admission = Admission(now, weight)
+            self._sent.append(admission)
             self._sent_sum += weight
             self._since_report += weight
-            return True
+            return admission
 
     def ip_room(self, weight: int) -> bool:
         """Does the IP's total (as last reported) still leave room for `weight` this minute?"""
         with self._lock:
             return self._ip_blocked(weight) == 0
 
-    def refund(self, weight: int) -> None:
-        """Weight taken for a request that was then not sent (e.g. the IP's total ran out meanwhile)."""
+    def refund(self, admission: Admission, weight: int) -> None:
+        """Give back `weight` of `admission` for requests that were then not sent (e.g. the
+        IP's total ran out meanwhile, or another scrape's fetch serves this one)."""
         with self._lock:
-            for index in range(len(self._sent) - 1, -1, -1):
-                if self._sent[index][1] == weight:
-                    del self._sent[index]
-                    self._sent_sum -= weight
-                    self._since_report = max(0, self._since_report - weight)
-                    return
+            weight = min(weight, admission.weight)
+            admission.weight -= weight
+            self._expire(self._monotonic())
+            if self._sent and admission.at >= self._sent[0].at:  # still in the window it was counted in
+                self._sent_sum -= weight
+            self._since_report = max(0, self._since_report - weight)
 
     def stall(self) -> None:
         """Demand is waiting (e.g. on a back-off): let no burst credit build up meanwhile."""
@@ -184,7 +196,7 @@ class Governor:
         with self._lock:
             now = self._monotonic()
             self._expire(now)
-            return sum(w for t, w in self._sent if t > now - WINDOW_S)
+            return sum(entry.weight for entry in self._sent if entry.at > now - WINDOW_S)
 
     def reported_this_minute(self) -> int | None:
         """Binance's figure for the IP, only while it is about the current minute."""

@@ -123,7 +123,10 @@ def parse_decimal(value: Any, where: str) -> float:
             raise BadResponse(f"field {where} is not a decimal string")
         number = float(value)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise BadResponse(f"field {where} is out of range") from None
     else:
         raise BadResponse(f"field {where} has type {type(value).__name__}, expected a decimal string")
     if not math.isfinite(number):
@@ -265,7 +268,7 @@ def parse_position_risk(body: bytes) -> Snapshot:
         item = _object(raw, f"positionRisk[{index}]")
         symbol = _label(item.get("symbol"), SYMBOL_RE, f"positionRisk[{index}].symbol")
         side = item.get("positionSide", "BOTH")
-        if side not in POSITION_SIDES:
+        if not isinstance(side, str) or side not in POSITION_SIDES:
             raise BadResponse(f"positionRisk[{index}].positionSide is not BOTH, LONG or SHORT")
         values = read_fields(item, POSITION_RISK, symbol)
         adl = item.get("adl", item.get("adlQuantile"))

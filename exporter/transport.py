@@ -164,6 +164,9 @@ class _GuardedMixin:
     def connect(self) -> None:
         _attach(self)  # type: ignore[arg-type]
         super().connect()  # type: ignore[misc]
+        # Again now that there is a socket: a deadline that passed while connecting
+        # found none to cut, and plain HTTP attaches before it connects.
+        _attach(self)  # type: ignore[arg-type]
 
     def request(self, *args: object, **kwargs: object) -> None:
         _attach(self)  # type: ignore[arg-type]

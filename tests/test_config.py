@@ -124,6 +124,9 @@ def test_dollar_escape_and_partial_expansion() -> None:
     ({"accounts": [account(private_key_file="/k")]}, "set either api_secret(_file) or private_key_file, not both"),
     ({"accounts": [account(private_key_passphrase="x")]}, "private_key_passphrase: only applies with private_key_file"),
     ({"accounts": ["main"]}, "accounts[0]: must be a mapping, got str"),
+    ({"accounts": [account(sub_accounts={"aliases": {"a@b.test": 123}})]}, "aliases must be 1-64 characters"),
+    ({"accounts": [account(sub_accounts={"aliases": {"a@b.test": None}})]}, "aliases must be 1-64 characters of letters, digits and _ . : @ -, got nothing for"),
+    ({"accounts": [account(sub_accounts={"aliases": {"a@b.test": ["x"]}})]}, "aliases must be 1-64 characters of letters, digits and _ . : @ -, got a list for"),
 ])
 def test_bad_config_messages(data: object, expected: str) -> None:
     assert expected in error_of(data)

@@ -143,6 +143,34 @@ def test_a_figure_from_a_request_that_crossed_the_minute_is_not_this_minutes() -
     assert gov.reported_this_minute() == 20
 
 
+def test_a_refund_gives_back_to_its_own_admission() -> None:
+    clock = Clock()
+    gov = governor(clock, limit=60, share=0.5)  # cap 30
+    gov.plan(round_weight=30, interval_s=60, largest_call=10)
+    two_calls = gov.try_acquire(20)  # a refresh of two calls of 10
+    clock.advance(2)
+    sent = gov.try_acquire(10)  # another account's request, sent
+    assert two_calls is not None and sent is not None
+    gov.refund(two_calls, 10)  # the second call of the first refresh was not sent
+    assert gov.used_last_minute() == 20 and two_calls.weight == 10 and sent.weight == 10
+    clock.advance(WINDOW_S - 0.5)  # the first admission (61.5 s old) has expired, the second (59.5 s) not
+    assert gov.used_last_minute() == 10
+    assert not gov.try_acquire(25, pace=False)  # 10 still counted: the refund did not take the wrong entry
+    assert gov.try_acquire(20, pace=False)
+
+
+def test_a_refund_after_expiry_changes_nothing() -> None:
+    clock = Clock()
+    gov = governor(clock, limit=60, share=0.5)
+    gov.plan(round_weight=30, interval_s=60, largest_call=10)
+    old = gov.try_acquire(10)
+    assert old is not None
+    clock.advance(WINDOW_S + WINDOW_SLACK_S + 1)
+    assert gov.try_acquire(30, pace=False)
+    gov.refund(old, 10)  # long gone from the window: the 30 just taken still counts in full
+    assert not gov.try_acquire(1, pace=False)
+
+
 def test_a_follow_up_skips_pacing_but_not_the_cap() -> None:
     clock = Clock()
     gov = governor(clock, limit=20, share=0.5)  # cap 10

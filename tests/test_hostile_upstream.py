@@ -169,3 +169,30 @@ def _quiet_get(exp) -> None:
         exp.get(timeout=30)
     except Exception:  # noqa: BLE001 - cut by the shutdown, as intended
         pass
+
+
+def test_a_deadline_that_passes_while_connecting_still_cuts_the_trickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain HTTP registers the connection before it has a socket: the deadline must find it after connect.
+
+    A slow connect is what a loopback server cannot produce, so only that step is slowed here.
+    """
+    from exporter import transport
+
+    original = transport._GuardedHTTPConnection._new_conn
+
+    def slow_connect(self):  # type: ignore[no-untyped-def]
+        time.sleep(0.6)
+        return original(self)
+
+    monkeypatch.setattr(transport._GuardedHTTPConnection, "_new_conn", slow_connect)
+    body = b'[' + b' ' * 100 + b']'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with HostileServer(balance_script(lambda: [(head, 0.0), *trickle(body, 0.1)])) as server:
+        client = transport.Transport(server.base_url)
+        started = time.monotonic()
+        with pytest.raises(transport.TransportError) as caught:
+            client.get("/fapi/v3/balance", None, started + 0.5)
+        elapsed = time.monotonic() - started
+        client.close()
+    assert caught.value.kind == "timeout"
+    assert elapsed < 2.0  # the trickle lasts 10 s; before the fix the request ran on until it ended

@@ -237,3 +237,25 @@ def test_a_failing_sub_account_is_down_alone(sim: Simulator, make_harness) -> No
     assert sum(v for k, v in m.items() if k[0] == "binance_futures_scrape_errors_total"
                and dict(k[1])["alias"] == "bot-005@x.test") == 1
     assert [value(m, "binance_futures_up", alias=f"bot-00{i}@x.test") for i in (0, 1, 2, 3, 4, 6)] == [1] * 6
+
+
+def test_a_bug_applying_discovery_does_not_stop_later_discoveries(sim: Simulator, make_harness,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocked: no answer from a live server makes applying a list fail; if it ever did, the master
+    must not stay 'running' (and never discover again) for the rest of the process."""
+    from exporter.engine import Engine
+
+    real = Engine._apply_discovery
+    calls = []
+
+    def flaky(self, discovery, emails):  # type: ignore[no-untyped-def]
+        calls.append(len(emails))
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(self, discovery, emails)
+
+    monkeypatch.setattr(Engine, "_apply_discovery", flaky)
+    h = make_harness(config(sim, markets=[], sub_accounts={"include": ["bot-00*"], "discovery_interval_seconds": 1}))
+    m = wait_until(lambda: (lambda s: s if value(s, "binance_futures_sub_accounts", master="desk") else None)(
+        h.scrape()), timeout=10, interval=0.3)
+    assert len(calls) >= 2 and value(m, "binance_futures_sub_accounts", master="desk") == 10

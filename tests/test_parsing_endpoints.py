@@ -132,6 +132,18 @@ def test_sub_account_list() -> None:
         parsing.parse_sub_account_list(json.dumps({"subAccounts": [{"email": "a b@c"}]}).encode())
 
 
+@pytest.mark.parametrize("name, changes", [
+    ("fapi_v3_position_risk", {"0__positionSide": ["LONG"]}),  # unhashable where a word belongs
+    ("fapi_v3_position_risk", {"0__positionSide": {"a": 1}}),
+    ("fapi_v3_position_risk", {"0__positionAmt": 10 ** 400}),  # legal JSON, too large for a float
+    ("fapi_v3_account", {"totalWalletBalance": -(10 ** 400)}),
+])
+def test_hostile_values_are_bad_responses(name: str, changes: dict) -> None:
+    parser = parsing.parse_position_risk if "position" in name else parsing.parse_usdm_account
+    with pytest.raises(BadResponse):
+        parser(body(name, **changes))
+
+
 @pytest.mark.parametrize("name", [n for n in EXAMPLES if not n.startswith("_")])
 def test_truncated_examples_are_bad_responses(name: str) -> None:
     raw = json.dumps(EXAMPLES[name]).encode()
