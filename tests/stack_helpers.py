@@ -94,12 +94,12 @@ def metric_catalogue() -> dict[str, frozenset[str]]:
     return families
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str = "apt-get install prometheus") -> str:
     """Path of `name` on PATH; skip without it, except under CI (then fail: CI installs it)."""
     path = shutil.which(name)
     if path:
         return path
-    msg = f"{name} not found on PATH (Debian/Ubuntu: apt-get install prometheus)"
+    msg = f"{name} not found on PATH (Debian/Ubuntu: {package})"
     if os.environ.get("CI"):
         pytest.fail(f"{msg}; CI is set, so this must not be skipped")
     pytest.skip(msg)
