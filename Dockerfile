@@ -2,7 +2,9 @@
 #
 # binance-futures-exporter container image.
 #
-#   docker build -t binance-futures-exporter .
+#   docker build -t binance-futures-exporter \
+#     --build-arg REVISION="$(git rev-parse HEAD)" \
+#     --build-arg SOURCE=https://github.com/<you>/binance-futures-exporter .
 #   docker run --rm -p 9894:9894 \
 #     -v "$PWD/config.yaml:/etc/binance-futures-exporter/config.yaml:ro" \
 #     binance-futures-exporter
@@ -16,23 +18,43 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 # ---- stage 1: build wheels for the exporter and its dependencies ----------
 FROM ${PYTHON_IMAGE} AS build
 
+# The commit being built, if the build is told: the wheel carries it as
+# exporter/REVISION, and binance_futures_exporter_build_info shows it as its
+# `revision` label ("unknown" without it).
+ARG REVISION=""
+
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what the wheel needs (pyproject: readme = README.md).
-COPY pyproject.toml README.md ./
+# Only what the wheel needs (pyproject: readme = README.md, license-files = LICENSE).
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter/ ./exporter/
-RUN pip wheel --wheel-dir /wheels .
+RUN rm -f exporter/REVISION \
+ && if [ -n "$REVISION" ]; then printf '%s\n' "$REVISION" > exporter/REVISION; fi \
+ && pip wheel --wheel-dir /wheels .
 
 # ---- stage 2: runtime -------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 
+# OCI annotations. VERSION is exporter.__version__ (a test keeps them equal);
+# REVISION and SOURCE (the repository URL) are whatever the build passes.
+ARG VERSION=0.1.0
+ARG REVISION=""
+ARG SOURCE=""
 LABEL org.opencontainers.image.title="binance-futures-exporter" \
-      org.opencontainers.image.description="Prometheus exporter for Binance USD-M Futures account balances"
+      org.opencontainers.image.description="Prometheus exporter for Binance futures accounts" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 
+# MALLOC_ARENA_MAX=2: glibc gives threads their own malloc arenas (up to 8 per
+# core); for hundreds of mostly idle fetch threads that only fragments memory
+# (4 MB less RSS measured at 300 accounts with 2).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test venv golden bench bench-budget bench-subaccounts bench-soak clean
+.PHONY: test venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ test: venv
 # Rewrite tests/golden/ from the current output (review the diff, then commit it).
 golden: venv
 	UPDATE_GOLDEN=1 $(VPY) -m pytest -q tests/test_golden.py
+
+# Rewrite deploy/kubernetes/base/prometheusrule.yaml from prometheus/rules.yml and alerts.yml
+# (the test suite fails while the two disagree).
+prometheusrule: venv
+	$(VPY) deploy/kubernetes/prometheusrule.py
 
 # Benchmarks (see docs/performance.md); each writes benchmarks/results/<name>.json.
 bench: venv

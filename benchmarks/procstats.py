@@ -76,6 +76,7 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("MALLOC_ARENA_MAX", "2")  # as the Dockerfile and the systemd unit run the exporter
     return env
 
 

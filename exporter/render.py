@@ -12,7 +12,7 @@ from typing import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
-from exporter import __version__
+from exporter import __version__, build_revision
 from exporter.engine import DiscoveryView, HostView, ScrapeResult
 from exporter.schema import (
     ACCOUNT_FAMILIES,
@@ -173,8 +173,9 @@ def discovery_families(discoveries: list[DiscoveryView]) -> Iterator[Metric]:
 
 
 def build_info() -> Metric:
-    build = _gauge("exporter_build_info", "Exporter version; always 1.", ("version",))
-    build.add_metric([__version__], 1.0)
+    build = _gauge("exporter_build_info", "Exporter version and the VCS revision it was built from "
+                   "(unknown unless the build was told); always 1.", ("version", "revision"))
+    build.add_metric([__version__, build_revision()], 1.0)
     return build
 
 

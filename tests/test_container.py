@@ -65,6 +65,9 @@ MAX_IMAGE_MB = 300      # the whole image on the stand-in base (about 180 MB whe
 MAX_ADDED_MB = 60       # what the Dockerfile adds on top of the base (about 24 MB when written)
 
 _SESSION = uuid.uuid4().hex[:10]
+# Passed as build args: the image must show them in its OCI labels and build_info.
+REVISION = f"test{_SESSION}"
+SOURCE = "https://example.invalid/binance-futures-exporter"
 _REPORT: dict[str, str] = {}
 
 
@@ -252,6 +255,7 @@ def image(stand_in_base: tuple[str, int]) -> Iterator[Image]:
         # leaves no intermediate images behind; --pull=never: nothing comes from a registry.
         podman("build", "--no-cache", "--layers=false", "--force-rm", "--pull=never", "--format", "docker",
                "--network=host", *ULIMITS, "--build-arg", f"PYTHON_IMAGE={base_tag}",
+               "--build-arg", f"REVISION={REVISION}", "--build-arg", f"SOURCE={SOURCE}",
                "-t", tag, "-f", str(REPO / "Dockerfile"), str(REPO), timeout=900)
         built = Image(tag, inspect("image", tag), base_bytes)
         _REPORT["build"] = f"image built in {time.monotonic() - started:.1f} s"
@@ -337,7 +341,7 @@ def test_metrics_scraped_from_outside_the_container(demo_container: Container):
                   timeout=30)
     assert result["ctype"].startswith("text/plain"), result["ctype"]
     samples = result["samples"]
-    assert samples[("binance_futures_exporter_build_info", (("version", __version__),))] == 1.0
+    assert samples[("binance_futures_exporter_build_info", (("revision", REVISION), ("version", __version__)))] == 1.0
     auth_errors = [v for (name, labels), v in samples.items()
                    if name == "binance_futures_scrape_errors_total" and dict(labels)["reason"] == "auth"]
     assert auth_errors and not any(auth_errors)
@@ -366,6 +370,21 @@ def test_healthcheck_command_passes_inside_the_container(image: Image, health_co
     idle = podman("run", "--rm", "--network=none", *ULIMITS, "--entrypoint", command[0], image.tag,
                   *command[1:], check=False, timeout=60)
     assert idle.returncode != 0, "HEALTHCHECK passed with no exporter running"
+
+
+def test_oci_labels_from_build_args(image: Image):
+    labels = image.config.get("Labels") or image.config["Config"]["Labels"]
+    assert {k: v for k, v in labels.items() if k.startswith("org.opencontainers.image.")} >= {
+        "org.opencontainers.image.version": __version__,
+        "org.opencontainers.image.revision": REVISION,
+        "org.opencontainers.image.source": SOURCE,
+        "org.opencontainers.image.licenses": "Apache-2.0",
+    }
+
+
+def test_malloc_arena_max_is_set(demo_container: Container):
+    environ = demo_container.exec("cat", "/proc/1/environ").stdout.split("\0")
+    assert "MALLOC_ARENA_MAX=2" in environ
 
 
 def test_image_size_is_sane(image: Image):
