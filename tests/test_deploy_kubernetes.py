@@ -162,6 +162,29 @@ def test_scrapeconfig_validation_catches_a_wrong_action() -> None:
         validate(doc)
 
 
+def test_docs_overlay_example_builds_and_is_valid(tmp_path: Path) -> None:
+    """docs/deploy.md's "Your overlay" example, built on this checkout's base as a user would."""
+    text = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n# my-exporter/kustomization.yaml\n(.*?)```", text, re.S)
+    assert block, "the overlay example is gone from docs/deploy.md"
+    (tmp_path / "binance-futures-exporter").symlink_to(REPO)
+    overlay = tmp_path / "my-exporter"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block.group(1), encoding="utf-8")
+    (overlay / "config.yaml").write_text((KUBE / "base" / "config.yaml").read_text(), encoding="utf-8")
+    docs = build(overlay)
+    assert not of_kind(docs, "Secret"), "the example deletes the placeholder Secret"
+    for doc in docs:
+        validate(doc)
+        assert doc["metadata"]["namespace"] == "monitoring"
+        if doc["apiVersion"].startswith(OPERATOR_GROUP):
+            assert doc["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    from exporter import __version__
+
+    image = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(f":{__version__}"), "docs/deploy.md shows an old image tag"
+
+
 # --------------------------------------------------------------------------- the pod
 
 
