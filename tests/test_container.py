@@ -374,12 +374,13 @@ def test_healthcheck_command_passes_inside_the_container(image: Image, health_co
 
 def test_oci_labels_from_build_args(image: Image):
     labels = image.config.get("Labels") or image.config["Config"]["Labels"]
-    assert {k: v for k, v in labels.items() if k.startswith("org.opencontainers.image.")} >= {
+    oci = {k: v for k, v in labels.items() if k.startswith("org.opencontainers.image.")}
+    assert oci.items() >= {
         "org.opencontainers.image.version": __version__,
         "org.opencontainers.image.revision": REVISION,
         "org.opencontainers.image.source": SOURCE,
         "org.opencontainers.image.licenses": "Apache-2.0",
-    }
+    }.items(), oci
 
 
 def test_malloc_arena_max_is_set(demo_container: Container):
