@@ -399,8 +399,9 @@ class Engine:
             state.queued = False
             try:
                 state.inflight = future = self.pool.submit(self._run, state, deadline, previous, admission)
-            except RuntimeError:  # pool shut down
-                state.inflight = None
+            except RuntimeError:  # pool shut down (closing, or replaced by a reload): nothing was sent
+                state.inflight, state.admitted_at = None, previous
+                state.target.host.governor.refund(admission, admission.weight)
                 return None
             return future
 
@@ -465,7 +466,9 @@ class Engine:
             discovery.ran_at = time.monotonic()
         try:
             return self.pool.submit(self._discover, discovery)
-        except RuntimeError:  # shut down
+        except RuntimeError:  # shut down (or replaced by a reload): again at the next scrape
+            with discovery.lock:
+                discovery.running, discovery.ran_at = False, None
             return None
 
     def _discover(self, discovery: Discovery) -> None:

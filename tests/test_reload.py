@@ -60,6 +60,8 @@ def test_apply_keeps_unchanged_accounts_and_their_host(sim: Simulator) -> None:
 
         data = config_dict(sim.base_url, [ACCOUNTS[0], ACCOUNTS[2]], cache_seconds=300)
         data["weight_limit"] = 1200
+        data["max_concurrency"] = 8
+        pool = engine.pool
         done = engine.apply(parse_config(data, "test.yaml", {}))
 
         assert done == Reconciled(added=("charlie",), removed=("bravo",), changed=(), kept=("alpha",))
@@ -71,6 +73,9 @@ def test_apply_keeps_unchanged_accounts_and_their_host(sim: Simulator) -> None:
         assert host.governor.cap == 600.0  # the new limit x share
         assert host.backoff.remaining()[0] > 0 and host.clock.offset_ms == clock_offset
         assert [p.round_weight for p in engine.budget_plans()] == [10]  # two accounts at weight 5
+        assert engine.pool is not pool and engine.pool._max_workers == 8 and pool._shutdown
+        host.backoff.until = 0.0
+        assert [v.up for v in engine.scrape(engine.aliases(), 5.0).targets] == [True, True]
     finally:
         engine.close()
 
@@ -98,6 +103,23 @@ def test_apply_replaces_a_changed_account_and_drops_an_unused_host(sim: Simulato
         assert transport._http.pool is None  # its connections are closed (urllib3 drops the pool)
         # Its secret is the same, its settings are not: equality is by effective settings, never shown.
         assert_no_secrets(repr(done))
+    finally:
+        engine.close()
+
+
+def test_apply_relabels_hosts_that_come_to_share_a_url(sim: Simulator) -> None:
+    netloc = sim.base_url.split("//")[1]
+    coin_only = config_dict(sim.base_url, ACCOUNTS[:1], coinm_base_url=sim.base_url, markets=["coinm"])
+    engine = engine_for(coin_only)
+    try:
+        coinm = engine.hosts[(sim.base_url, "coinm")]
+        assert coinm.label == netloc  # the only kind on that URL
+        both = config_dict(sim.base_url, ACCOUNTS[:2], coinm_base_url=sim.base_url, markets=["coinm"])
+        both["accounts"][1]["markets"] = ["usdm"]
+        engine.apply(parse_config(both, "test.yaml", {}))
+        assert engine.hosts[(sim.base_url, "coinm")] is coinm
+        assert {h.label for h in engine.hosts.values()} == {netloc, f"{netloc}/coinm"}  # never one label twice
+        assert engine.hosts[(sim.base_url, "usdm")].label == netloc
     finally:
         engine.close()
 
@@ -247,6 +269,12 @@ def test_post_reload_needs_the_lifecycle_flag(sim: Simulator, tmp_path: Path, ru
     assert value(m, "binance_futures_up", alias="bravo") == 1  # the last good config runs on
     failed = [ln for ln in exp.logs().splitlines() if "config reload failed" in ln]
     assert len(failed) == 1 and line in failed[0].replace('\\"', '"'), failed
+
+    data["accounts"][1]["timeout_seconds"] = ACCOUNTS[1].secret  # a secret pasted into the wrong key
+    write_config(cfg, data)
+    resp = requests.post(exp.url + "/-/reload", timeout=10)
+    assert resp.status_code == 400 and "not shown" in resp.text
+    assert_no_secrets(resp.text + exp.logs(), ALL_SECRETS)
 
 
 def test_broken_files_change_nothing_and_a_fix_recovers(sim: Simulator, tmp_path: Path, run_exporter) -> None:
