@@ -152,24 +152,28 @@ class Engine:
         self._subs_of: dict[str, list[str]] = {}  # master alias -> sub-account aliases, in order
         self._started = False
         for account in config.accounts:
-            self._add_account(account)
+            self._register(account.alias, *self._build(account))
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
 
-    def _add_account(self, account: AccountConfig) -> Discovery | None:
-        for market in account.markets:
-            self.add_target(self.topology.target(account, market))
+    def _build(self, account: AccountConfig) -> tuple[list[Target], Discovery | None]:
+        """An account's targets and, for a master, its discovery; not yet known to scrapes."""
+        targets = [self.topology.target(account, market) for market in account.markets]
         if account.sub_accounts is None:
-            return None
+            return targets, None
         host = self.topology.host(account, "sapi")
         # One connection per concurrent sub-account fetch, kept alive between scrapes.
         client = self.topology.client(account, host, pool_size=self.config.max_concurrency)
-        discovery = Discovery(account, host, client)
+        return targets, Discovery(account, host, client)
+
+    def _register(self, alias: str, targets: list[Target], discovery: Discovery | None) -> None:
         with self._cond:
-            self.discoveries = {**self.discoveries, account.alias: discovery}
-            self._subs_of[account.alias] = []
-            self.by_alias.setdefault(account.alias, [])
-        return discovery
+            for target in targets:
+                self.add_target(target)
+            if discovery is not None:
+                self.discoveries = {**self.discoveries, alias: discovery}
+                self._subs_of[alias] = []
+                self.by_alias.setdefault(alias, [])
 
     def add_target(self, target: Target) -> None:
         with self._cond:
@@ -255,8 +259,9 @@ class Engine:
         config still uses keep their governor (the last minute's weight still
         counts at Binance), back-off and clock. A removed account's targets go,
         its sub-accounts' too, so their series disappear; a changed one is
-        replaced by a fresh one; an added one starts like at start-up. The
-        lock is held only to swap entries: scrapes go on meanwhile.
+        replaced by a fresh one; an added one starts like at start-up. New
+        targets are built first and swapped in under the lock in one go, so a
+        scrape sees the old accounts or the new ones, and waits milliseconds.
         """
         old = {a.alias: a for a in self.config.accounts}
         new = {a.alias: a for a in config.accounts}
@@ -264,45 +269,42 @@ class Engine:
         changed = tuple(a for a in new if a in old and old[a] != new[a])
         added = tuple(a for a in new if a not in old)
         removed = tuple(a for a in old if a not in new)
+        hosts_before = set(self.topology.hosts.values())
+        dropped = self.topology.update(config)
+        previous, self.config = self.config, config
+        built = [(alias, *self._build(new[alias])) for alias in new if alias in {*added, *changed}]
         transports = []
         with self._cond:
-            gone = {*removed, *changed}
-            discoveries = dict(self.discoveries)
-            for alias in gone:
-                names = [alias, *self._subs_of.pop(alias, ())]
-                discovery = discoveries.pop(alias, None)
+            for alias in (*removed, *changed):
+                discovery = self.discoveries.get(alias)
                 if discovery is not None:
                     transports.append(discovery.client.transport)
-                for name in names:
+                for name in (alias, *self._subs_of.pop(alias, ())):
                     for key in list(self.by_alias.get(name, ())):
                         state = self.states.get(key)
                         if state is not None and state.target.master is None:
                             transports.append(state.target.client.transport)
                         self.remove_target(key)
                     self.by_alias.pop(name, None)
+            self.discoveries = {a: d for a, d in self.discoveries.items() if a in kept}
             for master in kept:  # a sub-account whose alias a configured account now takes
                 for sub in [s for s in self._subs_of.get(master, ()) if s in new]:
                     for key in list(self.by_alias.get(sub, ())):
                         self.remove_target(key)
                     self._subs_of[master].remove(sub)
-            self.discoveries = discoveries
-        hosts_before = set(self.topology.hosts.values())
-        dropped = self.topology.update(config)
-        with self._cond:
-            for host in dropped:
-                queue = self._queues.pop(host, None)
-                if queue is not None:
-                    queue.stopped = True
-            self._cond.notify_all()
-        previous, self.config = self.config, config
-        started = [d for d in (self._add_account(new[alias]) for alias in new if alias in {*added, *changed}) if d]
-        with self._cond:  # configured accounts in config order, each master followed by its sub-accounts
-            order: dict[str, list[tuple[str, str]]] = {}
+            for alias, targets, discovery in built:
+                self._register(alias, targets, discovery)
+            order: dict[str, list[tuple[str, str]]] = {}  # config order, each master followed by its subs
             for account in config.accounts:
                 for name in (account.alias, *self._subs_of.get(account.alias, ())):
                     if name in self.by_alias:
                         order[name] = self.by_alias[name]
             self.by_alias = {**order, **self.by_alias}
+            for host in dropped:
+                queue = self._queues.pop(host, None)
+                if queue is not None:
+                    queue.stopped = True
+            self._cond.notify_all()
         if config.max_concurrency != previous.max_concurrency:
             pool, self.pool = self.pool, ThreadPoolExecutor(max_workers=config.max_concurrency,
                                                            thread_name_prefix="fetch")
@@ -314,10 +316,10 @@ class Engine:
         if self._started:
             deadline = time.monotonic() + STARTUP_SYNC_S
             for host in set(self.topology.hosts.values()) - hosts_before:
-                clock = self.topology.host_clocks[(host.base_url, host.kind)]
-                self.pool.submit(clock.ensure, deadline)
-            for discovery in started:
-                self._start_discovery(discovery)
+                self.pool.submit(self.topology.host_clocks[(host.base_url, host.kind)].ensure, deadline)
+            for _, _, discovery in built:
+                if discovery is not None:
+                    self._start_discovery(discovery)
         return Reconciled(added, removed, changed, kept)
 
     def close(self) -> None:
