@@ -79,6 +79,9 @@ class Reloader:
                     self.engine.log_budget()
                 if web is not None:
                     self._apply_web(cause, web)
+                if config is None and web is None:
+                    log.info("config reloaded: nothing to re-read (--demo has no config file)",
+                             extra=fields(cause=cause))
             except Exception as exc:  # a bug: say so in one line, keep serving
                 log.error("config reload failed with an internal error", exc_info=True)
                 return self._failed(cause, f"internal error applying the config: {type(exc).__name__}")

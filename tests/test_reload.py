@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import bcrypt
 import pytest
 import requests
 import yaml
@@ -26,12 +27,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import ACCOUNTS, ALL_SECRETS, assert_no_secrets, config_dict, value, wait_until, write_config
+from conftest import (ACCOUNTS, ALL_SECRETS, assert_no_secrets, config_dict, parse_metrics, value, wait_until,
+                      write_config)
 from exporter.config import parse_config
 from exporter.engine import Engine, Reconciled
 from exporter.reload import Reloader
 from exporter.simulator import SimAccount, SimFutures, SimSubAccount, balance_row
-from exporter.webconfig import WebConfig
+from exporter.webconfig import BasicAuth, WebConfig, carry_over
 from testkit import Simulator
 
 RELOAD_OK = "binance_futures_exporter_config_last_reload_successful"
@@ -305,7 +307,35 @@ def test_broken_files_change_nothing_and_a_fix_recovers(sim: Simulator, tmp_path
     assert "Traceback" not in exp.logs()
 
 
-def self_signed(directory: Path, cn: str) -> tuple[bytes, bytes]:
+def test_basic_auth_users_and_headers_change_on_reload(sim: Simulator, tmp_path: Path, run_exporter) -> None:
+    cfg = write_config(tmp_path / "config.yaml", config_dict(sim.base_url, ACCOUNTS[:1]))
+    hashed = {user: bcrypt.hashpw(user.encode() + b"-pw", bcrypt.gensalt(4)).decode() for user in ("old", "new")}
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"old": hashed["old"]}}))
+    exp = run_exporter(f"--config.file={cfg}", f"--web.config.file={web}")
+    old, new = ("old", "old-pw"), ("new", "new-pw")
+    assert exp.get("/metrics", auth=old).status_code == 200
+    assert exp.get("/metrics", auth=new).status_code == 401
+
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"new": hashed["new"]},
+                                   "http_server_config": {"headers": {"X-Frame-Options": "deny"}}}))
+    exp.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: exp.get("/metrics", auth=new).status_code == 200)
+    assert exp.get("/metrics", auth=old).status_code == 401
+    assert exp.get("/-/healthy").headers["X-Frame-Options"] == "deny"
+    assert value(parse_metrics(exp.get("/metrics", auth=new).text), RELOAD_OK) == 1
+
+
+def test_an_unchanged_user_list_keeps_its_verified_credentials() -> None:
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    before = WebConfig(auth=BasicAuth({"prom": hashed.encode()}))
+    assert carry_over(before, WebConfig(auth=BasicAuth({"prom": hashed.encode()}))).auth is before.auth
+    other = BasicAuth({"prom": bcrypt.hashpw(b"pw2", bcrypt.gensalt(4))})
+    assert carry_over(before, WebConfig(auth=other)).auth is other
+    assert carry_over(before, WebConfig()).auth is None
+
+
+def self_signed(cn: str) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -331,7 +361,7 @@ def served_certificate(port: int) -> str:
 def test_a_rotated_tls_certificate_is_served_after_reload(sim: Simulator, tmp_path: Path, run_exporter) -> None:
     cfg = write_config(tmp_path / "config.yaml", config_dict(sim.base_url, ACCOUNTS[:1]))
     crt, key = tmp_path / "server.crt", tmp_path / "server.key"
-    for path, data in zip((crt, key), self_signed(tmp_path, "first")):
+    for path, data in zip((crt, key), self_signed("first")):
         path.write_bytes(data)
     web = tmp_path / "web.yml"
     web.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}}))
@@ -341,7 +371,7 @@ def test_a_rotated_tls_certificate_is_served_after_reload(sim: Simulator, tmp_pa
     kept = requests.Session()  # a keep-alive connection opened before the rotation
     assert kept.get(exp.url + "/-/healthy", verify=False, timeout=5).status_code == 200
 
-    for path, data in zip((crt, key), self_signed(tmp_path, "second")):  # cert-manager rewrites both
+    for path, data in zip((crt, key), self_signed("second")):  # cert-manager rewrites both
         path.write_bytes(data)
     assert served_certificate(exp.port) == "first"  # nothing changes until a reload
     resp = requests.post(exp.url + "/-/reload", verify=False, timeout=10)
