@@ -1,4 +1,4 @@
-"""Command line: parse flags, load config, wire the pieces, run until SIGTERM/SIGINT."""
+"""Command line: parse flags, load config, wire the pieces, run until SIGTERM/SIGINT; SIGHUP reloads."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import gc
 import logging
 import os
+import queue
 import signal
 import sys
-import threading
 from typing import Sequence
 
 from exporter import __version__
@@ -16,6 +16,7 @@ from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
 from exporter.httpserver import parse_listen_address, raise_open_files_limit, serve
 from exporter.logs import LEVELS, fields, setup_logging
+from exporter.reload import Reloader
 from exporter.web import make_app
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="path of all accounts' metrics (default: %(default)s)")
     parser.add_argument("--web.config.file", dest="web_config_file", default=None,
                         help="exporter-toolkit web config: tls_server_config, basic_auth_users")
+    parser.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                        help="answer POST/PUT /-/reload (reload the config files, like SIGHUP)")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(LEVELS),
                         help="(default: %(default)s)")
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
@@ -57,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/probe", "/-/healthy", "/-/ready"):
+    if not args.telemetry_path.startswith("/") or args.telemetry_path in ("/", "/probe", "/-/healthy", "/-/ready",
+                                                                          "/-/reload"):
         print(f"error: --web.telemetry-path must be a path like /metrics, got {args.telemetry_path!r}", file=sys.stderr)
         return 2
 
@@ -89,9 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # process: move it out of the cyclic GC's way, so the collections that the
     # per-scrape garbage triggers stay cheap (~10 % less CPU per scrape).
     gc.freeze()
+    # The handlers only queue what arrived (SimpleQueue.put is safe in a signal handler); the main
+    # thread acts on it below, so a reload never runs inside a handler and SIGHUPs reload one by one.
+    # Set before the port opens: a SIGHUP as soon as /-/healthy answers must not end the process.
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.put(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     sync = engine.start()
-    app = make_app(engine, args.telemetry_path, web.auth, ready=lambda: all(f.done() for f in sync),
-                   headers=web.headers)
+    reloader = Reloader(engine, web, None if args.demo else args.config_file, args.web_config_file)
+    app = make_app(engine, args.telemetry_path, ready=lambda: all(f.done() for f in sync),
+                   web=reloader.current_web, exporter_metrics=reloader.metrics,
+                   reload=(lambda: reloader.reload("http")) if args.enable_lifecycle else None)
     try:
         server = serve(app, args.listen_address, web.ssl_context)
     except OSError as exc:
@@ -100,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if simulator is not None:
             simulator.stop()
         return 1
+    reloader.server = server
 
     host, _ = parse_listen_address(args.listen_address)
     shown = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
@@ -111,16 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        version=__version__, tls=web.ssl_context is not None,
                                        basic_auth=web.auth is not None))
     print(f"Serving metrics at {url}", flush=True)
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not stop.wait(1.0):
-        pass
+    while True:
+        try:
+            signum = signals.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if signum != signal.SIGHUP:
+            break
+        reloader.reload("SIGHUP")
     log.info("shutting down")
     engine.close()  # first: cuts requests in flight, so the scrapes waiting on them end now
     server.shutdown()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from exporter.client import REASONS, ScrapeError, Skipped
-from exporter.config import Config
+from exporter.config import AccountConfig, Config
 from exporter.discovery import DISCOVERY_TIMEOUT_S, Discovery, DiscoveryView, list_emails, select
 from exporter.discovery import view as discovery_view
 from exporter.governor import Admission
@@ -120,6 +120,17 @@ class _HostQueue:
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, TargetState]] = []
         self.thread: threading.Thread | None = None
+        self.stopped = False  # its host left the config: the dispatcher ends
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reloaded config changed, by configured alias."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    kept: tuple[str, ...]
 
 
 class Engine:
@@ -137,28 +148,43 @@ class Engine:
         self._queues: dict[Host, _HostQueue] = {}
         self._seq = itertools.count()
         self._closed = False
-        self.discoveries: dict[str, Discovery] = {}
+        self.discoveries: dict[str, Discovery] = {}  # replaced, never changed in place: read without a lock
         self._subs_of: dict[str, list[str]] = {}  # master alias -> sub-account aliases, in order
+        self._started = False
         for account in config.accounts:
-            for market in account.markets:
-                self.add_target(self.topology.target(account, market))
-            if account.sub_accounts is not None:
-                host = self.topology.host(account, "sapi")
-                # One connection per concurrent sub-account fetch, kept alive between scrapes.
-                client = self.topology.client(account, host, pool_size=config.max_concurrency)
-                self.discoveries[account.alias] = Discovery(account, host, client)
-                self._subs_of[account.alias] = []
-                self.by_alias.setdefault(account.alias, [])
+            self._register(account.alias, *self._build(account))
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
+
+    def _build(self, account: AccountConfig) -> tuple[list[Target], Discovery | None]:
+        """An account's targets and, for a master, its discovery; not yet known to scrapes."""
+        targets = [self.topology.target(account, market) for market in account.markets]
+        if account.sub_accounts is None:
+            return targets, None
+        host = self.topology.host(account, "sapi")
+        # One connection per concurrent sub-account fetch, kept alive between scrapes.
+        client = self.topology.client(account, host, pool_size=self.config.max_concurrency)
+        return targets, Discovery(account, host, client)
+
+    def _register(self, alias: str, targets: list[Target], discovery: Discovery | None) -> None:
+        with self._cond:
+            for target in targets:
+                self.add_target(target)
+            if discovery is not None:
+                self.discoveries = {**self.discoveries, alias: discovery}
+                self._subs_of[alias] = []
+                self.by_alias.setdefault(alias, [])
 
     def add_target(self, target: Target) -> None:
         with self._cond:
             self.states[target.key] = TargetState(target)
             self.by_alias.setdefault(target.alias, []).append(target.key)
 
-    def remove_target(self, key: tuple[str, str]) -> None:
+    def remove_target(self, key: tuple[str, str], state: TargetState | None = None) -> None:
+        """Forget a target (its series go with it); with `state`, only if that is still the target's state."""
         with self._cond:
+            if state is not None and self.states.get(key) is not state:
+                return
             state = self.states.pop(key, None)
             if state is None:
                 return
@@ -219,9 +245,82 @@ class Engine:
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> list[Future[None]]:
         """Measure every host's clock once, so the first scrape signs correctly."""
+        self._started = True
         deadline = time.monotonic() + STARTUP_SYNC_S
         futures = [self.pool.submit(clock.ensure, deadline) for clock in self.topology.clocks()]
         return futures + [f for f in (self._start_discovery(d) for d in self.discoveries.values()) if f]
+
+    def apply(self, config: Config) -> Reconciled:
+        """Take a reloaded config without a restart.
+
+        An account whose effective settings are equal (same AccountConfig, so
+        same credentials too) keeps its targets as they are: data, errors, a
+        fetch in flight; a master its discovery and sub-accounts. Hosts the
+        config still uses keep their governor (the last minute's weight still
+        counts at Binance), back-off and clock. A removed account's targets go,
+        its sub-accounts' too, so their series disappear; a changed one is
+        replaced by a fresh one; an added one starts like at start-up. New
+        targets are built first and swapped in under the lock in one go, so a
+        scrape sees the old accounts or the new ones, and waits milliseconds.
+        """
+        old = {a.alias: a for a in self.config.accounts}
+        new = {a.alias: a for a in config.accounts}
+        kept = tuple(a for a in new if a in old and old[a] == new[a])
+        changed = tuple(a for a in new if a in old and old[a] != new[a])
+        added = tuple(a for a in new if a not in old)
+        removed = tuple(a for a in old if a not in new)
+        hosts_before = set(self.topology.hosts.values())
+        dropped = self.topology.update(config)
+        previous, self.config = self.config, config
+        built = [(alias, *self._build(new[alias])) for alias in new if alias in {*added, *changed}]
+        transports = []
+        with self._cond:
+            for alias in (*removed, *changed):
+                discovery = self.discoveries.get(alias)
+                if discovery is not None:
+                    transports.append(discovery.client.transport)
+                for name in (alias, *self._subs_of.pop(alias, ())):
+                    for key in list(self.by_alias.get(name, ())):
+                        state = self.states.get(key)
+                        if state is not None and state.target.master is None:
+                            transports.append(state.target.client.transport)
+                        self.remove_target(key)
+                    self.by_alias.pop(name, None)
+            self.discoveries = {a: d for a, d in self.discoveries.items() if a in kept}
+            for master in kept:  # a sub-account whose alias a configured account now takes
+                for sub in [s for s in self._subs_of.get(master, ()) if s in new]:
+                    for key in list(self.by_alias.get(sub, ())):
+                        self.remove_target(key)
+                    self._subs_of[master].remove(sub)
+            for alias, targets, discovery in built:
+                self._register(alias, targets, discovery)
+            order: dict[str, list[tuple[str, str]]] = {}  # config order, each master followed by its subs
+            for account in config.accounts:
+                for name in (account.alias, *self._subs_of.get(account.alias, ())):
+                    if name in self.by_alias:
+                        order[name] = self.by_alias[name]
+            self.by_alias = {**order, **self.by_alias}
+            for host in dropped:
+                queue = self._queues.pop(host, None)
+                if queue is not None:
+                    queue.stopped = True
+            self._cond.notify_all()
+        if config.max_concurrency != previous.max_concurrency:
+            pool, self.pool = self.pool, ThreadPoolExecutor(max_workers=config.max_concurrency,
+                                                           thread_name_prefix="fetch")
+            pool.shutdown(wait=False)  # its fetches in flight finish, then its threads end
+        self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
+        self.plan_budgets()
+        for transport in transports:
+            self.topology.release(transport)
+        if self._started:
+            deadline = time.monotonic() + STARTUP_SYNC_S
+            for host in set(self.topology.hosts.values()) - hosts_before:
+                self.pool.submit(self.topology.host_clocks[(host.base_url, host.kind)].ensure, deadline)
+            for _, _, discovery in built:
+                if discovery is not None:
+                    self._start_discovery(discovery)
+        return Reconciled(added, removed, changed, kept)
 
     def close(self) -> None:
         """Stop promptly: cut every request in flight, whatever the upstream does."""
@@ -254,7 +353,8 @@ class Engine:
     def scrape(self, aliases: Sequence[str], budget: float | None) -> ScrapeResult:
         now = time.monotonic()
         deadline = now + (self.default_budget if budget is None else budget)
-        masters = [self.discoveries[a] for a in aliases if a in self.discoveries]
+        discoveries = self.discoveries
+        masters = [discoveries[a] for a in aliases if a in discoveries]
         for discovery in masters:
             if discovery.due(now):
                 self._start_discovery(discovery)  # in the background: this scrape uses what is known
@@ -301,8 +401,9 @@ class Engine:
             state.queued = False
             try:
                 state.inflight = future = self.pool.submit(self._run, state, deadline, previous, admission)
-            except RuntimeError:  # pool shut down
-                state.inflight = None
+            except RuntimeError:  # pool shut down (closing, or replaced by a reload): nothing was sent
+                state.inflight, state.admitted_at = None, previous
+                state.target.host.governor.refund(admission, admission.weight)
                 return None
             return future
 
@@ -325,7 +426,7 @@ class Engine:
             error = ScrapeError(exc.reason, exc.detail, exc.status, exc.code)
             detach(exc)
             if target.master is not None and error.code in NO_FUTURES_CODES:
-                self._no_futures_account(target)
+                self._no_futures_account(state)
                 return
         except Exception as exc:  # never let a bug take the scrape down
             log.error("unexpected error", exc_info=True, extra=fields(alias=target.alias, market=target.market))
@@ -367,7 +468,9 @@ class Engine:
             discovery.ran_at = time.monotonic()
         try:
             return self.pool.submit(self._discover, discovery)
-        except RuntimeError:  # shut down
+        except RuntimeError:  # shut down (or replaced by a reload): again at the next scrape
+            with discovery.lock:
+                discovery.running, discovery.ran_at = False, None
             return None
 
     def _discover(self, discovery: Discovery) -> None:
@@ -410,6 +513,8 @@ class Engine:
         master = discovery.master
         assert master.sub_accounts is not None
         with self._cond:
+            if self.discoveries.get(master.alias) is not discovery:  # its master was removed or changed
+                return
             taken = {a for a in self.by_alias if a not in self._subs_of[master.alias]}
         wanted: dict[tuple[str, str], Target] = {}
         aliases: list[str] = []
@@ -424,6 +529,8 @@ class Engine:
                     wanted[(alias, market)] = self.topology.sub_account_target(master, alias, email, market,
                                                                               discovery.host, discovery.client)
         with self._cond:
+            if self.discoveries.get(master.alias) is not discovery:
+                return
             previous = list(self._subs_of[master.alias])
             old = {key for alias in previous for key in self.by_alias.get(alias, ())}
             for key in old - wanted.keys():
@@ -440,12 +547,13 @@ class Engine:
         if set(aliases) != set(previous):
             self.log_budget([discovery.host])
 
-    def _no_futures_account(self, target: Target) -> None:
+    def _no_futures_account(self, state: TargetState) -> None:
         """A sub-account without this futures account: no target and no error, for a while."""
+        target = state.target
         discovery = self.discoveries.get(target.master or "")
         if discovery is not None and target.email is not None:
             discovery.note_without_futures(target.email, target.market, time.monotonic())
-        self.remove_target(target.key)
+        self.remove_target(target.key, state)
         log.info("sub-account has no futures account of this market", extra=fields(
             master=target.master, alias=target.alias, market=target.market))
 
@@ -477,9 +585,9 @@ class Engine:
         """Start queued refreshes of one host, oldest data first, as its budget and back-off allow."""
         while True:
             with self._cond:
-                while not self._closed and not queue.heap:
+                while not self._closed and not queue.stopped and not queue.heap:
                     self._cond.wait()
-                if self._closed:
+                if self._closed or queue.stopped:
                     return
                 state = queue.heap[0][2]
                 if self.states.get(state.target.key) is not state:  # removed meanwhile

@@ -71,6 +71,14 @@ class Governor:
         return self._rate
 
     # ---- configuration -------------------------------------------------------------------
+    def reconfigure(self, weight_limit: int, share: float) -> None:
+        """A reloaded config's limit and share, keeping what was sent: the last minute still counts
+        at Binance, so a new governor would let a full budget go on top of it. Call plan() after."""
+        with self._lock:
+            self.weight_limit = weight_limit
+            self.cap = float(weight_limit) * share
+            self._rate = self.cap / (WINDOW_S + WINDOW_SLACK_S)
+
     def plan(self, round_weight: int, interval_s: float, largest_call: int) -> None:
         """Burst freely (within the cap) when rounds at `interval_s` fit it; else pace every call.
 

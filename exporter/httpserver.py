@@ -386,6 +386,11 @@ class HTTPServer:
     def start(self) -> None:
         self._thread.start()
 
+    def set_ssl_context(self, ssl_context: ssl.SSLContext | None) -> None:
+        """A reloaded web config's TLS (a rotated certificate): connections accepted from now on
+        use it; open ones keep the one they were accepted with."""
+        self.ssl_context = ssl_context
+
     def shutdown(self) -> None:
         """Stop accepting and close idle connections; requests in flight finish, then close."""
         self.stopping = True
@@ -465,19 +470,20 @@ class HTTPServer:
                         self._fd_pause_until = time.monotonic() + 0.1
                         return
                 continue  # ECONNABORTED and friends: that client is gone
+            ssl_context = self.ssl_context  # once: a reload may swap it meanwhile
             try:
                 sock.setblocking(False)
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.ssl_context is not None:
-                    sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                if ssl_context is not None:
+                    sock = ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             except (OSError, ValueError) as exc:
                 log.debug("http accept setup failed client=%s error=%s", addr, type(exc).__name__)
                 _close(sock)
                 continue
             if self.open_connections >= self.max_connections:
                 self._evict_one()
-            conn = _Conn(sock, addr, self.ssl_context is not None)
+            conn = _Conn(sock, addr, ssl_context is not None)
             if conn.tls:
                 self._park(conn, _HANDSHAKE, self.limits.handshake_timeout)
             else:

@@ -179,6 +179,17 @@ def build_info() -> Metric:
     return build
 
 
+def reload_families(successful: bool, success_at: float) -> Iterator[Metric]:
+    """The config's latest (re)load, as Prometheus exports its own (prometheus_config_last_reload_*)."""
+    ok = _gauge("exporter_config_last_reload_successful", "Whether the latest configuration reload "
+                "(SIGHUP or POST /-/reload) succeeded; 1 at start. 0: the last good config keeps running.", ())
+    ok.add_metric([], 1.0 if successful else 0.0)
+    at = _gauge("exporter_config_last_reload_success_timestamp_seconds", "When the configuration was last "
+                "loaded successfully (at start or by a reload), Unix seconds.", ())
+    at.add_metric([], success_at)
+    yield from (ok, at)
+
+
 def families(result: ScrapeResult, skip_zero: bool, include_exporter: bool) -> Iterator[Metric]:
     """Every family with at least one sample (an empty family says nothing)."""
     for metric in (*target_families(result, skip_zero), *discovery_families(result.discoveries),

@@ -48,6 +48,13 @@ class HmacSigner:
     def __repr__(self) -> str:
         return "HmacSigner(secret=********)"
 
+    # Equal signers make equal AccountConfigs: how a config reload tells an unchanged account.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HmacSigner) and other._secret == self._secret
+
+    def __hash__(self) -> int:
+        return hash(self._secret)
+
 
 class KeyPairSigner:
     """Signs with an Ed25519 or RSA private key (Binance "self-generated" keys).
@@ -75,6 +82,19 @@ class KeyPairSigner:
 
     def __repr__(self) -> str:
         return f"KeyPairSigner(kind={self.kind!r}, key=********)"
+
+    def _identity(self) -> bytes:
+        """The key's public half: equal for the same private key, whatever file or passphrase it came from."""
+        from cryptography.hazmat.primitives import serialization
+
+        return self._key.public_key().public_bytes(serialization.Encoding.DER,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyPairSigner) and other._identity() == self._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
 
 
 def load_private_key(pem: bytes, passphrase: bytes | None) -> KeyPairSigner:

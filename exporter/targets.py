@@ -52,14 +52,8 @@ class Topology:
         self.hosts: dict[tuple[str, str], Host] = {}
         self.host_clocks: dict[tuple[str, str], HostClock] = {}
         self._transports: list[Transport] = []
-        self._kinds_by_url: dict[str, list[str]] = {}
-        for account in config.accounts:
-            needed = set(account.markets) | ({"usdm"} if "pm" in account.markets else set()) \
-                | ({"sapi"} if account.sub_accounts is not None else set())
-            for kind in needed:
-                self._kinds_by_url.setdefault(account.base_url_for(kind), []).append(kind)
-        for url, kinds in self._kinds_by_url.items():
-            self._kinds_by_url[url] = [k for k in HOST_KINDS if k in kinds]
+        self._netlocs: dict[tuple[str, str], str] = {}
+        self._kinds_by_url = _kinds_by_url(config)
 
     def host(self, account: AccountConfig, kind: str) -> Host:
         base_url = account.base_url_for(kind)
@@ -71,15 +65,42 @@ class Topology:
             clock, host_clock = time_host.clock, self.host_clocks[(time_host.base_url, "usdm")]
         else:
             clock, host_clock = Clock(), None
-        netloc = account.host_label or urlsplit(base_url).netloc
-        kinds = self._kinds_by_url.get(base_url, [kind])
-        shared = len(kinds) > 1 and kind != kinds[0]
+        netloc = self._netlocs[key] = account.host_label or urlsplit(base_url).netloc
         governor = Governor(self.config.weight_limit_for(kind), self.config.weight_budget_share, clock.now_ms)
-        host = Host(base_url=base_url, label=f"{netloc}/{kind}" if shared else netloc, kind=kind,
-                    governor=governor, clock=clock)
+        host = Host(base_url=base_url, label=self._label(key), kind=kind, governor=governor, clock=clock)
         self.hosts[key] = host
         self.host_clocks[key] = host_clock or HostClock(host, self._transport(base_url, 1))
         return host
+
+    def _label(self, key: tuple[str, str]) -> str:
+        base_url, kind = key
+        kinds = self._kinds_by_url.get(base_url, [kind])
+        return f"{self._netlocs[key]}/{kind}" if len(kinds) > 1 and kind != kinds[0] else self._netlocs[key]
+
+    def update(self, config: Config) -> list[Host]:
+        """Take a reloaded config: hosts it still needs stay, with their governor (weight history),
+        back-off and clock; limits and labels follow the config. Returns the hosts it no longer
+        needs, now closed and forgotten (their targets must be gone)."""
+        self.config = config
+        self._kinds_by_url = _kinds_by_url(config)
+        needed = {(url, kind) for url, kinds in self._kinds_by_url.items() for kind in kinds}
+        gone = [key for key in self.hosts if key not in needed]
+        dropped = [self.hosts.pop(key) for key in gone]
+        clocks = [self.host_clocks.pop(key) for key in gone]
+        for key, host in self.hosts.items():
+            host.label = self._label(key)
+            host.governor.reconfigure(config.weight_limit_for(host.kind), config.weight_budget_share)
+        kept = {id(c) for c in self.host_clocks.values()}
+        for clock in {id(c): c for c in clocks}.values():
+            if id(clock) not in kept:  # a Portfolio Margin host shares its USD-M host's clock
+                self.release(clock.transport)
+        return dropped
+
+    def release(self, transport: Transport) -> None:
+        """Close the connections of a client or clock that is gone (a removed account)."""
+        if transport in self._transports:
+            self._transports.remove(transport)
+        transport.close()
 
     def _transport(self, base_url: str, pool_size: int) -> Transport:
         transport = Transport(base_url, pool_size, self.watchdog)
@@ -115,3 +136,15 @@ class Topology:
     def close(self) -> None:
         for transport in self._transports:
             transport.close()
+
+
+def _kinds_by_url(config: Config) -> dict[str, list[str]]:
+    """The kinds of host each base URL serves for this config, in HOST_KINDS order: every
+    market of an account, the USD-M host's clock for Portfolio Margin, /sapi for masters."""
+    kinds_by_url: dict[str, list[str]] = {}
+    for account in config.accounts:
+        needed = set(account.markets) | ({"usdm"} if "pm" in account.markets else set()) \
+            | ({"sapi"} if account.sub_accounts is not None else set())
+        for kind in needed:
+            kinds_by_url.setdefault(account.base_url_for(kind), []).append(kind)
+    return {url: [k for k in HOST_KINDS if k in kinds] for url, kinds in kinds_by_url.items()}

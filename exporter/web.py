@@ -26,7 +26,7 @@ from exporter.engine import Engine
 from exporter.exposition import encode_text
 from exporter.httpserver import parse_listen_address, serve
 from exporter.render import families
-from exporter.webconfig import BasicAuth
+from exporter.webconfig import BasicAuth, WebConfig
 
 __all__ = ["make_app", "parse_listen_address", "serve"]  # the last two: re-exported from httpserver
 
@@ -133,14 +133,33 @@ def exposition(registry: CollectorRegistry, environ: dict, start_response: Start
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [output]
 
 
+class _Families(Collector):
+    def __init__(self, produce: Callable[[], Iterable[Metric]]) -> None:
+        self.produce = produce
+
+    def collect(self) -> Iterable[Metric]:
+        return self.produce()
+
+
 def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth | None = None,
              ready: Callable[[], bool] = lambda: True,
-             headers: tuple[tuple[str, str], ...] = ()) -> Callable[[dict, StartResponse], Iterable[bytes]]:
-    """The routes; `headers` (http_server_config.headers of the web config) go on every answer."""
+             headers: tuple[tuple[str, str], ...] = (), *,
+             web: Callable[[], WebConfig] | None = None,
+             reload: Callable[[], str | None] | None = None,
+             exporter_metrics: Callable[[], Iterable[Metric]] | None = None,
+             ) -> Callable[[dict, StartResponse], Iterable[bytes]]:
+    """The routes; `headers` (http_server_config.headers of the web config) go on every answer.
+
+    `web`: where auth and headers come from instead, read once per request, so a reload swaps
+    them. `reload`: `--web.enable-lifecycle`'s `POST /-/reload` (None or an error line).
+    `exporter_metrics`: more exporter families for /metrics (the config reload status).
+    """
 
     def metrics(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         registry = scrape_registry(ScrapeCollector(engine, engine.aliases(), scrape_budget(environ),
                                                    include_exporter=True))
+        if exporter_metrics is not None:
+            registry.register(_Families(exporter_metrics))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
@@ -158,16 +177,33 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
                                                    include_exporter=False))
         return exposition(registry, environ, start_response)
 
+    def lifecycle_reload(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        """As Prometheus answers /-/reload, except a failed reload: 400 with the error line (Prometheus: 500)."""
+        if environ.get("REQUEST_METHOD") not in ("POST", "PUT"):
+            return _text(start_response, "405 Method Not Allowed", "Only POST or PUT requests allowed\n",
+                         extra=[("Allow", "POST, PUT")])
+        if reload is None:
+            return _text(start_response, "403 Forbidden", "Lifecycle API is not enabled.\n")
+        error = reload()
+        if error is not None:
+            return _text(start_response, "400 Bad Request", error + "\n")
+        return _text(start_response, "200 OK", "Reloaded\n")
+
     def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        if headers:
+        current = web() if web is not None else None
+        extra_headers = current.headers if current is not None else headers
+        if extra_headers:
             plain_start = start_response
 
             def start_response(status: str, response_headers: list, *exc: object) -> object:  # noqa: F811
-                return plain_start(status, [*response_headers, *headers], *exc)
+                return plain_start(status, [*response_headers, *extra_headers], *exc)
         path = environ.get("PATH_INFO", "/")
-        if auth is not None and path != "/-/healthy" and not auth.check(environ.get("HTTP_AUTHORIZATION")):
+        checker = current.auth if current is not None else auth
+        if checker is not None and path != "/-/healthy" and not checker.check(environ.get("HTTP_AUTHORIZATION")):
             return _text(start_response, "401 Unauthorized", "Unauthorized\n",
                          extra=[("WWW-Authenticate", 'Basic realm="binance-futures-exporter"')])
+        if path == "/-/reload":
+            return lifecycle_reload(environ, start_response)
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
             return _text(start_response, "405 Method Not Allowed", "use GET\n", extra=[("Allow", "GET, HEAD")])
         if path == telemetry_path:

@@ -96,6 +96,9 @@ class BasicAuth:
             return True
         return False
 
+    def same_users(self, other: BasicAuth) -> bool:
+        return self._users == other._users
+
     def __repr__(self) -> str:
         return f"BasicAuth(users={sorted(self._users)!r})"
 
@@ -107,6 +110,14 @@ class WebConfig:
     # Extra response headers from http_server_config.headers, validated here;
     # the web layer adds them to every response.
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def carry_over(old: WebConfig, new: WebConfig) -> WebConfig:
+    """A reloaded web config that keeps the old BasicAuth when the users and hashes are the same,
+    so credentials already verified are not bcrypt-checked again after every reload."""
+    if old.auth is not None and new.auth is not None and old.auth.same_users(new.auth):
+        return WebConfig(new.ssl_context, old.auth, new.headers)
+    return new
 
 
 def _err(source: str, key: str, what: str) -> ConfigError:

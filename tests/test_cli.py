@@ -21,7 +21,7 @@ def test_version() -> None:
 def test_help_lists_prometheus_style_flags() -> None:
     out = subprocess.run([sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True, cwd=REPO).stdout
     for flag in ("--config.file", "--web.listen-address", "--web.telemetry-path", "--web.config.file",
-                 "--log.level", "--log.format", "--demo", "--version"):
+                 "--web.enable-lifecycle", "--log.level", "--log.format", "--demo", "--version"):
         assert flag in out
 
 

@@ -23,7 +23,8 @@ render.py can emit; test_the_dataset_exercises_every_family keeps it so.
 Normalisations, the only differences allowed between runs (NORMALISED below):
 
 * the value of `request_duration_seconds`, `last_success_timestamp_seconds`
-  and `time_offset_seconds` becomes `<duration>`, `<timestamp>`, `<offset>`;
+  (and `exporter_config_last_reload_success_timestamp_seconds`) and
+  `time_offset_seconds` becomes `<duration>`, `<timestamp>`, `<offset>`;
   the series line stays, so its label set is still pinned;
 * the simulator's random port in `host` labels becomes `<port>` (PORT_RE).
 
@@ -62,8 +63,10 @@ import requests
 from conftest import wait_until
 from exporter.config import parse_config
 from exporter.engine import Engine
+from exporter.reload import Reloader
 from exporter.simulator import SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, balance_row, pm_row
 from exporter.web import make_app, serve
+from exporter.webconfig import WebConfig
 from stack_helpers import metric_catalogue, require_tool
 from testkit import Simulator
 
@@ -134,6 +137,7 @@ CASES = {
 NORMALISED = {
     "binance_futures_request_duration_seconds": "<duration>",
     "binance_futures_last_success_timestamp_seconds": "<timestamp>",
+    "binance_futures_exporter_config_last_reload_success_timestamp_seconds": "<timestamp>",
     "binance_futures_time_offset_seconds": "<offset>",
 }
 PORT_RE = re.compile(r'host="127\.0\.0\.1:(\d+)')  # the simulator's port, in host labels
@@ -168,7 +172,9 @@ def scrape_twice(path: str) -> str:
     minute = sim.server_time_ms() // 60_000
     engine = Engine(parse_config(config(sim.base_url), "golden.yaml", {}))
     started = engine.start()
-    server = serve(make_app(engine, ready=lambda: all(f.done() for f in started)), "127.0.0.1:0")
+    reloader = Reloader(engine, WebConfig(), None, None)  # as the CLI wires it: the reload status too
+    server = serve(make_app(engine, ready=lambda: all(f.done() for f in started), exporter_metrics=reloader.metrics),
+                   "127.0.0.1:0")
     url = f"http://127.0.0.1:{server.server_port}"
     try:
         wait_until(lambda: requests.get(url + "/-/ready", timeout=5).status_code == 200, timeout=10)
@@ -239,7 +245,7 @@ def test_the_dataset_exercises_every_family() -> None:
     names: dict[str, set[str]] = {}
     for line in (GOLDEN / "metrics.txt").read_text().splitlines():
         if not line.startswith("#"):
-            name, _, rest = line.partition("{")
+            name, rest = family_of(line), line.partition("{")[2]  # a series may have no labels
             names.setdefault(name, set()).update(re.findall(r'(\w+)="', rest.rpartition("}")[0]))
     catalogue = metric_catalogue()
     assert sorted(set(catalogue) - set(names)) == []

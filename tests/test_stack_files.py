@@ -328,8 +328,12 @@ def test_alert_annotations_use_only_labels_the_alert_has():
         assert used <= kept, f"{a['alert']}: annotations use {sorted(used - kept)}, which it never carries"
 
 
+# Alerts about one exporter process (a scrape target), not an account or host: they keep job and instance.
+TARGET_ALERTS = ("BinanceFuturesExporterDown", "BinanceFuturesExporterConfigReloadFailed")
+
+
 def test_alerts_fire_once_per_account_or_host_and_are_tested_with_duplicates():
-    """Only ExporterDown (about a scrape target) keeps job/instance; every other alert is tested firing with
+    """Only the TARGET_ALERTS keep job/instance; every other alert is tested firing with
     its data arriving more than once (two jobs, or replicas) and fires once regardless."""
     for a in rules("alert"):
         name = a["alert"]
@@ -338,8 +342,8 @@ def test_alerts_fire_once_per_account_or_host_and_are_tested_with_duplicates():
         for _, case in cases:
             for alert in case["exp_alerts"]:
                 has_target = {"job", "instance"} & set(alert["exp_labels"])
-                assert bool(has_target) == (name == "BinanceFuturesExporterDown"), (name, alert["exp_labels"])
-        if name == "BinanceFuturesExporterDown":
+                assert bool(has_target) == (name in TARGET_ALERTS), (name, alert["exp_labels"])
+        if name in TARGET_ALERTS:
             continue
         targets_per_test = [{(series_labels(s["series"]).get("job"), series_labels(s["series"]).get("instance"))
                              for s in group["input_series"]} for group, _ in cases]

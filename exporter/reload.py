@@ -1,0 +1,104 @@
+"""Reload without restart: SIGHUP and `POST /-/reload` re-read `--config.file` and `--web.config.file`.
+
+A restart re-spends a round of weight and blanks every account's data; a
+reload keeps what did not change (see `Engine.apply`). Both files are read
+and validated before anything changes, so a bad one changes nothing: the last
+good config keeps running, the error is logged in the one line the CLI prints
+at start, and `POST /-/reload` answers it with a 400. The outcome is exported
+as Prometheus does for itself (`prometheus_config_last_reload_*`).
+
+Reloads run one after the other (a lock): two SIGHUPs at once are two reloads
+in a row, never two at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from prometheus_client.core import Metric
+
+from exporter.config import ConfigError, load_config
+from exporter.engine import Engine
+from exporter.httpserver import HTTPServer
+from exporter.logs import fields
+from exporter.render import reload_families
+from exporter.webconfig import WebConfig, carry_over, load_web_config
+
+log = logging.getLogger("exporter.reload")
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    """The latest reload's outcome; at start, a success at start time (as Prometheus does)."""
+
+    successful: bool
+    success_at: float  # Unix seconds of the latest successful load
+
+
+class Reloader:
+    """Owns the config files' paths, the web config in force and the reload outcome."""
+
+    def __init__(self, engine: Engine, web: WebConfig, config_file: str | None,
+                 web_config_file: str | None) -> None:
+        self.engine = engine
+        self.web = web  # read once per request by the web layer; replaced whole
+        self.config_file = config_file  # None: --demo, whose accounts come from the simulator
+        self.web_config_file = web_config_file
+        self.server: HTTPServer | None = None  # set once it listens: its TLS context follows the web config
+        self.status = ReloadStatus(True, time.time())
+        self._lock = threading.Lock()
+
+    def current_web(self) -> WebConfig:
+        return self.web
+
+    def metrics(self) -> Iterator[Metric]:
+        status = self.status
+        return reload_families(status.successful, status.success_at)
+
+    def reload(self, cause: str) -> str | None:
+        """Re-read both files and apply them, or neither; None, or the error line (also logged)."""
+        with self._lock:
+            try:
+                config = load_config(self.config_file) if self.config_file is not None else None
+                web = load_web_config(self.web_config_file) if self.web_config_file is not None else None
+            except ConfigError as exc:
+                return self._failed(cause, str(exc))
+            try:
+                if config is not None:
+                    for warning in config.warnings:
+                        log.warning("config problem", extra=fields(warning=warning))
+                    done = self.engine.apply(config)
+                    log.info("config reloaded", extra=fields(
+                        cause=cause, file=config.source, accounts=len(config.accounts),
+                        added=",".join(done.added), removed=",".join(done.removed),
+                        changed=",".join(done.changed), unchanged=len(done.kept)))
+                    self.engine.log_budget()
+                if web is not None:
+                    self._apply_web(cause, web)
+                if config is None and web is None:
+                    log.info("config reloaded: nothing to re-read (--demo has no config file)",
+                             extra=fields(cause=cause))
+            except Exception as exc:  # a bug: say so in one line, keep serving
+                log.error("config reload failed with an internal error", exc_info=True)
+                return self._failed(cause, f"internal error applying the config: {type(exc).__name__}")
+            self.status = ReloadStatus(True, time.time())
+            return None
+
+    def _apply_web(self, cause: str, web: WebConfig) -> None:
+        web = carry_over(self.web, web)
+        if self.server is not None:
+            self.server.set_ssl_context(web.ssl_context)  # new connections; open ones keep theirs
+        self.web = web
+        log.info("web config reloaded", extra=fields(cause=cause, file=self.web_config_file,
+                                                     tls=web.ssl_context is not None,
+                                                     basic_auth=web.auth is not None))
+
+    def _failed(self, cause: str, error: str) -> str:
+        self.status = ReloadStatus(False, self.status.success_at)
+        log.error("config reload failed; the last good config keeps running",
+                  extra=fields(cause=cause, error=error))
+        return error
