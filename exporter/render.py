@@ -92,10 +92,10 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
                 _put(min_account_available, acct, account.min_account_available_balance)
             if account.max_margin_ratio is not None:
                 _put(max_margin_ratio, acct, account.max_margin_ratio)
-            if account.min_liquidation_distance is not None:
-                _put(min_liq_distance, acct, account.min_liquidation_distance)
         elif account.min_uni_mmr is not None:
             _put(min_uni_mmr, acct, account.min_uni_mmr)
+        if account.min_liquidation_distance is not None:  # Portfolio Margin has positions too
+            _put(min_liq_distance, acct, account.min_liquidation_distance)
         _put(host_info, {**acct, "host": target.host.label}, 1.0)
         if target.master is not None and target.alias not in seen_sub:
             seen_sub.add(target.alias)

@@ -13,8 +13,10 @@ is derived, so the answers agree with each other the way Binance's do:
   wallet + unrealizedProfit; crossUnPnl = the row's crossUnPnl + the cross
   positions' PnL. (A row's own crossUnPnl stands for PnL of positions the
   simulator is not told about: leave it 0 when you give positions.);
-* account totals = sums over the assets, every asset at price 1 (the
-  simulator has no prices); the same for sub-accounts and Portfolio Margin.
+* USD-M account totals: the USDT asset's figures in single-asset mode (as
+  Binance's "only for USDT asset"), the sums over the assets in Multi-Assets
+  mode, every asset at price 1 (the simulator has no prices); sub-accounts
+  and Portfolio Margin: sums over the assets.
 
 Field names and their order come from exporter.schema; values follow the
 style of the official examples, which is also what a bare SimAccount answers.
@@ -399,7 +401,10 @@ def usdm_account(acct: SimAccount, params: dict[str, str], version: int) -> dict
     rows, pool = _usdm_rows(acct)
     assets = _assets(rows, acct.positions, USDM_BALANCE, False)[1]
     v2 = version == 2
-    totals = _totals(assets, USDM_ACCOUNT_TOTALS)
+    # Single-asset mode: the totals are the USDT pool's only (every other margin asset is a pool of its own);
+    # Multi-Assets mode: every asset, at price 1.
+    totals = _totals(assets if pool is not None else [a for a in assets if a["asset"] == "USDT"],
+                     USDM_ACCOUNT_TOTALS)
     if pool is not None:
         totals["account_available_balance"] = pool
     values = {**totals, "feeTier": 0, "feeBurn": True, "canTrade": True,
