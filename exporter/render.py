@@ -22,7 +22,7 @@ from exporter.schema import (
     NS,
     PM_ACCOUNT_STATUSES,
     POSITION_FAMILIES,
-    POSITION_LABELS,
+    POSITION_INFO_LABELS,
     Family,
 )
 
@@ -55,7 +55,7 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
                                    "account's pool; USD-M only.", ACCOUNT_LABELS)
     position_info = _gauge("position_info", "A position's margin type (cross or isolated) and margin asset "
                            "(COIN-M: the coin); always 1. Absent where Binance's answer does not say "
-                           "(USD-M sub-accounts).", POSITION_LABELS + ("margin_type", "margin_asset"))
+                           "(USD-M sub-accounts).", POSITION_INFO_LABELS)
     info = _gauge("account_info", "Binance's accountAlias for an account (balance endpoints only); always 1.",
                   ("alias", "market", "account_alias"))
     status = _gauge("pm_account_status", "Portfolio Margin accountStatus as a state set: 1 for the current "

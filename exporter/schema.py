@@ -31,6 +31,7 @@ MARKETS = ("usdm", "coinm", "pm")
 ACCOUNT_LABELS = ("alias", "market")
 ASSET_LABELS = ("alias", "market", "asset")
 POSITION_LABELS = ("alias", "market", "symbol", "position_side")
+POSITION_INFO_LABELS = POSITION_LABELS + ("margin_type", "margin_asset")
 
 
 @dataclass(frozen=True)
