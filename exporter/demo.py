@@ -48,7 +48,7 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         "balances": [balance_row("USDT", "8004.17", "3012.33", cross="7794.17"), balance_row("USDC", "3000", "2950")],
         "positions": [
             SimPosition("ADAUSDT", "5000", "0.40", "0.41047590", "LONG", leverage=10, isolated=True,
-                        isolated_wallet="210", liquidation_price="0.3652"),
+                        isolated_wallet="210", liquidation_price="0.30"),
             SimPosition("BTCUSDT", "0.500", "64000", "62750.10000000", "LONG", leverage=10,
                         liquidation_price="49120.55"),
             SimPosition("ETHUSDT", "-4.000", "3300", "3420.50000000", "SHORT", leverage=20,

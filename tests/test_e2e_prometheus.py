@@ -207,7 +207,13 @@ def test_liquidation_alert_fires_for_the_demo_position_near_liquidation(promethe
     firing = poll(near_liquidation_firing, "BinanceFuturesPositionNearLiquidation firing", deadline)
     assert [(m["alias"], m["market"], m["symbol"], m["position_side"]) for m in firing] == [
         ("hedge", "usdm", "ETHUSDT", "SHORT")], firing
-    assert api.query('ALERTS{alertname=~"BinanceFutures(MarginRatioHigh|UniMMRLow)"}') == []
+    assert api.query('ALERTS{alertname=~"BinanceFutures(MarginRatioHigh|IsolatedMarginRatioHigh|UniMMRLow|'
+                     'PmAccountStatusNotNormal|AccountAvailableBalanceLow)"}') == []
+    # The demo's isolated ADAUSDT long has its own ratio; the Multi-Assets account its pool in USD.
+    isolated = api.query('binance_futures:isolated_margin_ratio{alias="hedge"}')
+    assert [s["metric"]["symbol"] for s in isolated] == ["ADAUSDT"] and 0 < float(isolated[0]["value"][1]) < 0.1
+    pool = api.query('binance_futures:account_available_balance_usd')
+    assert [(s["metric"]["alias"], float(s["value"][1])) for s in pool] == [("multi", 3500.0)], pool
     distance = api.query('binance_futures:position_liquidation_distance{alias="hedge",symbol="ETHUSDT"}')
     assert 0.03 < float(distance[0]["value"][1]) < 0.07, distance
 
