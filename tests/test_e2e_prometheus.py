@@ -213,7 +213,7 @@ def test_liquidation_alert_fires_for_the_demo_position_near_liquidation(promethe
     isolated = api.query('binance_futures:isolated_margin_ratio{alias="hedge"}')
     assert [s["metric"]["symbol"] for s in isolated] == ["ADAUSDT"] and 0 < float(isolated[0]["value"][1]) < 0.1
     pool = api.query('binance_futures:account_available_balance_usd')
-    assert [(s["metric"]["alias"], float(s["value"][1])) for s in pool] == [("multi", 3500.0)], pool
+    assert [s["metric"]["alias"] for s in pool] == ["multi"] and 3000 < float(pool[0]["value"][1]) < 4000, pool
     distance = api.query('binance_futures:position_liquidation_distance{alias="hedge",symbol="ETHUSDT"}')
     assert 0.03 < float(distance[0]["value"][1]) < 0.07, distance
 
