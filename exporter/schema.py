@@ -22,7 +22,7 @@ Decimals the exporter skips (``leverage``, ``maxQty``...) keep kind
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NS = "binance_futures"
 MARKETS = ("usdm", "coinm", "pm")
@@ -160,8 +160,8 @@ POSITION_FAMILIES = _families(
     ("position_unrealized_pnl", "Unrealized PnL of the position (unRealizedProfit; unrealizedProfit for "
                                 "sub-accounts), in its margin asset: COIN-M in the coin."),
     ("position_required_initial_margin", "Initial margin required for the position at the current mark "
-                                         "price (initialMargin)."),
-    ("position_maint_margin", "Maintenance margin required for the position (maintMargin)."),
+                                         "price (initialMargin), in its margin asset."),
+    ("position_maint_margin", "Maintenance margin required for the position (maintMargin), in its margin asset."),
     ("position_isolated_margin", "Isolated margin of the position (isolatedMargin), in its margin asset "
                                  "(COIN-M: the coin)."),
     ("position_isolated_wallet", "Wallet of an isolated position (isolatedWallet), in its margin asset "
@@ -384,15 +384,10 @@ SUB_ACCOUNT_COINM = _layout(_SUB_HEAD + " updateTime:millis")
 """`/sapi/v2/sub-account/futures/account` futureAccountResp (futuresType 1; no top-level asset) and
 deliveryAccountResp (futuresType 2; no totals, no top-level maxWithdrawAmount)."""
 
-SUB_POSITION_RISK = (
-    Field("positionAmount", "position_amount"),
-    Field("entryPrice", "position_entry_price", "opt_decimal"),
-    Field("markPrice", "position_mark_price", "opt_decimal"),
-    Field("unrealizedProfit", "position_unrealized_pnl", "opt_decimal"),
-    Field("liquidationPrice", "position_liquidation_price", "opt_decimal"),
-    Field("isolatedMargin", "position_isolated_margin", "opt_decimal"),
-    Field("isolatedWallet", "position_isolated_wallet", "opt_decimal"),
-)
+SUB_POSITION_RISK = tuple(replace(f, json={"positionAmt": "positionAmount",
+                                            "unRealizedProfit": "unrealizedProfit"}.get(f.json, f.json))
+                          for f in POSITION_RISK)
+"""POSITION_RISK under the sub-account answer's names (positionAmount, unrealizedProfit)."""
 SUB_POSITION_RISK_USDM = _layout("entryPrice leverage maxNotional liquidationPrice markPrice positionAmount symbol:text "
                                  "unrealizedProfit", SUB_POSITION_RISK)
 SUB_POSITION_RISK_COINM = _layout("entryPrice markPrice leverage isolated:text isolatedWallet isolatedMargin "
