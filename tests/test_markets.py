@@ -349,3 +349,26 @@ def test_a_new_portfolio_margin_status_is_exported_not_rejected(sim: Simulator, 
     m = make_harness(config(sim, markets=["pm"])).scrape()
     states = {dict(k[1])["status"]: v for k, v in m.items() if k[0] == "binance_futures_pm_account_status"}
     assert states["OTHER"] == 1 and sum(states.values()) == 1
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/papi/v1/um/positionRisk", b'[{"symbol":"BTCUSDT","positionAmt":"1","positionSide":"NEITHER"}]'),
+    ("/papi/v1/cm/positionRisk", b'[{"symbol":"BTCUSD_PERP","positionAmt":"1e400","positionSide":"BOTH"}]'),
+    ("/fapi/v3/positionRisk", b'[{"symbol":"BTCUSDT","positionAmt":"1","positionSide":"BOTH","marginType":"x"}]'),
+    ("/fapi/v3/account", b'{"assets":[],"positions":[{"symbol":"BTCUSDT","isolated":"maybe"}]}'),
+])
+def test_bad_risk_answers_degrade_that_account_alone(sim: Simulator, make_harness, path: str, body: bytes) -> None:
+    """An unknown side or margin type, or an absurd number, is that account's bad_response; the rest is exported."""
+    other = SimAccount("other-key", "other-secret", balances=[balance_row("USDT", "5")])
+    sim.add_account(other)
+    sim.set_fault(KEY, Fault("raw", path=path, status=200, body=body))
+    data = config(sim, markets=["usdm", "pm"], endpoint="account", positions=True)
+    data["accounts"].append({"alias": "other", "api_key": "other-key", "api_secret": "other-secret"})
+    m = make_harness(data).scrape()
+    market = "pm" if path.startswith("/papi") else "usdm"
+    bad = {"alias": "desk", "market": market}
+    assert value(m, "binance_futures_up", **bad) == 0
+    assert value(m, "binance_futures_scrape_errors_total", **bad, reason="bad_response") == 1
+    good = {"alias": "desk", "market": "usdm" if market == "pm" else "pm"}
+    assert value(m, "binance_futures_up", **good) == 1
+    assert value(m, "binance_futures_balance", alias="other", market="usdm", asset="USDT") == 5
