@@ -10,7 +10,9 @@ pending -> firing within seconds instead of minutes.
 Then it polls Prometheus' HTTP API, with a deadline and no fixed sleeps, until
 every PromQL of the Grafana dashboard returns data and the low-balance alert
 fires for the demo account grid-bot (USDT), once although both jobs scrape it,
-and not for main or hedge; and until the host alerts' expressions give one
+and not for main or hedge; that no risk alert fires for the healthy demo
+(whose isolated position and Multi-Assets account have their figures); and
+until the host alerts' expressions give one
 series per Binance API host although every /probe scrape carries a copy of the
 exporter's host metrics.
 
