@@ -310,7 +310,8 @@ def _with_isolated_maint(assets: tuple[AssetRow, ...], positions: Any,
             continue
         maint = values.get("maint", 0.0)
         total += maint
-        asset = _coin_of(symbol) if coin else next((a for a in names if symbol.endswith(a)), None)
+        pair = symbol.split("_", 1)[0]  # BTCUSDT_250926: a delivery contract of BTCUSDT
+        asset = _coin_of(symbol) if coin else next((a for a in names if pair.endswith(a)), None)
         if asset is not None:
             per_asset[asset] = per_asset.get(asset, 0.0) + maint
     rows = tuple(AssetRow(r.asset, {**r.values, "isolated_maint_margin": per_asset.get(r.asset, 0.0)}, r.zero)
@@ -348,7 +349,8 @@ def _margin_asset(item: Mapping[str, Any], symbol: str, coin: bool, where: str) 
         return _label(item["marginAsset"], ASSET_RE, f"{where}.marginAsset")
     if coin:
         return _coin_of(symbol)
-    return next((a for a in USDM_QUOTE_ASSETS if symbol.endswith(a) and len(symbol) > len(a)), None)
+    pair = symbol.split("_", 1)[0]
+    return next((a for a in USDM_QUOTE_ASSETS if pair.endswith(a) and len(pair) > len(a)), None)
 
 
 def parse_position_risk(body: bytes, *, coin: bool = False, rows_key: str | None = None,

@@ -111,6 +111,9 @@ def test_position_margin_type_and_asset() -> None:
     assert (iso.margin_type, iso.values["position_isolated_wallet"]) == ("isolated", 75.0)
     live = parsing.parse_position_risk(body("fapi_v2_position_risk_live", **{"0__positionAmt": "1"}))
     assert live.positions[0].margin_type in ("cross", "isolated")
+    (fut,) = parsing.parse_position_risk(body("fapi_v2_position_risk_live", **{
+        "0__positionAmt": "1", "0__symbol": "BTCUSDT_250926"})).positions
+    assert fut.margin_asset == "USDT"  # v2 names none: the quote asset of the pair, delivery contracts too
     (coin,) = parsing.parse_coinm_position_risk(body("dapi_v1_position_risk", **{"0__positionAmt": "12"})).positions
     assert coin.margin_asset == coin.symbol.split("USD")[0]
 
