@@ -215,6 +215,14 @@ def test_pm_unknown_account_status_is_kept_not_rejected(raw: object, shown: str,
     assert snap.status == shown and snap.totals["pm_uni_mmr"] == 5167.92171923
 
 
+def test_an_unknown_status_is_logged_once(caplog) -> None:
+    for _ in range(3):
+        assert parsing.parse_pm_account(body("papi_v1_account", accountStatus="ONCE_ONLY_STATE")).status \
+            == "ONCE_ONLY_STATE"
+    lines = [r for r in caplog.records if "accountStatus not in the documented list" in r.getMessage()]
+    assert len(lines) == 1
+
+
 def test_sub_account_usdm_and_coinm() -> None:
     snap = parsing.parse_sub_account(body("sapi_v2_sub_account_futures_account_1"), 1)
     (usdt,) = snap.assets
