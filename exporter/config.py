@@ -47,6 +47,7 @@ SHARED_KEYS = (
     "cache_seconds",
     "max_data_age_seconds",
     "min_available_balance",
+    "min_account_available_balance",
     "markets",
     "endpoint",
     "positions",
@@ -112,6 +113,8 @@ class AccountConfig:
     cache_seconds: float | None = None  # None: derived from scrape_interval_seconds
     max_data_age_seconds: float = 300.0
     min_available_balance: Mapping[str, float] = field(default_factory=dict)
+    # USD value of a Multi-Assets mode account's pool (USD-M): the account-level low-balance threshold.
+    min_account_available_balance: float | None = None
     markets: tuple[str, ...] = ("usdm",)
     endpoint: str = "balance"
     positions: bool = False
@@ -407,6 +410,10 @@ def _shared(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str], warni
                                               minimum=1, maximum=86400)
     if "min_available_balance" in raw:
         out["min_available_balance"] = _thresholds(ctx, "min_available_balance", raw["min_available_balance"], environ)
+    if "min_account_available_balance" in raw:
+        out["min_account_available_balance"] = _number(ctx, "min_account_available_balance",
+                                                       raw["min_account_available_balance"], environ,
+                                                       minimum=0, maximum=1e15)
     if "markets" in raw:
         out["markets"] = _choices(ctx, "markets", raw["markets"], MARKETS, allow_empty=True)
     if "endpoint" in raw:

@@ -6,8 +6,12 @@ points at the one simulator. What the demo shows on purpose:
 * `main`: USD-M and COIN-M balances;
 * `hedge`: account endpoint with positions (hedge mode); its ETHUSDT short
   stays within 3.8-6.7 % of its liquidation price while the mark drifts, under
-  the account's min_liquidation_distance of 10 %, so that alert fires;
+  the account's min_liquidation_distance of 10 %, so that alert fires; its
+  ADAUSDT long is an isolated position (its own margin ratio, far from the
+  threshold), and it also holds a USDC margin pool;
 * `grid-bot`: below its USDT threshold, so the low-balance alert fires;
+* `multi`: an account in Multi-Assets mode (USDT and USDC as one pool, its
+  available balance in USD against min_account_available_balance);
 * `portfolio`: a Portfolio Margin account with a uniMMR alert threshold;
 * `master`: a master key with sub-accounts (one frozen, one without futures,
   one excluded by the config).
@@ -41,8 +45,10 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     }, {"markets": ("usdm", "coinm"), "min_available_balance": {**DEFAULT_THRESHOLDS, "BNB": 2.0}}),
     "hedge": ({
         "account_alias": "fT2q",
-        "balances": [balance_row("USDT", "8004.17", "3012.33", cross="7990"), balance_row("USDC", "3000", "2950")],
+        "balances": [balance_row("USDT", "8004.17", "3012.33", cross="7794.17"), balance_row("USDC", "3000", "2950")],
         "positions": [
+            SimPosition("ADAUSDT", "5000", "0.40", "0.41047590", "LONG", leverage=10, isolated=True,
+                        isolated_wallet="210", liquidation_price="0.30"),
             SimPosition("BTCUSDT", "0.500", "64000", "62750.10000000", "LONG", leverage=10,
                         liquidation_price="49120.55"),
             SimPosition("ETHUSDT", "-4.000", "3300", "3420.50000000", "SHORT", leverage=20,
@@ -53,6 +59,12 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         "account_alias": "Kp9x",
         "balances": [balance_row("USDT", "1203.77", "420.66", cross="1198.40", pnl="-35.10")],
     }, {}),
+    "multi": ({
+        "account_alias": "Mu1t",
+        "multi_assets": True,
+        "balances": [balance_row("USDT", "2500", "2100"), balance_row("USDC", "1500", "1400")],
+        "positions": [SimPosition("BTCUSDT", "0.100", "64000", "62750.10000000", leverage=10)],
+    }, {"endpoint": "account", "positions": True, "max_margin_ratio": 0.5, "min_account_available_balance": 1000.0}),
     "portfolio": ({
         "account_alias": "Pm7w",
         "pm": SimPortfolio(balances=[pm_row("USDT", "42000", "-850.5", free="5000"),

@@ -414,6 +414,8 @@ class Engine:
         error: ScrapeError | None = None
         try:
             snapshot = target.client.fetch(target.calls, deadline, admission)
+            if target.modes is not None:  # read at start, then rarely (modes.py)
+                snapshot = target.modes.refresh(target.client, deadline, snapshot)
         except Skipped:  # not sent: no attempt, no error; the account stays as old as it was
             target.host.count_deferred()
             with state.lock:

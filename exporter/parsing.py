@@ -11,12 +11,16 @@ Decimals are checked against a strict grammar because float() also accepts
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from exporter.logs import fields as log_fields
 from exporter.schema import (
+    ACCOUNT_CONFIG,
     COINM_ACCOUNT_ASSET,
     COINM_BALANCE,
     PM_ACCOUNT,
@@ -25,6 +29,8 @@ from exporter.schema import (
     POSITION_RISK,
     SUB_ACCOUNT_ASSET,
     SUB_ACCOUNT_TOTALS,
+    SUB_POSITION_KEYS,
+    SUB_POSITION_RISK,
     USDM_ACCOUNT_ASSET,
     USDM_ACCOUNT_TOTALS,
     USDM_BALANCE,
@@ -42,6 +48,16 @@ EMAIL_RE = re.compile(r"[\x21-\x3f\x41-\x7e]{1,128}@[\x21-\x3f\x41-\x7e]{1,128}"
 MAX_MILLIS = 2**53  # keeps /1000 exact enough and finite
 MAX_ADL = 100
 MAX_ROWS = 100_000
+# An accountStatus Binance added after PM_ACCOUNT_STATUSES: shown as its own state when it is a
+# plain upper-case word, else as OTHER; never a rejected refresh.
+PM_STATUS_RE = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+PM_STATUS_OTHER = "OTHER"
+MARGIN_TYPES = ("cross", "isolated")
+# USD-M quote (settlement) assets, longest match first: the margin asset of a position in
+# single-asset mode where the answer does not name it (v2 positionRisk, account positions).
+USDM_QUOTE_ASSETS = ("FDUSD", "USDT", "USDC", "BUSD", "BTC")
+
+log = logging.getLogger("exporter.parsing")
 
 
 class BadResponse(ValueError):
@@ -60,6 +76,8 @@ class PositionRow:
     symbol: str
     side: str
     values: Mapping[str, float]
+    margin_type: str | None = None  # cross / isolated; None where the answer does not say (USD-M sub-accounts)
+    margin_asset: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,39 +261,129 @@ def parse_coinm_balance(body: bytes) -> Snapshot:
 
 
 def parse_usdm_account(body: bytes) -> Snapshot:
-    """`/fapi/v2|v3/account`: totals and assets; positions come from positionRisk instead."""
+    """`/fapi/v2|v3/account`: totals and assets, with the isolated positions' maintenance margin.
+
+    Positions themselves come from positionRisk; here they only tell how much of the
+    maintenance margin belongs to isolated positions, which Binance's cross ratio leaves
+    out. v2's `multiAssetsMargin` is the account's mode, fresher than accountConfig's.
+    """
     data = _object(load_json(body), "account")
     assets = asset_rows(_list(data.get("assets"), "assets"), USDM_ACCOUNT_ASSET, "assets")
-    return Snapshot(assets=assets, totals=read_fields(data, USDM_ACCOUNT_TOTALS, "account"))
+    totals = read_fields(data, USDM_ACCOUNT_TOTALS, "account")
+    multi = data.get("multiAssetsMargin")
+    if multi is not None:
+        if not isinstance(multi, bool):
+            raise BadResponse("field account.multiAssetsMargin is not a boolean")
+        totals["multi_assets_mode"] = 1.0 if multi else 0.0
+    assets, isolated = _with_isolated_maint(assets, data.get("positions", []), coin=False)
+    totals["account_isolated_maint_margin"] = isolated
+    return Snapshot(assets=assets, totals=totals)
 
 
 def parse_coinm_account(body: bytes) -> Snapshot:
-    """`/dapi/v1/account`: assets only (COIN-M has no account totals)."""
+    """`/dapi/v1/account`: assets only (COIN-M has no account totals), with isolated maintenance margin."""
     data = _object(load_json(body), "account")
-    return Snapshot(assets=asset_rows(_list(data.get("assets"), "assets"), COINM_ACCOUNT_ASSET, "assets"))
+    assets = asset_rows(_list(data.get("assets"), "assets"), COINM_ACCOUNT_ASSET, "assets")
+    return Snapshot(assets=_with_isolated_maint(assets, data.get("positions", []), coin=True)[0])
 
 
-def parse_position_risk(body: bytes) -> Snapshot:
-    """`/fapi/v2|v3/positionRisk`, `/dapi/v1/positionRisk`: open positions.
+def parse_account_config(body: bytes) -> Snapshot:
+    """`/fapi/v1/accountConfig`: multi-assets and hedge mode, as 0/1 account values."""
+    return Snapshot(totals=read_fields(_object(load_json(body), "accountConfig"), ACCOUNT_CONFIG, "accountConfig"))
 
-    Rows with positionAmt 0 (symbols with open orders but no position) are not
+
+_ACCOUNT_POSITION_MARGIN = (Field("maintMargin", "maint", "opt_decimal"),
+                            Field("isolatedWallet", "position_isolated_wallet", "opt_decimal"))
+
+
+def _with_isolated_maint(assets: tuple[AssetRow, ...], positions: Any,
+                         coin: bool) -> tuple[tuple[AssetRow, ...], float]:
+    """Each asset's isolated maintenance margin (`isolated_maint_margin`), and their sum."""
+    names = sorted((row.asset for row in assets), key=len, reverse=True)
+    per_asset: dict[str, float] = {}
+    total = 0.0
+    for index, raw in enumerate(_list(positions, "positions")):
+        item = _object(raw, f"positions[{index}]")
+        symbol = _label(item.get("symbol"), SYMBOL_RE, f"positions[{index}].symbol")
+        values = read_fields(item, _ACCOUNT_POSITION_MARGIN, symbol)
+        if _margin_type(item, values, symbol) != "isolated":
+            continue
+        maint = values.get("maint", 0.0)
+        total += maint
+        pair = symbol.split("_", 1)[0]  # BTCUSDT_250926: a delivery contract of BTCUSDT
+        asset = _coin_of(symbol) if coin else next((a for a in names if pair.endswith(a)), None)
+        if asset is not None:
+            per_asset[asset] = per_asset.get(asset, 0.0) + maint
+    rows = tuple(AssetRow(r.asset, {**r.values, "isolated_maint_margin": per_asset.get(r.asset, 0.0)}, r.zero)
+                 for r in assets)
+    return rows, total
+
+
+def _margin_type(item: Mapping[str, Any], values: Mapping[str, float], where: str) -> str | None:
+    """cross or isolated, from whichever field the answer has; None if it has none."""
+    if "marginType" in item:  # v2 and COIN-M positionRisk: "cross" / "isolated"
+        raw = item["marginType"]
+        if isinstance(raw, str) and raw.lower() in MARGIN_TYPES:
+            return raw.lower()
+        raise BadResponse(f"field {where}.marginType is not cross or isolated")
+    if "isolated" in item:  # account positions (a boolean), COIN-M sub-accounts ("true"/"false")
+        raw = item["isolated"]
+        if raw in (True, "true"):
+            return "isolated"
+        if raw in (False, "false"):
+            return "cross"
+        raise BadResponse(f"field {where}.isolated is not a boolean")
+    if "isolatedWallet" in item:  # v3: an isolated position has a wallet of its own
+        return "isolated" if values.get("position_isolated_wallet", 0.0) > 0 else "cross"
+    return None
+
+
+def _coin_of(symbol: str) -> str | None:
+    """COIN-M's margin asset: the base coin (BTCUSD_PERP, BTCUSD_201225: BTC)."""
+    base = symbol.split("USD", 1)[0]
+    return base if base and ASSET_RE.fullmatch(base) else None
+
+
+def _margin_asset(item: Mapping[str, Any], symbol: str, coin: bool, where: str) -> str | None:
+    if "marginAsset" in item:
+        return _label(item["marginAsset"], ASSET_RE, f"{where}.marginAsset")
+    if coin:
+        return _coin_of(symbol)
+    pair = symbol.split("_", 1)[0]
+    return next((a for a in USDM_QUOTE_ASSETS if pair.endswith(a) and len(pair) > len(a)), None)
+
+
+def parse_position_risk(body: bytes, *, coin: bool = False, rows_key: str | None = None,
+                        fields: Sequence[Field] = POSITION_RISK, default_type: str | None = None) -> Snapshot:
+    """Open positions: `/fapi/v2|v3/positionRisk`, `/dapi/v1/positionRisk` (coin), Portfolio Margin's
+    `/papi/v1/um|cm/positionRisk`, and sub-accounts' rows under `rows_key` (with their own field names).
+
+    Rows with an amount of 0 (symbols with open orders but no position) are not
     positions and are dropped; a liquidation price of 0 means "none" and gives
     no liquidation-price series, so it can never look like a position at risk.
+    A side, margin type or margin asset that is not one Binance documents is a
+    bad answer, not a guess.
     """
+    data = load_json(body)
+    if rows_key is not None:
+        data = _object(data, "answer").get(rows_key)
+        data = [] if data is None else data  # no positions of that type: the key may be left out
     rows: list[PositionRow] = []
     seen: set[tuple[str, str]] = set()
-    for index, raw in enumerate(_list(load_json(body), "positionRisk")):
+    for index, raw in enumerate(_list(data, "positionRisk")):
         item = _object(raw, f"positionRisk[{index}]")
         symbol = _label(item.get("symbol"), SYMBOL_RE, f"positionRisk[{index}].symbol")
         side = item.get("positionSide", "BOTH")
         if not isinstance(side, str) or side not in POSITION_SIDES:
             raise BadResponse(f"positionRisk[{index}].positionSide is not BOTH, LONG or SHORT")
-        values = read_fields(item, POSITION_RISK, symbol)
+        values = read_fields(item, fields, symbol)
         adl = item.get("adl", item.get("adlQuantile"))
         if adl is not None:
             if isinstance(adl, bool) or not isinstance(adl, int) or not 0 <= adl <= MAX_ADL:
                 raise BadResponse(f"field {symbol}.adl is not a small integer")
             values["position_adl_quantile"] = float(adl)
+        margin_type = _margin_type(item, values, symbol) or default_type
+        margin_asset = _margin_asset(item, symbol, coin, symbol)
         if values.get("position_amount", 0.0) == 0.0:
             continue
         if values.get("position_liquidation_price") == 0.0:
@@ -283,8 +391,23 @@ def parse_position_risk(body: bytes) -> Snapshot:
         if (symbol, side) in seen:
             raise BadResponse(f"position {symbol} {side} appears twice")
         seen.add((symbol, side))
-        rows.append(PositionRow(symbol, side, values))
+        rows.append(PositionRow(symbol, side, values, margin_type, margin_asset))
     return Snapshot(positions=tuple(rows))
+
+
+def parse_coinm_position_risk(body: bytes) -> Snapshot:
+    return parse_position_risk(body, coin=True)
+
+
+def parse_pm_position_risk(body: bytes, coin: bool) -> Snapshot:
+    """Portfolio Margin's UM and CM positions: one cross margin pool, so every position is cross."""
+    return parse_position_risk(body, coin=coin, default_type="cross")
+
+
+def parse_sub_position_risk(body: bytes, futures_type: int) -> Snapshot:
+    """`/sapi/v2/sub-account/futures/positionRisk`: USD-M rows have no side (BOTH) and no margin type."""
+    return parse_position_risk(body, coin=futures_type == 2, rows_key=SUB_POSITION_KEYS[futures_type],
+                               fields=SUB_POSITION_RISK)
 
 
 def parse_pm_balance(body: bytes) -> Snapshot:
@@ -297,10 +420,27 @@ def parse_pm_balance(body: bytes) -> Snapshot:
 def parse_pm_account(body: bytes) -> Snapshot:
     """`/papi/v1/account`: uniMMR, equity, margins, and accountStatus as a state."""
     data = _object(load_json(body), "account")
-    status = data.get("accountStatus")
-    if status is not None and status not in PM_ACCOUNT_STATUSES:
-        raise BadResponse("accountStatus is not a known status")
-    return Snapshot(totals=read_fields(data, PM_ACCOUNT, "account"), status=status)
+    return Snapshot(totals=read_fields(data, PM_ACCOUNT, "account"), status=pm_status(data.get("accountStatus")))
+
+
+_unknown_statuses: set[str] = set()
+_unknown_lock = threading.Lock()
+
+
+def pm_status(raw: Any) -> str | None:
+    """A status Binance added without notice is information, not a bad answer: its own state if it
+    is a plain upper-case word (at most 32 characters), else OTHER; logged once per process."""
+    if raw is None or raw in PM_ACCOUNT_STATUSES:
+        return raw
+    shown = raw if isinstance(raw, str) and PM_STATUS_RE.fullmatch(raw) else PM_STATUS_OTHER
+    with _unknown_lock:
+        new = shown not in _unknown_statuses and len(_unknown_statuses) < 64
+        if new:
+            _unknown_statuses.add(shown)
+    if new:
+        log.warning("Portfolio Margin accountStatus not in the documented list; exported as its own state",
+                    extra=log_fields(status=shown))
+    return shown
 
 
 SUB_ACCOUNT_KEYS = {1: "futureAccountResp", 2: "deliveryAccountResp"}

@@ -22,6 +22,7 @@ from exporter.schema import (
     NS,
     PM_ACCOUNT_STATUSES,
     POSITION_FAMILIES,
+    POSITION_INFO_LABELS,
     Family,
 )
 
@@ -49,10 +50,17 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
     positions = _gauges(POSITION_FAMILIES)
     min_available = _gauge("min_available_balance", "Configured low-balance threshold "
                            "(min_available_balance) per account, market and asset.", ASSET_LABELS)
+    min_account_available = _gauge("min_account_available_balance", "Configured account-level low-balance "
+                                   "threshold (min_account_available_balance), USD value of a Multi-Assets mode "
+                                   "account's pool; USD-M only.", ACCOUNT_LABELS)
+    position_info = _gauge("position_info", "A position's margin type (cross or isolated) and margin asset "
+                           "(COIN-M: the coin); always 1. Absent where Binance's answer does not say "
+                           "(USD-M sub-accounts).", POSITION_INFO_LABELS)
     info = _gauge("account_info", "Binance's accountAlias for an account (balance endpoints only); always 1.",
                   ("alias", "market", "account_alias"))
     status = _gauge("pm_account_status", "Portfolio Margin accountStatus as a state set: 1 for the current "
-                    "status, 0 for the others.", ("alias", "market", "status"))
+                    "status, 0 for the other documented ones; a status Binance added since shows as its own "
+                    "state (a plain upper-case word) or as OTHER.", ("alias", "market", "status"))
     max_margin_ratio = _gauge("max_margin_ratio", "Configured margin-ratio alert threshold (max_margin_ratio).",
                               ACCOUNT_LABELS)
     min_liq_distance = _gauge("min_liquidation_distance", "Configured minimum distance from mark price to "
@@ -80,12 +88,14 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
             for asset, amount in account.min_available_balance.items():
                 if asset in view.assets:  # only assets the account holds in this market
                     _put(min_available, {**acct, "asset": asset}, amount)
+            if target.market == "usdm" and account.min_account_available_balance is not None:
+                _put(min_account_available, acct, account.min_account_available_balance)
             if account.max_margin_ratio is not None:
                 _put(max_margin_ratio, acct, account.max_margin_ratio)
-            if account.min_liquidation_distance is not None:
-                _put(min_liq_distance, acct, account.min_liquidation_distance)
         elif account.min_uni_mmr is not None:
             _put(min_uni_mmr, acct, account.min_uni_mmr)
+        if account.min_liquidation_distance is not None:  # Portfolio Margin has positions too
+            _put(min_liq_distance, acct, account.min_liquidation_distance)
         _put(host_info, {**acct, "host": target.host.label}, 1.0)
         if target.master is not None and target.alias not in seen_sub:
             seen_sub.add(target.alias)
@@ -113,17 +123,23 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
             family = totals[name]
             family.samples.append(Sample(family.name, acct, value, None))
         if snap.status is not None:
-            for state in PM_ACCOUNT_STATUSES:
+            states = PM_ACCOUNT_STATUSES if snap.status in PM_ACCOUNT_STATUSES else (*PM_ACCOUNT_STATUSES,
+                                                                                      snap.status)
+            for state in states:
                 _put(status, {**acct, "status": state}, 1.0 if state == snap.status else 0.0)
         for pos in snap.positions:
             labels = {**acct, "symbol": pos.symbol, "position_side": pos.side}
             for name, value in pos.values.items():
                 _put(positions[name], labels, value)
+            if pos.margin_type is not None:
+                _put(position_info, {**labels, "margin_type": pos.margin_type,
+                                     "margin_asset": pos.margin_asset or ""}, 1.0)
     yield from assets.values()
-    yield from (min_available, info)
+    yield from (min_available, min_account_available, info)
     yield from totals.values()
     yield status
     yield from positions.values()
+    yield position_info
     yield from (max_margin_ratio, min_liq_distance, min_uni_mmr, host_info, sub_info, up, duration, last_success,
                 errors)
 

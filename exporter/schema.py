@@ -22,7 +22,7 @@ Decimals the exporter skips (``leverage``, ``maxQty``...) keep kind
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NS = "binance_futures"
 MARKETS = ("usdm", "coinm", "pm")
@@ -31,6 +31,7 @@ MARKETS = ("usdm", "coinm", "pm")
 ACCOUNT_LABELS = ("alias", "market")
 ASSET_LABELS = ("alias", "market", "asset")
 POSITION_LABELS = ("alias", "market", "symbol", "position_side")
+POSITION_INFO_LABELS = POSITION_LABELS + ("margin_type", "margin_asset")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ ASSET_FAMILIES = _families(
     ("pm_cm_wallet_balance", "Portfolio Margin: COIN-M wallet balance (cmWalletBalance)."),
     ("pm_cm_unrealized_pnl", "Portfolio Margin: COIN-M unrealized PnL (cmUnrealizedPNL)."),
     ("pm_negative_balance", "Portfolio Margin: negative balance (negativeBalance)."),
+    ("isolated_maint_margin", "Maintenance margin of the isolated positions margined in this asset (the sum of "
+                              "maintMargin over the account endpoint's isolated positions); maint_margin minus "
+                              "this is the asset's cross maintenance margin. Account endpoints only."),
 )
 
 _TOTALS_NOTE = " USDT in single-asset mode; the sum of USD values in Multi-Assets mode."
@@ -122,6 +126,14 @@ ACCOUNT_FAMILIES = _families(
     ("account_available_balance", "Account available balance (availableBalance)." + _TOTALS_NOTE),
     ("account_max_withdraw_amount", "Account maximum amount for transfer out (maxWithdrawAmount)."
                                     + _TOTALS_NOTE),
+    ("account_isolated_maint_margin", "Maintenance margin of every isolated position (the sum of maintMargin "
+                                      "over the account endpoint's isolated positions, in their margin assets); "
+                                      "account_maint_margin minus this is the cross maintenance margin."),
+    ("multi_assets_mode", "1 if the USD-M account is in Multi-Assets mode, 0 in single-asset mode "
+                          "(multiAssetsMargin of /fapi/v1/accountConfig, read at start and every 15 minutes, "
+                          "or of the v2 account endpoint)."),
+    ("hedge_mode", "1 if the USD-M account is in hedge mode (LONG and SHORT positions), 0 in one-way mode "
+                   "(dualSidePosition of /fapi/v1/accountConfig, read at start and every 15 minutes)."),
     ("pm_uni_mmr", "Portfolio Margin unified maintenance margin ratio (uniMMR); Binance liquidates "
                    "at a low uniMMR (see README)."),
     ("pm_account_equity", "Portfolio Margin account equity in USD (accountEquity)."),
@@ -136,19 +148,24 @@ ACCOUNT_FAMILIES = _families(
 
 POSITION_FAMILIES = _families(
     POSITION_LABELS,
-    ("position_amount", "Position amount, negative when short (positionAmt)."),
+    ("position_amount", "Position amount, negative when short (positionAmt; positionAmount for sub-accounts): "
+                        "USD-M in the base asset, COIN-M in contracts."),
     ("position_entry_price", "Average entry price (entryPrice)."),
     ("position_break_even_price", "Break-even price (breakEvenPrice)."),
     ("position_mark_price", "Mark price (markPrice)."),
     ("position_liquidation_price", "Liquidation price (liquidationPrice); absent when Binance reports 0, "
                                    "i.e. no liquidation price."),
-    ("position_notional", "Notional value at the mark price (notional); absent on COIN-M, whose positionRisk "
-                          "has none."),
-    ("position_unrealized_pnl", "Unrealized PnL of the position (unRealizedProfit)."),
+    ("position_notional", "Notional value at the mark price (notional; notionalValue on COIN-M, in the coin); "
+                          "absent where the answer has none."),
+    ("position_unrealized_pnl", "Unrealized PnL of the position (unRealizedProfit; unrealizedProfit for "
+                                "sub-accounts), in its margin asset: COIN-M in the coin."),
     ("position_required_initial_margin", "Initial margin required for the position at the current mark "
-                                         "price (initialMargin)."),
-    ("position_maint_margin", "Maintenance margin required for the position (maintMargin)."),
-    ("position_isolated_margin", "Isolated margin of the position (isolatedMargin)."),
+                                         "price (initialMargin), in its margin asset."),
+    ("position_maint_margin", "Maintenance margin required for the position (maintMargin), in its margin asset."),
+    ("position_isolated_margin", "Isolated margin of the position (isolatedMargin), in its margin asset "
+                                 "(COIN-M: the coin)."),
+    ("position_isolated_wallet", "Wallet of an isolated position (isolatedWallet), in its margin asset "
+                                 "(COIN-M: the coin); 0 for a cross position."),
     ("position_adl_quantile", "Auto-deleveraging queue quantile, 0 (last) to 4 (first) (adl)."),
 )
 
@@ -222,6 +239,7 @@ POSITION_RISK = (
     Field("notionalValue", "position_notional", "opt_decimal"),  # COIN-M's name
     Field("initialMargin", "position_required_initial_margin", "opt_decimal"),
     Field("maintMargin", "position_maint_margin", "opt_decimal"),
+    Field("isolatedWallet", "position_isolated_wallet", "opt_decimal"),
 )
 """What the parser reads from any position row (the union of the position layouts below)."""
 
@@ -241,6 +259,13 @@ USDM_ACCOUNT_POSITION_V2 = _layout(
 USDM_ACCOUNT_POSITION_V3 = _layout(
     "symbol:text positionSide:text positionAmt unrealizedProfit isolatedMargin notional isolatedWallet "
     "initialMargin maintMargin updateTime:millis", POSITION_RISK)
+
+ACCOUNT_CONFIG = _layout("feeTier:int canTrade:bool canDeposit:bool canWithdraw:bool dualSidePosition updateTime:millis "
+                         "multiAssetsMargin tradeGroupId:int", (
+    Field("dualSidePosition", "hedge_mode", "bool"),
+    Field("multiAssetsMargin", "multi_assets_mode", "bool"),
+), complete=True)
+"""`/fapi/v1/accountConfig`: the account's modes (weight 5 per the official SDK)."""
 
 # ---- COIN-M (dapi) ----------------------------------------------------------------------------
 COINM_BALANCE = _layout("accountAlias:text asset:text balance withdrawAvailable crossWalletBalance crossUnPnl "
@@ -283,6 +308,14 @@ COINM_POSITION_RISK = _layout(
     POSITION_RISK)
 
 # ---- Portfolio Margin (papi) ------------------------------------------------------------------
+PM_UM_POSITION_RISK = _layout(
+    "entryPrice leverage markPrice maxNotionalValue positionAmt notional symbol:text unRealizedProfit "
+    "liquidationPrice positionSide:text updateTime:millis", POSITION_RISK)
+PM_CM_POSITION_RISK = _layout(
+    "symbol:text positionAmt entryPrice markPrice unRealizedProfit liquidationPrice leverage positionSide:text "
+    "updateTime:millis maxQty notionalValue", POSITION_RISK)
+"""`/papi/v1/um/positionRisk` (no maintenance margin, no isolated wallet) and `/papi/v1/cm/positionRisk`."""
+
 PM_BALANCE = _layout("asset:text totalWalletBalance crossMarginAsset crossMarginBorrowed crossMarginFree "
                      "crossMarginInterest crossMarginLocked umWalletBalance umUnrealizedPNL cmWalletBalance "
                      "cmUnrealizedPNL updateTime negativeBalance", (
@@ -350,3 +383,16 @@ SUB_ACCOUNT_USDM = _layout(_SUB_HEAD) + SUB_ACCOUNT_TOTALS + _layout("updateTime
 SUB_ACCOUNT_COINM = _layout(_SUB_HEAD + " updateTime:millis")
 """`/sapi/v2/sub-account/futures/account` futureAccountResp (futuresType 1; no top-level asset) and
 deliveryAccountResp (futuresType 2; no totals, no top-level maxWithdrawAmount)."""
+
+SUB_POSITION_RISK = tuple(replace(f, json={"positionAmt": "positionAmount",
+                                            "unRealizedProfit": "unrealizedProfit"}.get(f.json, f.json))
+                          for f in POSITION_RISK)
+"""POSITION_RISK under the sub-account answer's names (positionAmount, unrealizedProfit)."""
+SUB_POSITION_RISK_USDM = _layout("entryPrice leverage maxNotional liquidationPrice markPrice positionAmount symbol:text "
+                                 "unrealizedProfit", SUB_POSITION_RISK)
+SUB_POSITION_RISK_COINM = _layout("entryPrice markPrice leverage isolated:text isolatedWallet isolatedMargin "
+                                  "isAutoAddMargin:text positionSide:text positionAmount symbol:text unrealizedProfit",
+                                  SUB_POSITION_RISK)
+"""`/sapi/v2/sub-account/futures/positionRisk` futurePositionRiskVos[] (futuresType 1: no positionSide, no margin
+type) and deliveryPositionRiskVos[] (futuresType 2: no liquidationPrice; `isolated` is the string "true"/"false")."""
+SUB_POSITION_KEYS = {1: "futurePositionRiskVos", 2: "deliveryPositionRiskVos"}

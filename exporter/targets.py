@@ -18,6 +18,7 @@ from exporter.config import AccountConfig, Config
 from exporter.endpoints import HOST_KINDS, Call, coinm_calls, pm_calls, sub_account_calls, usdm_calls
 from exporter.governor import Governor
 from exporter.hosts import Host
+from exporter.modes import ModeReader
 from exporter.transport import Transport, Watchdog
 
 
@@ -33,6 +34,7 @@ class Target:
     calls: tuple[Call, ...]
     master: str | None = None  # sub-accounts: the master account's alias
     email: str | None = None
+    modes: ModeReader | None = None  # USD-M accounts read with their own key
 
     @property
     def key(self) -> tuple[str, str]:
@@ -119,15 +121,17 @@ class Topology:
         elif market == "coinm":
             calls = coinm_calls(account.endpoint, account.positions)
         else:
-            calls = pm_calls()
-        return Target(account.alias, market, account, host, self.client(account, host), calls)
+            calls = pm_calls(account.positions)
+        return Target(account.alias, market, account, host, self.client(account, host), calls,
+                      modes=ModeReader(account.alias) if market == "usdm" else None)
 
     @staticmethod
     def sub_account_target(master: AccountConfig, alias: str, email: str, market: str, host: Host,
                            client: Client) -> Target:
         """A sub-account read through its master's client, with the master's settings and thresholds."""
         account = dataclasses_replace(master, alias=alias, markets=(market,), sub_accounts=None)
-        return Target(alias, market, account, host, client, sub_account_calls(email, market), master.alias, email)
+        return Target(alias, market, account, host, client, sub_account_calls(email, market, master.positions),
+                      master.alias, email)
 
     def clocks(self) -> list[HostClock]:
         """Each clock once (Portfolio Margin hosts share the USD-M host's)."""

@@ -71,6 +71,15 @@ def test_defaults_and_overrides() -> None:
     assert a.base_url_for("coinm") == "https://dapi.binance.com"
 
 
+def test_account_level_available_balance_threshold() -> None:
+    """min_account_available_balance (USD, Multi-Assets pools): in defaults or per account, a plain number."""
+    cfg = load({"defaults": {"min_account_available_balance": 5000},
+                "accounts": [account(), account(alias="b", min_account_available_balance="2500.5")]})
+    a, b = cfg.accounts
+    assert a.min_account_available_balance == 5000 and b.min_account_available_balance == 2500.5
+    assert load({"accounts": [account()]}).accounts[0].min_account_available_balance is None
+
+
 def test_repr_and_str_never_show_secrets() -> None:
     cfg = load({"accounts": [account()]})
     for text in (repr(cfg), str(cfg), repr(cfg.accounts[0]), str(cfg.accounts[0]),
@@ -117,6 +126,10 @@ def test_dollar_escape_and_partial_expansion() -> None:
     ({"accounts": [account(min_available_balance=[1])]}, "min_available_balance: must be a mapping"),
     ({"accounts": [account(min_available_balance={"USDT": -1})]}, "min_available_balance.USDT: must be at least 0"),
     ({"accounts": [account(min_available_balance={"US DT": 1})]}, "min_available_balance: asset names"),
+    ({"accounts": [account(min_account_available_balance={"USD": 1})]},
+     "min_account_available_balance: must be a number, got a mapping"),
+    ({"accounts": [account(min_account_available_balance=-5)]},
+     "min_account_available_balance: must be at least 0 and at most 1e+15, got -5"),
     ({"defaults": {"alias": "x"}, "accounts": [account()]}, "cfg.yaml: defaults: unknown key 'alias'"),
     ({"defaults": {"timeout_seconds": -1}, "accounts": [account()]}, "cfg.yaml: defaults: timeout_seconds:"),
     ({"max_concurrency": 0, "accounts": [account()]}, "cfg.yaml: max_concurrency: must be at least 1"),

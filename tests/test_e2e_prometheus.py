@@ -10,7 +10,9 @@ pending -> firing within seconds instead of minutes.
 Then it polls Prometheus' HTTP API, with a deadline and no fixed sleeps, until
 every PromQL of the Grafana dashboard returns data and the low-balance alert
 fires for the demo account grid-bot (USDT), once although both jobs scrape it,
-and not for main or hedge; and until the host alerts' expressions give one
+and not for main or hedge; that no risk alert fires for the healthy demo
+(whose isolated position and Multi-Assets account have their figures); and
+until the host alerts' expressions give one
 series per Binance API host although every /probe scrape carries a copy of the
 exporter's host metrics.
 
@@ -207,7 +209,13 @@ def test_liquidation_alert_fires_for_the_demo_position_near_liquidation(promethe
     firing = poll(near_liquidation_firing, "BinanceFuturesPositionNearLiquidation firing", deadline)
     assert [(m["alias"], m["market"], m["symbol"], m["position_side"]) for m in firing] == [
         ("hedge", "usdm", "ETHUSDT", "SHORT")], firing
-    assert api.query('ALERTS{alertname=~"BinanceFutures(MarginRatioHigh|UniMMRLow)"}') == []
+    assert api.query('ALERTS{alertname=~"BinanceFutures(MarginRatioHigh|IsolatedMarginRatioHigh|UniMMRLow|'
+                     'PmAccountStatusNotNormal|AccountAvailableBalanceLow)"}') == []
+    # The demo's isolated ADAUSDT long has its own ratio; the Multi-Assets account its pool in USD.
+    isolated = api.query('binance_futures:isolated_margin_ratio{alias="hedge"}')
+    assert [s["metric"]["symbol"] for s in isolated] == ["ADAUSDT"] and 0 < float(isolated[0]["value"][1]) < 0.1
+    pool = api.query('binance_futures:account_available_balance_usd')
+    assert [s["metric"]["alias"] for s in pool] == ["multi"] and 3000 < float(pool[0]["value"][1]) < 4000, pool
     distance = api.query('binance_futures:position_liquidation_distance{alias="hedge",symbol="ETHUSDT"}')
     assert 0.03 < float(distance[0]["value"][1]) < 0.07, distance
 

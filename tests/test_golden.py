@@ -84,31 +84,36 @@ SUBS = "@sub.test"
 
 DATASET = {
     # Account endpoints (`endpoint` applies to both markets) with positions: USD-M one with a
-    # liquidation price and one without (and open orders), COIN-M one. USDT available below its
-    # threshold; BNB all zero but kept by its threshold; ETH all zero and skipped.
+    # liquidation price and one without (isolated, and open orders), COIN-M one. USDT available below
+    # its threshold; BNB all zero but kept by its threshold; ETH all zero and skipped.
     "desk": (dict(
         account_alias="Dk7q",
-        balances=[balance_row("USDT", "10000", "4000", cross="9950", update_time=T0 + 123),
+        balances=[balance_row("USDT", "10000", "4000", cross="9650", update_time=T0 + 123),
                   balance_row("BNB", 0), balance_row("ETH", 0)],
         positions=[SimPosition("BTCUSDT", "0.500", "60000", "62000", leverage=10, liquidation_price="54000.5",
                                adl=2),
-                   SimPosition("ETHUSDT", "-2.000", "3000", "3100", leverage=20, open_order_margin="12.5")],
+                   SimPosition("ETHUSDT", "-2.000", "3000", "3100", leverage=20, open_order_margin="12.5",
+                               isolated=True, isolated_wallet="300")],
         coinm_balances=[balance_row("BTC", "0.25", "0.21", coin=True, update_time=T0 + 456)],
         coinm_positions=[SimPosition("BTCUSD_PERP", "40", "61200.5", "62750.1", leverage=10)],
     ), {"markets": ["usdm", "coinm"], "endpoint": "account", "positions": True,
-        "min_available_balance": {"USDT": 5000, "BNB": 0.5}, "max_margin_ratio": 0.8,
-        "min_liquidation_distance": 0.1}),
-    # Portfolio Margin: every field filled (no "" blanks), a zero asset skipped, a uniMMR threshold.
+        "min_available_balance": {"USDT": 5000, "BNB": 0.5}, "min_account_available_balance": 2000,
+        "max_margin_ratio": 0.8, "min_liquidation_distance": 0.1}),
+    # Portfolio Margin: every field filled (no "" blanks), a zero asset skipped, a uniMMR threshold,
+    # a UM and a CM position.
     "pm": (dict(
         pm=SimPortfolio(balances=[pm_row("USDT", "42000", "-850.5", cm_wallet="1000", cm_pnl="12.5", free="5000",
                                          locked="250", update_time=T0 + 789),
                                   pm_row("BTC", "0", free="0.5", cm_pnl="0"),
                                   pm_row("BNB", "0", cm_pnl="0")],
                         maint_margin="14500", initial_margin="21000", collateral_rate="0.97", blanks=False,
-                        update_time=T0),
-    ), {"markets": ["pm"], "min_uni_mmr": 2.0}),
+                        update_time=T0,
+                        um_positions=[SimPosition("BTCUSDT", "-0.5", "60000", "61000", "SHORT",
+                                                  liquidation_price="62000")],
+                        cm_positions=[SimPosition("ETHUSD_PERP", "10", "3000", "3100")]),
+    ), {"markets": ["pm"], "min_uni_mmr": 2.0, "positions": True}),
     # A master key: its own USD-M balance endpoint (accountAlias, marginAvailable), and sub-accounts:
-    # alpha aliased, with a position (margins only: the sub-account answer has no positions); beta
+    # alpha aliased, with a position (its margins, and the row of the sub-account positionRisk); beta
     # without COIN-M, its zero BNB skipped; nofutures without any futures account; test-1 excluded.
     "master": (dict(
         account_alias="Mstr",
@@ -121,7 +126,7 @@ DATASET = {
             SimSubAccount("nofutures" + SUBS, usdm=None),
             SimSubAccount("test-1" + SUBS, SimFutures([balance_row("USDT", "1")])),
         ],
-    ), {"min_available_balance": {"USDT": 1000},
+    ), {"min_available_balance": {"USDT": 1000}, "positions": True,
         "sub_accounts": {"include": ["*" + SUBS], "exclude": ["test-*"], "markets": ["usdm", "coinm"],
                          "aliases": {"alpha" + SUBS: "alpha"}}}),
     # Configured with a wrong secret: signature error, up 0.

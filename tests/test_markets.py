@@ -91,8 +91,13 @@ def test_usdm_account_endpoint_with_positions_exact(sim: Simulator, make_harness
     assert value(m, "binance_futures_account_margin_balance", **desk) == 10800
     assert value(m, "binance_futures_max_margin_ratio", **desk) == 0.8
     assert value(m, "binance_futures_min_liquidation_distance", **desk) == 0.1
-    assert sim.stats()["requests_by_path"] == {"/fapi/v1/time": 1, "/fapi/v3/account": 1, "/fapi/v3/positionRisk": 1}
-    assert value(m, "binance_futures_exporter_used_weight", host=sim.base_url.split("//")[1]) == 11
+    assert sim.stats()["requests_by_path"] == {"/fapi/v1/time": 1, "/fapi/v3/account": 1, "/fapi/v3/positionRisk": 1,
+                                               "/fapi/v1/accountConfig": 1}
+    assert value(m, "binance_futures_exporter_used_weight", host=sim.base_url.split("//")[1]) == 16  # 1 + 5 + 5 + 5
+    assert value(m, "binance_futures_multi_assets_mode", **desk) == 0 and value(m, "binance_futures_hedge_mode", **desk) == 0
+    assert value(m, "binance_futures_account_isolated_maint_margin", **desk) == 0
+    assert value(m, "binance_futures_position_info", **desk, symbol="BTCUSDT", position_side="BOTH",
+                 margin_type="cross", margin_asset="USDT") == 1
     # ...and every other field, exactly as the simulator served it:
     account = signed_get(sim, "/fapi/v3/account")
     assert exported(m, desk, account, USDM_ACCOUNT_TOTALS) == 11
@@ -259,3 +264,111 @@ def test_a_bug_applying_discovery_does_not_stop_later_discoveries(sim: Simulator
     m = wait_until(lambda: (lambda s: s if value(s, "binance_futures_sub_accounts", master="desk") else None)(
         h.scrape()), timeout=10, interval=0.3)
     assert len(calls) >= 2 and value(m, "binance_futures_sub_accounts", master="desk") == 10
+
+
+def test_modes_are_read_at_start_then_rarely_within_the_budget(sim: Simulator, make_harness) -> None:
+    """accountConfig (weight 5) at the first refresh only: later refreshes reuse the modes it gave."""
+    sim.update_account(KEY, multi_assets=True, positions=[
+        SimPosition("BTCUSDT", "0.5", "60000", "62000", "LONG", leverage=10)])
+    h = make_harness(config(sim))
+    for _ in range(3):
+        m = h.scrape()
+    desk = {"alias": "desk", "market": "usdm"}
+    assert value(m, "binance_futures_multi_assets_mode", **desk) == 1
+    assert value(m, "binance_futures_hedge_mode", **desk) == 1
+    paths = sim.stats()["requests_by_path"]
+    assert paths["/fapi/v1/accountConfig"] == 1 and paths["/fapi/v3/balance"] == 3
+    # Multi-Assets mode: every row shows the pool's available balance (10000 + 0 at price 1).
+    assert value(m, "binance_futures_available_balance", **desk, asset="USDT") == 8000
+
+
+def test_a_failing_mode_read_keeps_the_account_up(sim: Simulator, make_harness, caplog) -> None:
+    sim.set_fault(KEY, Fault("truncated_json", path="/fapi/v1/accountConfig"))
+    m = make_harness(config(sim)).scrape()
+    desk = {"alias": "desk", "market": "usdm"}
+    assert value(m, "binance_futures_up", **desk) == 1
+    assert value(m, "binance_futures_balance", **desk, asset="USDT") == 10000
+    assert value(m, "binance_futures_multi_assets_mode", **desk) is None  # unknown: rules treat it as single-asset
+    assert not any(k[0] == "binance_futures_scrape_errors_total" and v for k, v in m.items())
+    assert "reading the account's modes failed" in caplog.text
+
+
+def test_isolated_positions_and_their_maintenance_margin(sim: Simulator, make_harness) -> None:
+    sim.update_account(KEY, balances=[balance_row("USDT", "255", cross="180")], positions=[
+        SimPosition("BTCUSDT", "1", "10000", "10000"),
+        SimPosition("ETHUSDT", "-1", "4995", "5000", isolated=True, isolated_wallet="75")])
+    m = make_harness(config(sim, endpoint="account", positions=True)).scrape()
+    desk = {"alias": "desk", "market": "usdm"}
+    eth = {**desk, "symbol": "ETHUSDT", "position_side": "BOTH"}
+    assert value(m, "binance_futures_account_maint_margin", **desk) == 60
+    assert value(m, "binance_futures_account_isolated_maint_margin", **desk) == 20
+    assert value(m, "binance_futures_isolated_maint_margin", **desk, asset="USDT") == 20
+    assert value(m, "binance_futures_account_cross_wallet_balance", **desk) == 180
+    assert value(m, "binance_futures_account_margin_balance", **desk) == 250
+    assert value(m, "binance_futures_position_isolated_wallet", **eth) == 75
+    assert value(m, "binance_futures_position_maint_margin", **eth) == 20
+    assert value(m, "binance_futures_position_unrealized_pnl", **eth) == -5
+    assert value(m, "binance_futures_position_info", **eth, margin_type="isolated", margin_asset="USDT") == 1
+
+
+def test_positions_of_portfolio_margin_and_sub_accounts(sim: Simulator, make_harness) -> None:
+    sim.update_account(KEY, pm=SimPortfolio(
+        um_positions=[SimPosition("BTCUSDT", "-0.5", "60000", "61000", "SHORT", liquidation_price="62000")],
+        cm_positions=[SimPosition("ETHUSD_PERP", "10", "3000", "3100", liquidation_price="2500")]))
+    m = make_harness(config(sim, markets=["pm"], positions=True)).scrape()
+    pm = {"alias": "desk", "market": "pm"}
+    um = {**pm, "symbol": "BTCUSDT", "position_side": "SHORT"}
+    assert value(m, "binance_futures_position_amount", **um) == -0.5
+    assert value(m, "binance_futures_position_liquidation_price", **um) == 62000
+    assert value(m, "binance_futures_position_info", **um, margin_type="cross", margin_asset="USDT") == 1
+    assert value(m, "binance_futures_position_amount", **pm, symbol="ETHUSD_PERP", position_side="BOTH") == 10
+    paths = sim.stats()["requests_by_path"]
+    assert paths["/papi/v1/um/positionRisk"] == 1 and paths["/papi/v1/cm/positionRisk"] == 1
+    host = sim.base_url.split("//")[1] + "/pm"
+    assert value(m, "binance_futures_exporter_used_weight", host=host) == 46  # 20 + 20 + 5 + 1
+
+    h = make_harness(config(sim, markets=[], positions=True, sub_accounts={"include": ["both@x.test"],
+                                                                           "markets": ["usdm", "coinm"]}))
+    m = wait_until(lambda: (lambda s: s if value(s, "binance_futures_sub_accounts", master="desk") else None)(h.scrape()))
+    m = h.scrape()
+    sub = {"alias": "both@x.test", "market": "usdm", "symbol": "BTCUSDT", "position_side": "BOTH"}
+    assert value(m, "binance_futures_position_amount", **sub) == 0.01
+    assert value(m, "binance_futures_position_mark_price", **sub) == 61000
+    assert not [k for k in m if k[0] == "binance_futures_position_info" and dict(k[1])["alias"] == "both@x.test"]
+    assert sim.stats()["requests_by_path"]["/sapi/v2/sub-account/futures/positionRisk"] >= 2  # usdm and coinm
+
+
+def test_a_new_portfolio_margin_status_is_exported_not_rejected(sim: Simulator, make_harness) -> None:
+    sim.update_account(KEY, pm=SimPortfolio(status="LIQUIDATION_PROTECTION"))
+    m = make_harness(config(sim, markets=["pm"])).scrape()
+    pm = {"alias": "desk", "market": "pm"}
+    assert value(m, "binance_futures_up", **pm) == 1 and value(m, "binance_futures_pm_uni_mmr", **pm) is not None
+    states = {dict(k[1])["status"]: v for k, v in m.items() if k[0] == "binance_futures_pm_account_status"}
+    assert states["LIQUIDATION_PROTECTION"] == 1 and sum(states.values()) == 1 and len(states) == 8
+    sim.update_account(KEY, pm=SimPortfolio(status="weird status!"))
+    m = make_harness(config(sim, markets=["pm"])).scrape()
+    states = {dict(k[1])["status"]: v for k, v in m.items() if k[0] == "binance_futures_pm_account_status"}
+    assert states["OTHER"] == 1 and sum(states.values()) == 1
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/papi/v1/um/positionRisk", b'[{"symbol":"BTCUSDT","positionAmt":"1","positionSide":"NEITHER"}]'),
+    ("/papi/v1/cm/positionRisk", b'[{"symbol":"BTCUSD_PERP","positionAmt":"1e400","positionSide":"BOTH"}]'),
+    ("/fapi/v3/positionRisk", b'[{"symbol":"BTCUSDT","positionAmt":"1","positionSide":"BOTH","marginType":"x"}]'),
+    ("/fapi/v3/account", b'{"assets":[],"positions":[{"symbol":"BTCUSDT","isolated":"maybe"}]}'),
+])
+def test_bad_risk_answers_degrade_that_account_alone(sim: Simulator, make_harness, path: str, body: bytes) -> None:
+    """An unknown side or margin type, or an absurd number, is that account's bad_response; the rest is exported."""
+    other = SimAccount("other-key", "other-secret", balances=[balance_row("USDT", "5")])
+    sim.add_account(other)
+    sim.set_fault(KEY, Fault("raw", path=path, status=200, body=body))
+    data = config(sim, markets=["usdm", "pm"], endpoint="account", positions=True)
+    data["accounts"].append({"alias": "other", "api_key": "other-key", "api_secret": "other-secret"})
+    m = make_harness(data).scrape()
+    market = "pm" if path.startswith("/papi") else "usdm"
+    bad = {"alias": "desk", "market": market}
+    assert value(m, "binance_futures_up", **bad) == 0
+    assert value(m, "binance_futures_scrape_errors_total", **bad, reason="bad_response") == 1
+    good = {"alias": "desk", "market": "usdm" if market == "pm" else "pm"}
+    assert value(m, "binance_futures_up", **good) == 1
+    assert value(m, "binance_futures_balance", alias="other", market="usdm", asset="USDT") == 5

@@ -140,7 +140,7 @@ def test_transient_503_is_retried_once_within_the_scrape(sim: Simulator, make_ha
     m = h.scrape()
     assert value(m, "binance_futures_up", alias="alpha") == 1.0
     assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="http_error") == 0.0
-    assert sim.stats()["requests_by_key"][ACCOUNTS[0].key] == 2
+    assert sim.stats()["requests_by_path"]["/fapi/v3/balance"] == 2  # (+ the modes, read once: accountConfig)
 
 
 def test_connection_reset_is_retried_once(sim: Simulator, make_harness) -> None:
@@ -210,7 +210,8 @@ def test_cache_seconds_serves_young_results(sim: Simulator, make_harness) -> Non
     h.scrape()
     h.scrape()
     h.scrape()
-    assert sim.stats()["requests_by_key"][ACCOUNTS[0].key] == 1
+    paths = sim.stats()["requests_by_path"]
+    assert paths["/fapi/v3/balance"] == 1 and paths["/fapi/v1/accountConfig"] == 1
 
 
 def test_scrape_timeout_header_bounds_slow_accounts(sim: Simulator, make_harness) -> None:

@@ -51,6 +51,8 @@ SIGNED_PATHS = (
     "/fapi/v3/balance", "/fapi/v2/balance", "/fapi/v3/account", "/fapi/v2/account", "/fapi/v3/positionRisk",
     "/fapi/v2/positionRisk", "/dapi/v1/balance", "/dapi/v1/account", "/dapi/v1/positionRisk", "/papi/v1/balance",
     "/papi/v1/account", "/sapi/v1/sub-account/list", "/sapi/v2/sub-account/futures/account",
+    "/fapi/v1/accountConfig", "/papi/v1/um/positionRisk", "/papi/v1/cm/positionRisk",
+    "/sapi/v2/sub-account/futures/positionRisk",
 )
 # The official examples as valid JSON (SDK unit tests / docs; /work/notes/sdk-reference.md §1).
 OFFICIAL: dict[str, str] = {
@@ -332,6 +334,32 @@ def test_field_names_types_and_order_match_the_official_examples(name: str) -> N
         same_shape(get_json(sim, path, params), json.loads(OFFICIAL[name]), name)
 
 
+def test_the_risk_endpoints_match_the_official_examples() -> None:
+    """accountConfig, Portfolio Margin's UM/CM positionRisk and the sub-account positionRisk (official SDK tests)."""
+    examples = json.loads((REPO_ROOT / "tests" / "fixtures" / "official_examples.json").read_text())
+    account = SimAccount(KEY, api_secret=SECRET, multi_assets=True, positions=[ADA], pm=SimPortfolio(
+        um_positions=[SimPosition("BTCUSDT", "-0.5", "60000", "61000", "SHORT", liquidation_price="62000")],
+        cm_positions=[SimPosition("BTCUSD_PERP", "2", "60000", "61000", liquidation_price="40000")]),
+        sub_accounts=[SimSubAccount("abc@test.com", SimFutures(None, [SimPosition("BTCUSDT", "0.01", "9975.12")]),
+                                    SimFutures(None, [SimPosition("BTCUSD_PERP", "3", "60000", "61000",
+                                                                  isolated=True, isolated_wallet="0.1")]))])
+    with Simulator([account]) as sim:
+        modes = get_json(sim, "/fapi/v1/accountConfig")
+        same_shape(modes, examples["fapi_v1_account_config"], "accountConfig")
+        assert modes["multiAssetsMargin"] is True and modes["dualSidePosition"] is False
+        same_shape(get_json(sim, "/papi/v1/um/positionRisk"), examples["papi_v1_um_position_risk"], "um")
+        same_shape(get_json(sim, "/papi/v1/cm/positionRisk"), examples["papi_v1_cm_position_risk"], "cm")
+        official = examples["sapi_v2_sub_account_futures_position_risk"]
+        for futures_type, key in ((1, "futurePositionRiskVos"), (2, "deliveryPositionRiskVos")):
+            got = get_json(sim, "/sapi/v2/sub-account/futures/positionRisk",
+                           f"email=abc%40test.com&futuresType={futures_type}")
+            assert list(got) == [key]
+            same_shape(got[key], official[key], key)
+        assert got[key][0]["isolated"] == "true"  # a string in this answer, as in the official example
+        v2 = get_json(sim, "/fapi/v2/account")
+        assert v2["multiAssetsMargin"] is True and v2["assets"][0]["availableBalance"] == v2["availableBalance"]
+
+
 def test_a_bare_account_answers_the_official_examples() -> None:
     with Simulator([SimAccount(KEY, api_secret=SECRET, sub_accounts=[SimSubAccount("abc@test.com",
                                                                                    coinm=SimFutures())])]) as sim:
@@ -463,8 +491,9 @@ def test_usdm_account_and_positions_agree() -> None:
         assert asset["walletBalance"] == row["balance"] and asset["crossUnPnl"] == row["crossUnPnl"]
         for name in ("crossWalletBalance", "availableBalance", "maxWithdrawAmount"):
             assert asset[name] == row[name]
+    usdt = next(a for a in account["assets"] if a["asset"] == "USDT")  # single-asset mode: the USDT pool's
     for total, name in TOTALS.items():
-        assert close(account[total], sum(D(a[name]) for a in account["assets"])), total
+        assert close(account[total], D(usdt[name])), total
     assert D(account["totalUnrealizedProfit"]) != 0 and D(account["totalOpenOrderInitialMargin"]) == D("45.5")
 
     # v2: the same figures; its position lists also hold zero rows (hedge mode: LONG and SHORT).

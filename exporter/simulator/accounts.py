@@ -13,8 +13,10 @@ is derived, so the answers agree with each other the way Binance's do:
   wallet + unrealizedProfit; crossUnPnl = the row's crossUnPnl + the cross
   positions' PnL. (A row's own crossUnPnl stands for PnL of positions the
   simulator is not told about: leave it 0 when you give positions.);
-* account totals = sums over the assets, every asset at price 1 (the
-  simulator has no prices); the same for sub-accounts and Portfolio Margin.
+* USD-M account totals: the USDT asset's figures in single-asset mode (as
+  Binance's "only for USDT asset"), the sums over the assets in Multi-Assets
+  mode, every asset at price 1 (the simulator has no prices); sub-accounts
+  and Portfolio Margin: sums over the assets.
 
 Field names and their order come from exporter.schema; values follow the
 style of the official examples, which is also what a bare SimAccount answers.
@@ -32,7 +34,8 @@ from typing import Any, Callable
 
 from exporter.parsing import SUB_ACCOUNT_KEYS
 from exporter.schema import (
-    COINM_ACCOUNT, COINM_ACCOUNT_ASSET, COINM_ACCOUNT_POSITION, COINM_BALANCE, COINM_POSITION_RISK, PM_ACCOUNT,
+    ACCOUNT_CONFIG, PM_CM_POSITION_RISK, PM_UM_POSITION_RISK, SUB_POSITION_KEYS, SUB_POSITION_RISK_COINM,
+    SUB_POSITION_RISK_USDM, COINM_ACCOUNT, COINM_ACCOUNT_ASSET, COINM_ACCOUNT_POSITION, COINM_BALANCE, COINM_POSITION_RISK, PM_ACCOUNT,
     PM_BALANCE, PM_BALANCE_ONE, SUB_ACCOUNT_ASSET, SUB_ACCOUNT_COINM, SUB_ACCOUNT_LIST_ENTRY, SUB_ACCOUNT_TOTALS,
     SUB_ACCOUNT_USDM, USDM_ACCOUNT_ASSET, USDM_ACCOUNT_ASSET_V3, USDM_ACCOUNT_POSITION_V2, USDM_ACCOUNT_POSITION_V3,
     USDM_ACCOUNT_TOTALS, USDM_ACCOUNT_V2, USDM_ACCOUNT_V3, USDM_BALANCE, USDM_POSITION_RISK_V2, USDM_POSITION_RISK_V3,
@@ -101,6 +104,8 @@ class SimPortfolio:
     status: str | None = None  # accountStatus; None: from uniMMR (PM_LADDER)
     blanks: bool = True  # "" in totalAvailableBalance, totalMarginOpenLoss, as the official example
     update_time: int = 1657707212154
+    um_positions: list[SimPosition] = field(default_factory=list)  # /papi/v1/um/positionRisk
+    cm_positions: list[SimPosition] = field(default_factory=list)  # /papi/v1/cm/positionRisk
 
 
 @dataclass
@@ -112,6 +117,10 @@ class SimAccount:
     balances: list[dict] | None = None  # USD-M rows as /fapi/v3/balance returns them; None: the example
     drift: bool = False  # demo only: values move smoothly with server time (see drift)
     positions: list[SimPosition] = field(default_factory=list)  # USD-M
+    # Multi-Assets mode: every row's availableBalance is the pool's (the sum over rows at price 1), as in
+    # Binance's own example; the v2 account answer and accountConfig say so. Single-asset otherwise.
+    multi_assets: bool = False
+    hedge: bool | None = None  # dualSidePosition; None: hedge mode when a position is LONG or SHORT
     coinm_balances: list[dict] | None = None  # rows as /dapi/v1/balance returns them; None: the example
     coinm_positions: list[SimPosition] = field(default_factory=list)
     pm: SimPortfolio = field(default_factory=SimPortfolio)
@@ -295,7 +304,7 @@ def _position(p: SimPosition, coin: bool) -> tuple[dict[str, Any], dict[str, Dec
         "position_isolated_margin": wallet + pnl if p.isolated else ZERO, "position_notional": _zero_or(notional),
         "position_required_initial_margin": _zero_or(position_im + open_im),
         "position_maint_margin": _zero_or(maint), "positionInitialMargin": _zero_or(position_im),
-        "openOrderInitialMargin": _zero_or(open_im), "isolatedWallet": _zero_or(wallet),
+        "openOrderInitialMargin": _zero_or(open_im), "position_isolated_wallet": _zero_or(wallet),
         "marginAsset": margin_asset(p.symbol, coin), "marginType": "isolated" if p.isolated else "cross",
         "isAutoAddMargin": "false", "isolated": p.isolated, "leverage": str(p.leverage),
         "maxNotionalValue": "20000000", "maxNotional": "20000000", "maxQty": "50", "bidNotional": "0",
@@ -367,16 +376,39 @@ def _totals(assets: list[dict[str, Any]], layout: tuple[Field, ...]) -> dict[str
     return out
 
 
+def _usdm_rows(acct: SimAccount) -> tuple[list[dict], Decimal | None]:
+    """USD-M balance rows, and in Multi-Assets mode the pool's available balance, which every row shows."""
+    rows = acct.balances or []
+    if not acct.multi_assets:
+        return rows, None
+    pool = sum((dec(r.get("availableBalance")) for r in rows), ZERO)
+    return [{**r, "availableBalance": format_decimal(pool)} for r in rows], pool
+
+
 # ---- endpoints: builder(account, params) -------------------------------------------------------
 def usdm_balance(acct: SimAccount, params: dict[str, str]) -> list[dict[str, Any]]:
-    return _assets(acct.balances or [], acct.positions, USDM_BALANCE, False, acct.account_alias)[0]
+    return _assets(_usdm_rows(acct)[0], acct.positions, USDM_BALANCE, False, acct.account_alias)[0]
+
+
+def usdm_account_config(acct: SimAccount, params: dict[str, str]) -> dict[str, Any]:
+    hedge = acct.hedge if acct.hedge is not None else any(p.side != "BOTH" for p in acct.positions)
+    return shape(ACCOUNT_CONFIG, {"feeTier": 0, "canTrade": True, "canDeposit": True, "canWithdraw": True,
+                                  "hedge_mode": hedge, "updateTime": 0, "multi_assets_mode": acct.multi_assets,
+                                  "tradeGroupId": -1})
 
 
 def usdm_account(acct: SimAccount, params: dict[str, str], version: int) -> dict[str, Any]:
-    assets = _assets(acct.balances or [], acct.positions, USDM_BALANCE, False)[1]
+    rows, pool = _usdm_rows(acct)
+    assets = _assets(rows, acct.positions, USDM_BALANCE, False)[1]
     v2 = version == 2
-    values = {**_totals(assets, USDM_ACCOUNT_TOTALS), "feeTier": 0, "feeBurn": True, "canTrade": True,
-              "canDeposit": True, "canWithdraw": True, "updateTime": 0, "multiAssetsMargin": True,
+    # Single-asset mode: the totals are the USDT pool's only (every other margin asset is a pool of its own);
+    # Multi-Assets mode: every asset, at price 1.
+    totals = _totals(assets if pool is not None else [a for a in assets if a["asset"] == "USDT"],
+                     USDM_ACCOUNT_TOTALS)
+    if pool is not None:
+        totals["account_available_balance"] = pool
+    values = {**totals, "feeTier": 0, "feeBurn": True, "canTrade": True,
+              "canDeposit": True, "canWithdraw": True, "updateTime": 0, "multiAssetsMargin": acct.multi_assets,
               "tradeGroupId": -1,
               "assets": [shape(USDM_ACCOUNT_ASSET if v2 else USDM_ACCOUNT_ASSET_V3, a) for a in assets],
               "positions": [shape(USDM_ACCOUNT_POSITION_V2 if v2 else USDM_ACCOUNT_POSITION_V3, p)
@@ -424,6 +456,14 @@ def pm_balance(acct: SimAccount, params: dict[str, str]) -> list[dict[str, Any]]
     return {k: v for k, v in row.items() if k in keep}
 
 
+def pm_um_position_risk(acct: SimAccount, params: dict[str, str]) -> list[dict[str, Any]]:
+    return [shape(PM_UM_POSITION_RISK, r) for r in _position_rows(acct.pm.um_positions, (), False, False)]
+
+
+def pm_cm_position_risk(acct: SimAccount, params: dict[str, str]) -> list[dict[str, Any]]:
+    return [shape(PM_CM_POSITION_RISK, r) for r in _position_rows(acct.pm.cm_positions, (), True, False)]
+
+
 def pm_account(acct: SimAccount, params: dict[str, str]) -> dict[str, Any]:
     pm = acct.pm
     actual = ZERO
@@ -463,7 +503,7 @@ def sub_account_list(acct: SimAccount, params: dict[str, str]) -> dict[str, Any]
     }) for s in subs[(page - 1) * limit:page * limit]]}
 
 
-def sub_account_futures(acct: SimAccount, params: dict[str, str]) -> dict[str, Any]:
+def _sub_book(acct: SimAccount, params: dict[str, str]) -> tuple[SimSubAccount, SimFutures, int]:
     for name in ("email", "futuresType"):
         if not params.get(name):
             raise ApiError(400, -1102, mandatory_param_msg(name))
@@ -476,6 +516,21 @@ def sub_account_futures(acct: SimAccount, params: dict[str, str]) -> dict[str, A
     book = sub.usdm if futures_type == 1 else sub.coinm
     if book is None:
         raise ApiError(400, -5011, "future account not exists.")
+    return sub, book, futures_type
+
+
+def sub_account_position_risk(acct: SimAccount, params: dict[str, str]) -> dict[str, Any]:
+    """`/sapi/v2/sub-account/futures/positionRisk`: positionAmount; COIN-M's `isolated` is a string."""
+    _, book, futures_type = _sub_book(acct, params)
+    coin = futures_type == 2
+    layout = SUB_POSITION_RISK_COINM if coin else SUB_POSITION_RISK_USDM
+    rows = [{**r, "isolated": "true" if r["isolated"] else "false", "positionAmount": r["position_amount"]}
+            for r in _position_rows(book.positions, (), coin, False)]
+    return {SUB_POSITION_KEYS[futures_type]: [shape(layout, r) for r in rows]}
+
+
+def sub_account_futures(acct: SimAccount, params: dict[str, str]) -> dict[str, Any]:
+    sub, book, futures_type = _sub_book(acct, params)
     rows = book.balances or []
     assets = _assets(rows, book.positions, USDM_BALANCE if futures_type == 1 else COINM_BALANCE,
                      futures_type == 2)[1]

@@ -57,6 +57,7 @@ ROUTES: dict[str, tuple[int, Builder | None]] = {
     "/fapi/v2/account": (5, partial(a.usdm_account, version=2)),
     "/fapi/v3/positionRisk": (5, partial(a.usdm_position_risk, version=3)),
     "/fapi/v2/positionRisk": (5, partial(a.usdm_position_risk, version=2)),
+    "/fapi/v1/accountConfig": (5, a.usdm_account_config),
     "/dapi/v1/time": (1, None),
     "/dapi/v1/balance": (1, a.coinm_balance),
     "/dapi/v1/account": (5, a.coinm_account),
@@ -64,9 +65,12 @@ ROUTES: dict[str, tuple[int, Builder | None]] = {
     "/papi/v1/ping": (1, None),  # Portfolio Margin has no time endpoint
     "/papi/v1/balance": (20, a.pm_balance),
     "/papi/v1/account": (20, a.pm_account),
+    "/papi/v1/um/positionRisk": (5, a.pm_um_position_risk),
+    "/papi/v1/cm/positionRisk": (1, a.pm_cm_position_risk),
     "/api/v3/time": (1, None),
     "/sapi/v1/sub-account/list": (1, a.sub_account_list),
     "/sapi/v2/sub-account/futures/account": (1, a.sub_account_futures),
+    "/sapi/v2/sub-account/futures/positionRisk": (1, a.sub_account_position_risk),
 }
 Intercept = Reply | Callable[[Reply], Reply] | None
 
