@@ -33,6 +33,8 @@ from exporter.governor import Admission
 from exporter.hosts import Host
 from exporter.logs import fields
 from exporter.parsing import Snapshot
+from exporter.stream_events import StreamView
+from exporter.streams import StreamManager, Tuning
 from exporter.targets import Target, Topology
 from exporter.transport import Watchdog, detach
 
@@ -43,6 +45,9 @@ STARTUP_SYNC_S = 5.0
 # "future account not exists" / "future account or sub relation not exists": the
 # sub-account has no futures account of that type. Not an error of the sub-account.
 NO_FUTURES_CODES = (-5011, -5012)
+# Stream events ask for a REST refresh (the event carries no available balance or margins).
+# A burst of events costs one refresh: at most one such refresh per account in this interval.
+STREAM_REFRESH_GAP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class TargetState:
     inflight: Future[None] | None = None
     queued: bool = False
     admitted_at: float | None = None  # monotonic start of the latest admitted refresh
+    again: bool = False  # a stream event arrived during the refresh in flight: one more after it
+    urgent_at: float = float("-inf")  # monotonic time of the latest stream-requested refresh
+    urgent_timer: threading.Timer | None = field(default=None, repr=False)
     last: Attempt | None = None
     last_ok: Attempt | None = None
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
@@ -77,6 +85,7 @@ class TargetView:
     last_success: float | None  # wall clock
     errors: tuple[tuple[str, int], ...]
     assets: frozenset[str] = frozenset()  # the assets of the latest successful fetch, even if too old now
+    stream: StreamView | None = None  # user_stream accounts only
 
 
 @dataclass(frozen=True)
@@ -125,7 +134,7 @@ class _HostQueue:
 class Engine:
     """Everything that outlives a single scrape."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, stream_tuning: Tuning | None = None) -> None:
         self.config = config
         self.watchdog = Watchdog()
         self.topology = Topology(config, self.watchdog)
@@ -151,6 +160,9 @@ class Engine:
                 self.by_alias.setdefault(account.alias, [])
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
+        self.streams = StreamManager([s.target for s in self.states.values() if s.target.account.user_stream
+                                      and s.target.master is None], self.stream_refresh,
+                                     config.stream_connections_per_5m, self.watchdog, stream_tuning)
 
     def add_target(self, target: Target) -> None:
         with self._cond:
@@ -221,6 +233,7 @@ class Engine:
         """Measure every host's clock once, so the first scrape signs correctly."""
         deadline = time.monotonic() + STARTUP_SYNC_S
         futures = [self.pool.submit(clock.ensure, deadline) for clock in self.topology.clocks()]
+        self.streams.start()
         return futures + [f for f in (self._start_discovery(d) for d in self.discoveries.values()) if f]
 
     def close(self) -> None:
@@ -228,6 +241,10 @@ class Engine:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            timers = [s.urgent_timer for s in self.states.values() if s.urgent_timer is not None]
+        for timer in timers:
+            timer.cancel()
+        self.streams.close()
         self.watchdog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.topology.close()
@@ -340,6 +357,9 @@ class Engine:
             else:
                 state.errors[error.reason] += 1
             state.inflight = None
+            again, state.again = state.again, False
+        if again:
+            self.stream_refresh(target.key, False)
         if error is not None:
             log.warning("scrape failed", extra=fields(
                 alias=target.alias, market=target.market, reason=error.reason, status=error.status,
@@ -351,12 +371,51 @@ class Engine:
         target = state.target
         up = (last is not None and last.error is None and ok is not None
               and time.monotonic() - ok.finished <= target.account.max_data_age_seconds)
+        snapshot = ok.snapshot if up and ok is not None else None
+        stream = self.streams.state(target.key)
+        if stream is not None and snapshot is not None and ok is not None:
+            snapshot = stream.overlay(snapshot, ok.started, target.account.positions)
         return TargetView(
-            target=target, up=up, snapshot=ok.snapshot if up and ok is not None else None,
+            target=target, up=up, snapshot=snapshot,
             duration=None if last is None else last.finished - last.started,
             last_success=None if ok is None else ok.fetched_at, errors=errors,
             assets=frozenset(row.asset for row in ok.snapshot.assets) if ok and ok.snapshot else frozenset(),
+            stream=None if stream is None else stream.view(),
         )
+
+    # ---- user data streams -----------------------------------------------------------------
+    def stream_refresh(self, key: tuple[str, str], gap: bool) -> None:
+        """A stream event (or a gap in the stream) wants the account refreshed by REST, first in line.
+
+        Coalesced: while one is queued or pending, more events add nothing; one arriving
+        while a refresh is in flight gets exactly one more after it; and an account gets
+        at most one stream-requested refresh per STREAM_REFRESH_GAP_S (a gap always gets
+        its own). The refresh waits for the budget like any other: never a burst of requests.
+        """
+        with self._cond:
+            state = self.states.get(key)
+            if state is None or self._closed:
+                return
+        with state.lock:
+            if state.urgent_timer is not None:
+                return
+            if state.inflight is not None:
+                state.again = True
+                return
+            wait = 0.0 if gap else state.urgent_at + STREAM_REFRESH_GAP_S - time.monotonic()
+            if wait > 0:
+                state.urgent_timer = timer = threading.Timer(wait, self._urgent_due, args=(state,))
+                timer.daemon = True
+                timer.start()
+                return
+            state.urgent_at = time.monotonic()
+        self._enqueue(state, front=True)
+
+    def _urgent_due(self, state: TargetState) -> None:
+        with state.lock:
+            state.urgent_timer = None
+            state.urgent_at = time.monotonic()
+        self._enqueue(state, front=True)
 
     # ---- sub-accounts --------------------------------------------------------------------
     def _start_discovery(self, discovery: Discovery) -> Future[None] | None:
@@ -455,13 +514,18 @@ class Engine:
             queue = self._queues.get(host)
             return bool(queue and queue.heap)
 
-    def _enqueue(self, state: TargetState) -> None:
+    def _enqueue(self, state: TargetState, front: bool = False) -> None:
+        """Queue a refresh, oldest data first; `front`: ahead of every other (a stream event).
+
+        Moving a queued target to the front pushes a second entry; the dispatcher
+        skips whichever entry comes second (the target is no longer queued then).
+        """
         host = state.target.host
         with state.lock:
-            if state.queued or state.inflight is not None:
+            if state.inflight is not None or (state.queued and not front):
                 return
             state.queued = True
-            age = state.admitted_at if state.admitted_at is not None else float("-inf")
+            age = float("-inf") if front or state.admitted_at is None else state.admitted_at
         with self._cond:
             if self._closed:
                 return
@@ -482,7 +546,7 @@ class Engine:
                 if self._closed:
                     return
                 state = queue.heap[0][2]
-                if self.states.get(state.target.key) is not state:  # removed meanwhile
+                if self.states.get(state.target.key) is not state or not state.queued:  # removed, or started
                     heapq.heappop(queue.heap)
                     continue
                 paused = host.backoff.remaining()[0]
