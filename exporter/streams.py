@@ -66,6 +66,7 @@ STABLE_AFTER_S = 60.0  # a connection that lived this long resets the back-off
 FLOOD_RATE = 200.0  # messages per second, sustained
 FLOOD_BURST = 2000.0
 REST_THREADS = 4
+CLOSE_TOO_BIG = 1009  # what websockets closes with when a message exceeds max_size
 
 
 @dataclass
@@ -259,7 +260,11 @@ class StreamManager:
             except _Degraded as exc:
                 why = exc.why
             except ConnectionClosed as exc:
-                why = f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})"
+                if exc.sent is not None and exc.sent.code == CLOSE_TOO_BIG:
+                    stream.state.count("invalid")
+                    why = f"a message over {self.tuning.max_message_bytes} bytes"
+                else:
+                    why = f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})"
             except (OSError, TimeoutError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 why = type(exc).__name__  # never str(exc): it may quote the URL
             except Exception as exc:  # a bug: never let it end the stream for good
