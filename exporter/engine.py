@@ -46,7 +46,9 @@ STARTUP_SYNC_S = 5.0
 # sub-account has no futures account of that type. Not an error of the sub-account.
 NO_FUTURES_CODES = (-5011, -5012)
 # Stream events ask for a REST refresh (the event carries no available balance or margins).
-# A burst of events costs one refresh: at most one such refresh per account in this interval.
+# A burst of events costs one refresh: at most one such refresh per account in this interval,
+# or in refresh_after (cache_seconds) if longer, so events bring refreshes forward but never
+# make an account cost more weight than scrapes at the configured interval would.
 STREAM_REFRESH_GAP_S = 5.0
 
 
@@ -389,8 +391,8 @@ class Engine:
 
         Coalesced: while one is queued or pending, more events add nothing; one arriving
         while a refresh is in flight gets exactly one more after it; and an account gets
-        at most one stream-requested refresh per STREAM_REFRESH_GAP_S (a gap always gets
-        its own). The refresh waits for the budget like any other: never a burst of requests.
+        at most one stream-requested refresh per STREAM_REFRESH_GAP_S or refresh_after,
+        whichever is longer (a gap always gets its own). The refresh waits for the budget like any other: never a burst of requests.
         """
         with self._cond:
             state = self.states.get(key)
@@ -402,7 +404,9 @@ class Engine:
             if state.inflight is not None:
                 state.again = True
                 return
-            wait = 0.0 if gap else state.urgent_at + STREAM_REFRESH_GAP_S - time.monotonic()
+            spacing = max(STREAM_REFRESH_GAP_S, self.config.refresh_after(state.target.account))
+            last = max(state.urgent_at, state.admitted_at if state.admitted_at is not None else float("-inf"))
+            wait = 0.0 if gap else last + spacing - time.monotonic()
             if wait > 0:
                 state.urgent_timer = timer = threading.Timer(wait, self._urgent_due, args=(state,))
                 timer.daemon = True

@@ -38,7 +38,7 @@ class Live:
         base = sim.start()
         stream = sim.stream_url
         data = {"defaults": {"base_url": base, "coinm_base_url": base, "pm_base_url": base, "timeout_seconds": 8,
-                             "cache_seconds": 300, "user_stream": True, "stream_base_url": stream + "/private",
+                             "cache_seconds": 5, "user_stream": True, "stream_base_url": stream + "/private",
                              "coinm_stream_base_url": stream, "pm_stream_base_url": stream + "/pm", **defaults},
                 "accounts": accounts}
         self.engine = Engine(parse_config(data, "test.yaml", {}), tuning)
