@@ -10,7 +10,10 @@ back-off ends. A scrape never waits for budget: meanwhile it exports the
 account's last successful fetch, for at most `max_data_age_seconds`.
 
 Nothing runs unless a scrape asked for it: the queues only hold accounts a
-scrape wanted, each once, and empty as they are served.
+scrape wanted, each once, and empty as they are served. The one exception is
+a user data stream (`user_stream: true`): its events and reconnects put the
+account at the front of its host's queue (see `stream_refresh`), within the
+same budget.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class TargetState:
     admitted_at: float | None = None  # monotonic start of the latest admitted refresh
     again: bool = False  # a stream event arrived during the refresh in flight: one more after it
     urgent_at: float = float("-inf")  # monotonic time of the latest stream-requested refresh
-    urgent_timer: threading.Timer | None = field(default=None, repr=False)
+    urgent_pending: bool = False  # a stream-requested refresh waits for its spacing (queue.later)
     last: Attempt | None = None
     last_ok: Attempt | None = None
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
@@ -130,6 +133,8 @@ class _HostQueue:
 
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, TargetState]] = []
+        # Stream-requested refreshes waiting for their spacing: (due, seq, state), soonest first.
+        self.later: list[tuple[float, int, TargetState]] = []
         self.thread: threading.Thread | None = None
 
 
@@ -243,9 +248,6 @@ class Engine:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            timers = [s.urgent_timer for s in self.states.values() if s.urgent_timer is not None]
-        for timer in timers:
-            timer.cancel()
         self.streams.close()
         self.watchdog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -399,25 +401,32 @@ class Engine:
             if state is None or self._closed:
                 return
         with state.lock:
-            if state.urgent_timer is not None:
+            if state.urgent_pending:
                 return
             if state.inflight is not None:
                 state.again = True
                 return
             spacing = max(STREAM_REFRESH_GAP_S, self.config.refresh_after(state.target.account))
             last = max(state.urgent_at, state.admitted_at if state.admitted_at is not None else float("-inf"))
-            wait = 0.0 if gap else last + spacing - time.monotonic()
+            now = time.monotonic()
+            wait = 0.0 if gap else last + spacing - now
             if wait > 0:
-                state.urgent_timer = timer = threading.Timer(wait, self._urgent_due, args=(state,))
-                timer.daemon = True
-                timer.start()
-                return
-            state.urgent_at = time.monotonic()
+                state.urgent_pending = True
+            else:
+                state.urgent_at = now
+        if wait > 0:  # the host's dispatcher queues it when due: no thread per waiting account
+            with self._cond:
+                if self._closed:
+                    return
+                queue = self._queue(state.target.host)
+                heapq.heappush(queue.later, (now + wait, next(self._seq), state))
+                self._cond.notify_all()
+            return
         self._enqueue(state, front=True)
 
     def _urgent_due(self, state: TargetState) -> None:
         with state.lock:
-            state.urgent_timer = None
+            state.urgent_pending = False
             state.urgent_at = time.monotonic()
         self._enqueue(state, front=True)
 
@@ -533,38 +542,54 @@ class Engine:
         with self._cond:
             if self._closed:
                 return
-            queue = self._queues.setdefault(host, _HostQueue())
-            heapq.heappush(queue.heap, (age, next(self._seq), state))
-            if queue.thread is None:
-                queue.thread = threading.Thread(target=self._dispatch, args=(host, queue),
-                                                name=f"dispatch-{host.kind}", daemon=True)
-                queue.thread.start()
+            heapq.heappush(self._queue(host).heap, (age, next(self._seq), state))
             self._cond.notify_all()
 
+    def _queue(self, host: Host) -> _HostQueue:
+        """The host's queue, and its dispatcher thread from the first use on (call with _cond held)."""
+        queue = self._queues.setdefault(host, _HostQueue())
+        if queue.thread is None:
+            queue.thread = threading.Thread(target=self._dispatch, args=(host, queue),
+                                            name=f"dispatch-{host.kind}", daemon=True)
+            queue.thread.start()
+        return queue
+
     def _dispatch(self, host: Host, queue: _HostQueue) -> None:
-        """Start queued refreshes of one host, oldest data first, as its budget and back-off allow."""
+        """Start queued refreshes of one host, oldest data first, as its budget and back-off allow;
+        move stream-requested refreshes whose spacing has passed to the front of the queue."""
         while True:
+            due: list[TargetState] = []
             with self._cond:
-                while not self._closed and not queue.heap:
-                    self._cond.wait()
                 if self._closed:
                     return
-                state = queue.heap[0][2]
-                if self.states.get(state.target.key) is not state or not state.queued:  # removed, or started
+                now = time.monotonic()
+                while queue.later and queue.later[0][0] <= now:
+                    due.append(heapq.heappop(queue.later)[2])
+                if not due:
+                    next_due = queue.later[0][0] - now if queue.later else None
+                    if not queue.heap:
+                        self._cond.wait(next_due)
+                        continue
+                    state = queue.heap[0][2]
+                    if self.states.get(state.target.key) is not state or not state.queued:  # removed, or started
+                        heapq.heappop(queue.heap)
+                        continue
+                    paused = host.backoff.remaining()[0]
+                    wait = paused or host.governor.wait_time(state.target.weight)
+                    if paused:
+                        host.governor.stall()
+                    if wait > 0:
+                        self._cond.wait(min(wait, 1.0, next_due if next_due is not None else 1.0))
+                        continue
+                    admission = host.governor.try_acquire(state.target.weight)
+                    if admission is None:
+                        self._cond.wait(0.05)
+                        continue
                     heapq.heappop(queue.heap)
-                    continue
-                paused = host.backoff.remaining()[0]
-                wait = paused or host.governor.wait_time(state.target.weight)
-                if paused:
-                    host.governor.stall()
-                if wait > 0:
-                    self._cond.wait(min(wait, 1.0))
-                    continue
-                admission = host.governor.try_acquire(state.target.weight)
-                if admission is None:
-                    self._cond.wait(0.05)
-                    continue
-                heapq.heappop(queue.heap)
+            if due:  # outside _cond: _enqueue takes the state's lock first
+                for waiting in due:
+                    self._urgent_due(waiting)
+                continue
             self._start(state, time.monotonic() + state.target.account.timeout_seconds, admission)
 
 

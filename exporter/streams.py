@@ -54,8 +54,11 @@ KEEPALIVE_S = 30 * 60.0  # the key lives 60 minutes; a failed PUT is retried wel
 KEEPALIVE_RETRY_S = 60.0
 PLANNED_RECONNECT_S = 23.5 * 3600  # Binance cuts every connection at 24 h
 ATTEMPT_WINDOW_S = 300.0  # Binance: 300 connection attempts per 5 minutes per IP
-MAX_MESSAGE_BYTES = 1 << 20  # one ACCOUNT_UPDATE of a few hundred positions is far below
-MAX_QUEUE = 16  # frames buffered before websockets stops reading the socket
+# One ACCOUNT_UPDATE carries the changed assets and positions only (~150 bytes each): 256 KiB
+# is well over a thousand. With at most 4 frames buffered before websockets stops reading the
+# socket, one connection holds about 1 MiB at worst, whatever the server sends.
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_QUEUE = 4
 HANDSHAKE_TIMEOUT_S = 10.0
 PING_INTERVAL_S = 60.0  # Binance pings every 3-5 minutes; our own ping finds a silent dead peer
 PING_TIMEOUT_S = 30.0
@@ -268,8 +271,9 @@ class StreamManager:
             except (OSError, TimeoutError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 why = type(exc).__name__  # never str(exc): it may quote the URL
             except Exception as exc:  # a bug: never let it end the stream for good
-                log.error("user stream: unexpected error", exc_info=True,
-                          extra=fields(alias=target.alias, market=target.market))
+                # No traceback: an exception's text may quote the URL, and the URL holds the listenKey.
+                log.error("user stream: unexpected error", extra=fields(
+                    alias=target.alias, market=target.market, error=type(exc).__name__))
                 why = f"internal error: {type(exc).__name__}"
             stream.state.disconnected()
             failures = 1 if time.monotonic() - started >= STABLE_AFTER_S and stream.connected_once \

@@ -337,3 +337,32 @@ def test_secrets_never_in_logs(live, caplog) -> None:
     for secret in ALL_SECRETS + [key] + lv.listen_keys():
         assert secret not in text
     assert "user stream down" in caplog.text
+
+
+# ---- simulator and demo ---------------------------------------------------------------------------
+def test_demo_accounts_push_margin_calls_and_risk_level_changes(live) -> None:
+    near = SimPosition("ETHUSDT", "-4.000", "3300", "3420.5", "SHORT", leverage=20, liquidation_price="3480")
+    sim = Simulator([SimAccount(api_key=A.key, api_secret=A.secret, drift=True, positions=[near]),
+                     SimAccount(api_key=B.key, api_secret=B.secret, drift=True,
+                                pm=SimPortfolio(balances=[pm_row("USDT", "42000", "0")], maint_margin="14500"))])
+    lv = live(sim, [account(positions=True, endpoint="account"), account(B, markets=["pm"])])
+    lv.settled("alpha")
+    lv.settled("bravo", "pm")
+    # A mark within 5 % of its liquidation price: one MARGIN_CALL (not one per tick).
+    wait_until(lambda: lv.stream("alpha").margin_calls == 1, timeout=5)
+    wait_until(lambda: sim._risk_seen.get((B.key, "pm", "status")) == "NORMAL", timeout=5)
+    # uniMMR falls below 1.5: the status changes and riskLevelChange is pushed.
+    sim.update_account(B.key, pm=SimPortfolio(balances=[pm_row("USDT", "42000", "0")], maint_margin="33000"))
+    wait_until(lambda: value(lv.metrics(), "binance_futures_margin_call_events_total", alias="bravo",
+                             market="pm") == 1.0, timeout=5)
+    assert lv.stream("bravo", "pm").events["riskLevelChange"] == 1
+    assert lv.stream("alpha").margin_calls == 1
+
+
+def test_demo_streams(run_exporter) -> None:
+    exporter = run_exporter("--demo")
+    wait_until(lambda: value(exporter.metrics(), "binance_futures_stream_up", alias="hedge") == 1.0, timeout=15)
+    m = exporter.metrics()
+    assert value(m, "binance_futures_stream_up", alias="portfolio", market="pm") == 1.0
+    assert value(m, "binance_futures_margin_call_events_total", alias="main", market="coinm") == 0.0
+    assert "Traceback" not in exporter.logs()
