@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     lat = report["latency"]
     print(f"\nEvent-to-exposition latency under load ({lat['samples']} samples): p50 {fmt(lat['p50_ms'])} ms, "
           f"p99 {fmt(lat['p99_ms'])} ms, max {fmt(lat['max_ms'])} ms")
-    print(f"Polling every balance as fresh as the p99 would cost "
+    print(f"Polling every balance every {max(p99, 0.1):.1f} s (the p99, at least 0.1 s) would cost "
           f"{report['polling_for_stream_freshness_weight_per_min']:,} weight/min (limit 2,400).")
     print(f"JSON: {args.output}  (total {report['duration_s']:.0f}s)")
     return 0

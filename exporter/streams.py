@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import random
 import threading
@@ -319,6 +320,10 @@ class StreamManager:
             except BadResponse as exc:
                 state.count("invalid")
                 raise _Degraded(f"invalid message: {exc}") from None
+            if event.kind == "ACCOUNT_UPDATE" and stream.target.market == "pm":
+                # Portfolio Margin's wallet rows are totals over UM, CM and margin: its events' UM
+                # wallet balances are not those figures. Counted, and the account refreshed.
+                event = dataclasses.replace(event, assets={}, positions={})
             if event.kind == "listenKeyExpired":
                 if event.listen_key is not None and stream.key is not None \
                         and event.listen_key != stream.key.reveal():
