@@ -16,7 +16,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -280,20 +280,11 @@ def _boolean(ctx: _Ctx, key: str, value: Any) -> bool:
 def _base_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
     # The URL is never quoted back: it may carry user:password@, or be a
     # secret pasted into the wrong key. The netloc becomes the `host` label.
-    url = _string(ctx, key, value, environ).strip()
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        raise ctx.error(key, "must not contain credentials (user:password@host); "
-                        "Binance authenticates with api_key and the request signature")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ctx.error(key, f"must be an http(s) URL like {DEFAULT_BASE_URL}")
-    if parts.query or parts.fragment or parts.path not in ("", "/"):
+    parts = _url(ctx, key, value, environ, ("http", "https"), f"an http(s) URL like {DEFAULT_BASE_URL}",
+                 "; Binance authenticates with api_key and the request signature")
+    if parts.path not in ("", "/"):
         raise ctx.error(key, "must be scheme and host only (no path, query or fragment)")
-    try:
-        parts.port
-    except ValueError:
-        raise ctx.error(key, "has an invalid port") from None
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
         warnings.append(
             f"{ctx.source}: {ctx.where}: {key}: plain http sends the API key unencrypted; use https"
         )
@@ -306,21 +297,32 @@ def _stream_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], war
     Like the REST bases it is never quoted back; plain ws:// is accepted (tests on loopback)
     with the same warning as http:// elsewhere (the listenKey in the URL is a credential).
     """
-    url = _string(ctx, key, value, environ).strip()
-    parts = urlsplit(url)
+    parts = _url(ctx, key, value, environ, ("ws", "wss"), f"a WebSocket URL like {DEFAULT_STREAM_BASE_URL}")
+    if parts.scheme == "ws" and not _is_loopback(parts.hostname or ""):
+        warnings.append(f"{ctx.source}: {ctx.where}: {key}: plain ws:// sends the listenKey unencrypted; use wss")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], schemes: tuple[str, ...], like: str,
+         why_no_credentials: str = "") -> SplitResult:
+    """A base URL of one of `schemes`: no credentials, query or fragment, a valid port.
+
+    The URL is never quoted back: it may carry user:password@, or be a secret
+    pasted into the wrong key. The netloc becomes the `host` label.
+    """
+    parts = urlsplit(_string(ctx, key, value, environ).strip())
     if "@" in parts.netloc:
-        raise ctx.error(key, "must not contain credentials (user:password@host)")
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ctx.error(key, "must be a WebSocket URL like " + DEFAULT_STREAM_BASE_URL)
+        raise ctx.error(key, "must not contain credentials (user:password@host)" + why_no_credentials)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ctx.error(key, f"must be {like}")
     if parts.query or parts.fragment:
-        raise ctx.error(key, "must be scheme, host and path only (no query or fragment)")
+        raise ctx.error(key, "must be scheme and host only (no path, query or fragment)" if "http" in schemes
+                        else "must be scheme, host and path only (no query or fragment)")
     try:
         parts.port
     except ValueError:
         raise ctx.error(key, "has an invalid port") from None
-    if parts.scheme == "ws" and not _is_loopback(parts.hostname):
-        warnings.append(f"{ctx.source}: {ctx.where}: {key}: plain ws:// sends the listenKey unencrypted; use wss")
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    return parts
 
 
 def _is_loopback(host: str) -> bool:
