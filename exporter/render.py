@@ -136,8 +136,9 @@ def stream_families(result: ScrapeResult) -> Iterator[Metric]:
                                  "MARGIN_CALL, ACCOUNT_CONFIG_UPDATE, riskLevelChange, listenKeyExpired, other "
                                  "(any other event), invalid (not a sane event: dropped, and the connection "
                                  "is made again).", labels=["alias", "market", "event"])
-    reconnects = CounterMetricFamily(f"{NS}_stream_reconnects", "User data stream connections made again after "
-                                     "the first (after a failure, a new listenKey, or the planned daily one).",
+    reconnects = CounterMetricFamily(f"{NS}_stream_reconnects", "User data stream connection attempts after the "
+                                     "first connection (after a failure, a new listenKey, or the planned daily "
+                                     "reconnect).",
                                      labels=["alias", "market"])
     last_event = _gauge("stream_last_event_timestamp_seconds", "When the account's latest user data stream event "
                         "was applied, Unix seconds.", ACCOUNT_LABELS)
