@@ -280,8 +280,9 @@ class StreamManager:
             failures = 1 if time.monotonic() - started >= STABLE_AFTER_S and stream.connected_once \
                 else failures + 1
             delay = 0.0 if why == "planned reconnect" else backoff_delay(failures, self.tuning, self._rng)
-            log.warning("user stream down", extra=fields(alias=target.alias, market=target.market, reason=why,
-                                                         retry_in_s=round(delay, 1)))
+            (log.info if why == "planned reconnect" else log.warning)(
+                "user stream down", extra=fields(alias=target.alias, market=target.market, reason=why,
+                                                 retry_in_s=round(delay, 1)))
             await asyncio.sleep(delay)
 
     async def _connect_and_read(self, stream: _Stream) -> None:

@@ -366,3 +366,17 @@ def test_demo_streams(run_exporter) -> None:
     assert value(m, "binance_futures_stream_up", alias="portfolio", market="pm") == 1.0
     assert value(m, "binance_futures_margin_call_events_total", alias="main", market="coinm") == 0.0
     assert "Traceback" not in exporter.logs()
+
+
+def test_planned_reconnect_and_refused_handshake(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account()], tuning=Tuning(**{**FAST.__dict__, "planned_reconnect_s": 1.0}))
+    lv.settled("alpha")
+    key = lv.listen_keys()[0]
+    wait_until(lambda: lv.stream("alpha").reconnects >= 1 and lv.stream("alpha").up, timeout=10)
+    assert lv.listen_keys() == [key]  # the planned reconnect keeps the key
+    # The key vanishes without an event, then the connection drops: the handshake is refused, a new key.
+    sim.listen_keys.forget(A.key, "fapi")
+    sim.drop_streams(A.key)
+    wait_until(lambda: lv.listen_keys() and lv.listen_keys()[0] != key and lv.stream("alpha").up, timeout=10)
+    assert sim.listen_keys.deletes == 0
