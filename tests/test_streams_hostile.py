@@ -12,14 +12,13 @@ import asyncio
 import json
 import logging
 import threading
-import time
 from typing import Iterator
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from conftest import ACCOUNTS, OFFICIAL_ROW, value, wait_until
-from test_streams import FAST, Live, account, account_update, now_ms
+from test_streams import Live, account, account_update, now_ms
 from testkit import SimAccount, Simulator
 
 QUIET = logging.getLogger("tests.hostile.wire")  # the hostile side's own errors are the point: not logged
