@@ -48,6 +48,7 @@ class Event:
     status: str | None = None  # riskLevelChange: the Portfolio Margin status
     modes: Mapping[str, float] = field(default_factory=dict)  # ACCOUNT_CONFIG_UPDATE
     listen_key: str | None = None  # listenKeyExpired: the key it names, if any
+    stream: str | None = None  # the combined-stream envelope's "stream" (a listenKey), if any
 
 
 def _object(value: Any, where: str) -> Mapping[str, Any]:
@@ -145,8 +146,15 @@ def parse_event(text: str | bytes) -> Event:
     except (ValueError, RecursionError) as exc:
         raise BadResponse(f"message is not valid JSON ({type(exc).__name__})") from None
     data = _object(data, "message")
+    stream = None
     if "data" in data and "stream" in data:
+        stream = data["stream"] if isinstance(data["stream"], str) else ""
         data = _object(data["data"], "data")
+    event = _parse(data)
+    return dataclasses_replace(event, stream=stream) if stream is not None else event
+
+
+def _parse(data: Mapping[str, Any]) -> Event:
     kind = data.get("e")
     if not isinstance(kind, str):
         raise BadResponse("e is missing")

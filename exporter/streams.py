@@ -321,13 +321,16 @@ class StreamManager:
             except BadResponse as exc:
                 state.count("invalid")
                 raise _Degraded(f"invalid message: {exc}") from None
+            mine = stream.key.reveal() if stream.key is not None else None
+            if event.stream is not None and event.stream != mine:
+                state.count("invalid")  # an envelope naming another listenKey: another account's event
+                continue
             if event.kind == "ACCOUNT_UPDATE" and stream.target.market == "pm":
                 # Portfolio Margin's wallet rows are totals over UM, CM and margin: its events' UM
                 # wallet balances are not those figures. Counted, and the account refreshed.
                 event = dataclasses.replace(event, assets={}, positions={})
             if event.kind == "listenKeyExpired":
-                if event.listen_key is not None and stream.key is not None \
-                        and event.listen_key != stream.key.reveal():
+                if event.listen_key is not None and event.listen_key != mine:
                     state.count("invalid")  # about another account's key: not ours to act on
                     continue
                 state.apply(event, time.monotonic(), time.time())

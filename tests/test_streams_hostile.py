@@ -72,6 +72,7 @@ class HostileServer:
                 await ws.send(json.dumps(account_update(wallet, "1")))
         elif mode == "foreign":
             await ws.send(json.dumps({"e": "listenKeyExpired", "E": now_ms(), "listenKey": "someone-else" * 4}))
+            await ws.send(json.dumps({"stream": "someone-else" * 4, "data": account_update("1", "1")}))
         elif mode == "flood":
             event = json.dumps({"e": "TRADE_LITE", "E": now_ms()})
             while True:
@@ -117,11 +118,11 @@ def test_each_hostile_stream_degrades_alone(hostile: HostileServer) -> None:
             return (all(s[m].events["invalid"] >= 1 and s[m].reconnects >= 1
                         for m in ("garbage", "binary", "huge", "absurd", "flood"))
                     and hostile.handshakes["silent"] >= 2 and s["silent"].events["invalid"] == 0
-                    and s["foreign"].events["invalid"] >= 1)
+                    and s["foreign"].events["invalid"] >= 2)
         wait_until(degraded, timeout=15)
         foreign = streams.state(("foreign", "usdm"))
         # Another key's expiry is not ours: counted as invalid, no renewal.
-        assert foreign.events["listenKeyExpired"] == 0
+        assert foreign.events["listenKeyExpired"] == 0 and foreign.events["ACCOUNT_UPDATE"] == 0
         assert streams.streams[("foreign", "usdm")].key in (foreign_key, None) and foreign_key is not None
         assert foreign_key.reveal() == sim.listen_keys.by_account[(creds[MODES.index("foreign")][0], "fapi")].value
         absurd = streams.state(("absurd", "usdm"))
