@@ -10,7 +10,10 @@ points at the one simulator. What the demo shows on purpose:
 * `grid-bot`: below its USDT threshold, so the low-balance alert fires;
 * `portfolio`: a Portfolio Margin account with a uniMMR alert threshold;
 * `master`: a master key with sub-accounts (one frozen, one without futures,
-  one excluded by the config).
+  one excluded by the config);
+* user data streams on for every account (the simulator's WebSocket server):
+  `hedge` gets a MARGIN_CALL each time the drift takes its ETHUSDT short
+  within 5 % of its liquidation price (for part of every 10-minute cycle).
 """
 
 from __future__ import annotations
