@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak clean
+.PHONY: test venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-subaccounts: venv
 
 bench-soak: venv
 	$(VPY) -m benchmarks.soak $(BENCH_ARGS)
+
+bench-streams: venv
+	$(VPY) -m benchmarks.streams $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -11,6 +11,13 @@ per stdin line with one JSON line on stdout:
     {"op": "faults", "faults": {KEY: {"kind": "http_500", "latency_s": 0.2} | null, ...}}
     {"op": "requests", "since": 0}           -> {"entries": [[at, path, account, email, status, weight], ...],
                                                  "next": N, "dropped": D}  (needs --request-log)
+    {"op": "stream_url"}                     -> {"url": the user data streams' WebSocket base}
+    {"op": "mark", "account": i, "value": "1.5"}  -> account i's first balance row becomes `value`
+                                                 (REST and an ACCOUNT_UPDATE on its streams agree)
+    {"op": "pump", "rate": 100, "seconds": 60}    -> in the background, `rate` marks a second, accounts
+                                                 in turn, each value the time it was set (Unix seconds)
+    {"op": "pump_stop"}                      -> stop the pump
+    {"op": "streams"}                        -> {"open": open user data stream connections}
 
 and stops when stdin closes (so it never outlives the driver). Accounts use
 `procstats.credentials(i, seed)`, with `--assets` non-zero balance rows each
@@ -29,6 +36,8 @@ import argparse
 import json
 import random
 import sys
+import threading
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python benchmarks/simserver.py`
@@ -92,6 +101,24 @@ def main(argv: list[str] | None = None) -> int:
                     latency_s=args.latency_ms / 1000.0, weight_limit=args.weight_limit,
                     sapi_weight_limit=args.sapi_weight_limit, request_log=args.request_log)
     index_of = {credentials(i, args.seed)[0]: i for i in range(args.accounts)}
+    rows = {i: balance_rows(i, args.assets, args.seed) for i in range(args.accounts)}
+
+    def mark(index: int, value: str) -> None:
+        rows[index] = [{**rows[index][0], "balance": value}] + rows[index][1:]
+        sim.set_balances(credentials(index, args.seed)[0], rows[index])
+
+    stop_pump = threading.Event()
+
+    def pump(rate: float, seconds: float) -> None:
+        start, n = time.monotonic(), 0
+        stop_pump.clear()
+        while n < rate * seconds and not stop_pump.is_set():
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            mark(n % args.accounts, f"{time.time():.6f}")
+            n += 1
+
     print(sim.start(), flush=True)
     try:
         for line in sys.stdin:
@@ -114,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
                     reply = {"entries": [[e.at, e.path, index_of.get(e.api_key or ""), e.email, e.status, e.weight]
                                          for e in entries],
                              "next": since + len(entries), "dropped": sim.request_log.dropped}
+                elif op == "stream_url":
+                    reply = {"url": sim.stream_url}
+                elif op == "mark":
+                    mark(int(cmd["account"]), str(cmd["value"]))
+                    reply = {"ok": True}
+                elif op == "pump":
+                    threading.Thread(target=pump, args=(float(cmd["rate"]), float(cmd["seconds"])),
+                                     daemon=True).start()
+                    reply = {"ok": True}
+                elif op == "pump_stop":
+                    stop_pump.set()
+                    reply = {"ok": True}
+                elif op == "streams":
+                    reply = {"open": sim.open_streams()}
                 elif op == "faults":
                     for key, spec in cmd["faults"].items():
                         sim.set_fault(key, None if spec is None else Fault(**spec))

@@ -16,7 +16,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -29,6 +29,12 @@ DEFAULT_BASE_URL = "https://fapi.binance.com"
 DEFAULT_COINM_BASE_URL = "https://dapi.binance.com"
 DEFAULT_PM_BASE_URL = "https://papi.binance.com"
 DEFAULT_SAPI_BASE_URL = "https://api.binance.com"
+# User data streams (issue 16). USD-M user data moved to the /private host on 2026-04-23 and is
+# opened as {base}/ws?listenKey=...&events=...; COIN-M and Portfolio Margin keep /ws/<listenKey>.
+DEFAULT_STREAM_BASE_URL = "wss://fstream.binance.com/private"
+DEFAULT_COINM_STREAM_BASE_URL = "wss://dstream.binance.com"
+DEFAULT_PM_STREAM_BASE_URL = "wss://fstream.binance.com/pm"
+STREAM_URL_KEYS = ("stream_base_url", "coinm_stream_base_url", "pm_stream_base_url")
 API_VERSIONS = ("v3", "v2")
 ENDPOINTS = ("balance", "account")
 MARKETS = ("usdm", "coinm", "pm")
@@ -57,7 +63,8 @@ SHARED_KEYS = (
     "max_margin_ratio",
     "min_liquidation_distance",
     "min_uni_mmr",
-)
+    "user_stream",
+) + STREAM_URL_KEYS
 CREDENTIAL_KEYS = (
     "api_key",
     "api_key_file",
@@ -80,6 +87,7 @@ TOP_KEYS = (
     "scrape_interval_seconds",
     "weight_budget_share",
     "skip_zero_balances",
+    "stream_connections_per_5m",
 )
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
 ASSET_RE = re.compile(r"^[A-Za-z0-9]{1,20}$")
@@ -127,7 +135,16 @@ class AccountConfig:
     # reminders from 1.5 down (its PM Pro table): alert while there is still room to act.
     min_uni_mmr: float | None = 1.5
     sub_accounts: SubAccounts | None = None
+    user_stream: bool = False
+    stream_base_url: str = DEFAULT_STREAM_BASE_URL
+    coinm_stream_base_url: str = DEFAULT_COINM_STREAM_BASE_URL
+    pm_stream_base_url: str = DEFAULT_PM_STREAM_BASE_URL
     host_label: str = ""  # not a config key: lets --demo keep one `host` across restarts
+
+    def stream_url_for(self, market: str) -> str:
+        """The WebSocket base of a market's user data stream."""
+        return {"usdm": self.stream_base_url, "coinm": self.coinm_stream_base_url,
+                "pm": self.pm_stream_base_url}[market]
 
     def base_url_for(self, market: str) -> str:
         """The API host of a market ("sapi" for the sub-account endpoints)."""
@@ -147,6 +164,9 @@ class Config:
     scrape_interval_seconds: float = 15.0
     weight_budget_share: float = 0.5
     skip_zero_balances: bool = True
+    # Binance allows 300 WebSocket connection attempts per 5 minutes and IP; the exporter
+    # keeps to half of that by default (like weight_budget_share), its users' bots need the rest.
+    stream_connections_per_5m: int = 150
     warnings: tuple[str, ...] = ()
 
     def weight_limit_for(self, kind: str) -> int:
@@ -263,24 +283,49 @@ def _boolean(ctx: _Ctx, key: str, value: Any) -> bool:
 def _base_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
     # The URL is never quoted back: it may carry user:password@, or be a
     # secret pasted into the wrong key. The netloc becomes the `host` label.
-    url = _string(ctx, key, value, environ).strip()
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        raise ctx.error(key, "must not contain credentials (user:password@host); "
-                        "Binance authenticates with api_key and the request signature")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ctx.error(key, f"must be an http(s) URL like {DEFAULT_BASE_URL}")
-    if parts.query or parts.fragment or parts.path not in ("", "/"):
+    parts = _url(ctx, key, value, environ, ("http", "https"), f"an http(s) URL like {DEFAULT_BASE_URL}",
+                 "; Binance authenticates with api_key and the request signature")
+    if parts.path not in ("", "/"):
         raise ctx.error(key, "must be scheme and host only (no path, query or fragment)")
-    try:
-        parts.port
-    except ValueError:
-        raise ctx.error(key, "has an invalid port") from None
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
         warnings.append(
             f"{ctx.source}: {ctx.where}: {key}: plain http sends the API key unencrypted; use https"
         )
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _stream_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
+    """A WebSocket base: ws(s)://host[:port][/path], never credentials, a query or a fragment.
+
+    Like the REST bases it is never quoted back; plain ws:// is accepted (tests on loopback)
+    with the same warning as http:// elsewhere (the listenKey in the URL is a credential).
+    """
+    parts = _url(ctx, key, value, environ, ("ws", "wss"), f"a WebSocket URL like {DEFAULT_STREAM_BASE_URL}")
+    if parts.scheme == "ws" and not _is_loopback(parts.hostname or ""):
+        warnings.append(f"{ctx.source}: {ctx.where}: {key}: plain ws:// sends the listenKey unencrypted; use wss")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], schemes: tuple[str, ...], like: str,
+         why_no_credentials: str = "") -> SplitResult:
+    """A base URL of one of `schemes`: no credentials, query or fragment, a valid port.
+
+    The URL is never quoted back: it may carry user:password@, or be a secret
+    pasted into the wrong key. The netloc becomes the `host` label.
+    """
+    parts = urlsplit(_string(ctx, key, value, environ).strip())
+    if "@" in parts.netloc:
+        raise ctx.error(key, "must not contain credentials (user:password@host)" + why_no_credentials)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ctx.error(key, f"must be {like}")
+    if parts.query or parts.fragment:
+        raise ctx.error(key, "must be scheme and host only (no path, query or fragment)" if "http" in schemes
+                        else "must be scheme, host and path only (no query or fragment)")
+    try:
+        parts.port
+    except ValueError:
+        raise ctx.error(key, "has an invalid port") from None
+    return parts
 
 
 def _is_loopback(host: str) -> bool:
@@ -427,6 +472,11 @@ def _shared(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str], warni
     for key in ("coinm_base_url", "pm_base_url", "sapi_base_url"):
         if key in raw:
             out[key] = _base_url(ctx, key, raw[key], environ, warnings)
+    if "user_stream" in raw:
+        out["user_stream"] = _boolean(ctx, "user_stream", raw["user_stream"])
+    for key in STREAM_URL_KEYS:
+        if key in raw:
+            out[key] = _stream_url(ctx, key, raw[key], environ, warnings)
     for key, low, high in (("max_margin_ratio", 0, 1), ("min_liquidation_distance", 0, 1), ("min_uni_mmr", 0, 1000)):
         if key in raw:
             out[key] = _number(ctx, key, raw[key], environ, minimum=low, maximum=high, exclusive_min=True)
@@ -540,6 +590,10 @@ def parse_config(data: Any, source: str = "config.yaml",
             settings["sub_accounts"] = _sub_accounts(ctx, raw["sub_accounts"], env)
         elif not settings.get("markets", ("usdm",)):
             raise ctx.error("markets", "must not be empty (an empty list only makes sense with sub_accounts)")
+        if settings.get("user_stream") and "sub_accounts" in settings:
+            warnings.append(f"{source}: {label}: user_stream: only this account's own markets stream; "
+                            "sub-accounts found through a master key cannot (a listenKey needs the "
+                            "sub-account's own API key): they are polled only")
         accounts.append(AccountConfig(alias=alias, api_key=api_key, signer=signer, **settings))
 
     globals_: dict[str, Any] = {}
@@ -556,6 +610,10 @@ def parse_config(data: Any, source: str = "config.yaml",
     if "weight_budget_share" in data:
         globals_["weight_budget_share"] = _number(top, "weight_budget_share", data["weight_budget_share"],
                                                   env, minimum=0, maximum=1, exclusive_min=True)
+    if "stream_connections_per_5m" in data:
+        globals_["stream_connections_per_5m"] = _number(top, "stream_connections_per_5m",
+                                                        data["stream_connections_per_5m"], env,
+                                                        minimum=1, maximum=300, integer=True)
     if "skip_zero_balances" in data:
         globals_["skip_zero_balances"] = _boolean(top, "skip_zero_balances", data["skip_zero_balances"])
     return Config(source=source, accounts=tuple(accounts), warnings=tuple(warnings), **globals_)

@@ -14,7 +14,10 @@ points at the one simulator. What the demo shows on purpose:
   available balance in USD against min_account_available_balance);
 * `portfolio`: a Portfolio Margin account with a uniMMR alert threshold;
 * `master`: a master key with sub-accounts (one frozen, one without futures,
-  one excluded by the config).
+  one excluded by the config);
+* user data streams on for every account (the simulator's WebSocket server):
+  `hedge` gets a MARGIN_CALL each time the drift takes its ETHUSDT short
+  within 5 % of its liquidation price (for part of every 10-minute cycle).
 """
 
 from __future__ import annotations
@@ -93,11 +96,14 @@ def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
     sim = Simulator(weight_limit=weight_limit)
     base_url = sim.start()
     urls = {key: base_url for key in ("base_url", "coinm_base_url", "pm_base_url", "sapi_base_url")}
+    # --demo turns the user data streams on: margin calls and balance changes arrive as events.
+    streams = {"user_stream": True, "stream_base_url": sim.stream_url + "/private",
+               "coinm_stream_base_url": sim.stream_url, "pm_stream_base_url": sim.stream_url + "/pm"}
     accounts = []
     for alias, (state, settings) in DEMO_ACCOUNTS.items():
         key, secret = secrets.token_hex(32), secrets.token_hex(32)
         sim.add_account(SimAccount(api_key=key, api_secret=secret, drift=True, **state))
         accounts.append(AccountConfig(
             alias=alias, api_key=Secret(key), signer=HmacSigner(Secret(secret)), timeout_seconds=5.0,
-            host_label=DEMO_HOST, **{"min_available_balance": DEFAULT_THRESHOLDS, **urls, **settings}))
+            host_label=DEMO_HOST, **{"min_available_balance": DEFAULT_THRESHOLDS, **urls, **streams, **settings}))
     return sim, Config(source="--demo", accounts=tuple(accounts), weight_limit=weight_limit)

@@ -10,7 +10,10 @@ back-off ends. A scrape never waits for budget: meanwhile it exports the
 account's last successful fetch, for at most `max_data_age_seconds`.
 
 Nothing runs unless a scrape asked for it: the queues only hold accounts a
-scrape wanted, each once, and empty as they are served.
+scrape wanted, each once, and empty as they are served. The one exception is
+a user data stream (`user_stream: true`): its events and reconnects put the
+account at the front of its host's queue (see `stream_refresh`), within the
+same budget.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from exporter.governor import Admission
 from exporter.hosts import Host
 from exporter.logs import fields
 from exporter.parsing import Snapshot
+from exporter.stream_events import StreamView
+from exporter.streams import StreamManager, Tuning
 from exporter.targets import Target, Topology
 from exporter.transport import Watchdog, detach
 
@@ -43,6 +48,11 @@ STARTUP_SYNC_S = 5.0
 # "future account not exists" / "future account or sub relation not exists": the
 # sub-account has no futures account of that type. Not an error of the sub-account.
 NO_FUTURES_CODES = (-5011, -5012)
+# Stream events ask for a REST refresh (the event carries no available balance or margins).
+# A burst of events costs one refresh: at most one such refresh per account in this interval,
+# or in refresh_after (cache_seconds) if longer, so events bring refreshes forward but never
+# make an account cost more weight than scrapes at the configured interval would.
+STREAM_REFRESH_GAP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,9 @@ class TargetState:
     inflight: Future[None] | None = None
     queued: bool = False
     admitted_at: float | None = None  # monotonic start of the latest admitted refresh
+    again: bool = False  # a stream event arrived during the refresh in flight: one more after it
+    urgent_at: float = float("-inf")  # monotonic time of the latest stream-requested refresh
+    urgent_pending: bool = False  # a stream-requested refresh waits for its spacing (queue.later)
     last: Attempt | None = None
     last_ok: Attempt | None = None
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
@@ -77,6 +90,7 @@ class TargetView:
     last_success: float | None  # wall clock
     errors: tuple[tuple[str, int], ...]
     assets: frozenset[str] = frozenset()  # the assets of the latest successful fetch, even if too old now
+    stream: StreamView | None = None  # user_stream accounts only
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,8 @@ class _HostQueue:
 
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, TargetState]] = []
+        # Stream-requested refreshes waiting for their spacing: (due, seq, state), soonest first.
+        self.later: list[tuple[float, int, TargetState]] = []
         self.thread: threading.Thread | None = None
         self.stopped = False  # its host left the config: the dispatcher ends
 
@@ -136,7 +152,7 @@ class Reconciled:
 class Engine:
     """Everything that outlives a single scrape."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, stream_tuning: Tuning | None = None) -> None:
         self.config = config
         self.watchdog = Watchdog()
         self.topology = Topology(config, self.watchdog)
@@ -155,6 +171,9 @@ class Engine:
             self._register(account.alias, *self._build(account))
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
+        self.streams = StreamManager([s.target for s in self.states.values() if s.target.account.user_stream
+                                      and s.target.master is None], self.stream_refresh,
+                                     config.stream_connections_per_5m, self.watchdog, stream_tuning)
 
     def _build(self, account: AccountConfig) -> tuple[list[Target], Discovery | None]:
         """An account's targets and, for a master, its discovery; not yet known to scrapes."""
@@ -248,6 +267,7 @@ class Engine:
         self._started = True
         deadline = time.monotonic() + STARTUP_SYNC_S
         futures = [self.pool.submit(clock.ensure, deadline) for clock in self.topology.clocks()]
+        self.streams.start()
         return futures + [f for f in (self._start_discovery(d) for d in self.discoveries.values()) if f]
 
     def apply(self, config: Config) -> Reconciled:
@@ -327,6 +347,7 @@ class Engine:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self.streams.close()
         self.watchdog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.topology.close()
@@ -443,6 +464,9 @@ class Engine:
             else:
                 state.errors[error.reason] += 1
             state.inflight = None
+            again, state.again = state.again, False
+        if again:
+            self.stream_refresh(target.key, False)
         if error is not None:
             log.warning("scrape failed", extra=fields(
                 alias=target.alias, market=target.market, reason=error.reason, status=error.status,
@@ -454,12 +478,60 @@ class Engine:
         target = state.target
         up = (last is not None and last.error is None and ok is not None
               and time.monotonic() - ok.finished <= target.account.max_data_age_seconds)
+        snapshot = ok.snapshot if up and ok is not None else None
+        stream = self.streams.state(target.key)
+        if stream is not None and snapshot is not None and ok is not None:
+            snapshot = stream.overlay(snapshot, ok.started, target.account.positions)
         return TargetView(
-            target=target, up=up, snapshot=ok.snapshot if up and ok is not None else None,
+            target=target, up=up, snapshot=snapshot,
             duration=None if last is None else last.finished - last.started,
             last_success=None if ok is None else ok.fetched_at, errors=errors,
             assets=frozenset(row.asset for row in ok.snapshot.assets) if ok and ok.snapshot else frozenset(),
+            stream=None if stream is None else stream.view(),
         )
+
+    # ---- user data streams -----------------------------------------------------------------
+    def stream_refresh(self, key: tuple[str, str], gap: bool) -> None:
+        """A stream event (or a gap in the stream) wants the account refreshed by REST, first in line.
+
+        Coalesced: while one is queued or pending, more events add nothing; one arriving
+        while a refresh is in flight gets exactly one more after it; and an account gets
+        at most one stream-requested refresh per STREAM_REFRESH_GAP_S or refresh_after,
+        whichever is longer (a gap always gets its own). The refresh waits for the budget like any other: never a burst of requests.
+        """
+        with self._cond:
+            state = self.states.get(key)
+            if state is None or self._closed:
+                return
+        with state.lock:
+            if state.urgent_pending:
+                return
+            if state.inflight is not None:
+                state.again = True
+                return
+            spacing = max(STREAM_REFRESH_GAP_S, self.config.refresh_after(state.target.account))
+            last = max(state.urgent_at, state.admitted_at if state.admitted_at is not None else float("-inf"))
+            now = time.monotonic()
+            wait = 0.0 if gap else last + spacing - now
+            if wait > 0:
+                state.urgent_pending = True
+            else:
+                state.urgent_at = now
+        if wait > 0:  # the host's dispatcher queues it when due: no thread per waiting account
+            with self._cond:
+                if self._closed:
+                    return
+                queue = self._queue(state.target.host)
+                heapq.heappush(queue.later, (now + wait, next(self._seq), state))
+                self._cond.notify_all()
+            return
+        self._enqueue(state, front=True)
+
+    def _urgent_due(self, state: TargetState) -> None:
+        with state.lock:
+            state.urgent_pending = False
+            state.urgent_at = time.monotonic()
+        self._enqueue(state, front=True)
 
     # ---- sub-accounts --------------------------------------------------------------------
     def _start_discovery(self, discovery: Discovery) -> Future[None] | None:
@@ -565,48 +637,69 @@ class Engine:
             queue = self._queues.get(host)
             return bool(queue and queue.heap)
 
-    def _enqueue(self, state: TargetState) -> None:
+    def _enqueue(self, state: TargetState, front: bool = False) -> None:
+        """Queue a refresh, oldest data first; `front`: ahead of every other (a stream event).
+
+        Moving a queued target to the front pushes a second entry; the dispatcher
+        skips whichever entry comes second (the target is no longer queued then).
+        """
         host = state.target.host
         with state.lock:
-            if state.queued or state.inflight is not None:
+            if state.inflight is not None or (state.queued and not front):
                 return
             state.queued = True
-            age = state.admitted_at if state.admitted_at is not None else float("-inf")
+            age = float("-inf") if front or state.admitted_at is None else state.admitted_at
         with self._cond:
             if self._closed:
                 return
-            queue = self._queues.setdefault(host, _HostQueue())
-            heapq.heappush(queue.heap, (age, next(self._seq), state))
-            if queue.thread is None:
-                queue.thread = threading.Thread(target=self._dispatch, args=(host, queue),
-                                                name=f"dispatch-{host.kind}", daemon=True)
-                queue.thread.start()
+            heapq.heappush(self._queue(host).heap, (age, next(self._seq), state))
             self._cond.notify_all()
 
+    def _queue(self, host: Host) -> _HostQueue:
+        """The host's queue, and its dispatcher thread from the first use on (call with _cond held)."""
+        queue = self._queues.setdefault(host, _HostQueue())
+        if queue.thread is None:
+            queue.thread = threading.Thread(target=self._dispatch, args=(host, queue),
+                                            name=f"dispatch-{host.kind}", daemon=True)
+            queue.thread.start()
+        return queue
+
     def _dispatch(self, host: Host, queue: _HostQueue) -> None:
-        """Start queued refreshes of one host, oldest data first, as its budget and back-off allow."""
+        """Start queued refreshes of one host, oldest data first, as its budget and back-off allow;
+        move stream-requested refreshes whose spacing has passed to the front of the queue."""
         while True:
+            due: list[TargetState] = []
             with self._cond:
-                while not self._closed and not queue.stopped and not queue.heap:
-                    self._cond.wait()
                 if self._closed or queue.stopped:
                     return
-                state = queue.heap[0][2]
-                if self.states.get(state.target.key) is not state:  # removed meanwhile
+                now = time.monotonic()
+                while queue.later and queue.later[0][0] <= now:
+                    due.append(heapq.heappop(queue.later)[2])
+                if not due:
+                    next_due = queue.later[0][0] - now if queue.later else None
+                    if not queue.heap:
+                        self._cond.wait(next_due)
+                        continue
+                    state = queue.heap[0][2]
+                    if self.states.get(state.target.key) is not state or not state.queued:  # removed, or started
+                        heapq.heappop(queue.heap)
+                        continue
+                    paused = host.backoff.remaining()[0]
+                    wait = paused or host.governor.wait_time(state.target.weight)
+                    if paused:
+                        host.governor.stall()
+                    if wait > 0:
+                        self._cond.wait(min(wait, 1.0, next_due if next_due is not None else 1.0))
+                        continue
+                    admission = host.governor.try_acquire(state.target.weight)
+                    if admission is None:
+                        self._cond.wait(0.05)
+                        continue
                     heapq.heappop(queue.heap)
-                    continue
-                paused = host.backoff.remaining()[0]
-                wait = paused or host.governor.wait_time(state.target.weight)
-                if paused:
-                    host.governor.stall()
-                if wait > 0:
-                    self._cond.wait(min(wait, 1.0))
-                    continue
-                admission = host.governor.try_acquire(state.target.weight)
-                if admission is None:
-                    self._cond.wait(0.05)
-                    continue
-                heapq.heappop(queue.heap)
+            if due:  # outside _cond: _enqueue takes the state's lock first
+                for waiting in due:
+                    self._urgent_due(waiting)
+                continue
             self._start(state, time.monotonic() + state.target.account.timeout_seconds, admission)
 
 

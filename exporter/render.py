@@ -144,6 +144,38 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
                 errors)
 
 
+def stream_families(result: ScrapeResult) -> Iterator[Metric]:
+    """Per account with `user_stream: true`: its user data stream's state, events and margin calls."""
+    up = _gauge("stream_up", "1 while the account's user data stream is connected with a valid listenKey.",
+                ACCOUNT_LABELS)
+    events = CounterMetricFamily(f"{NS}_stream_events", "User data stream messages by event: ACCOUNT_UPDATE, "
+                                 "MARGIN_CALL, ACCOUNT_CONFIG_UPDATE, riskLevelChange, listenKeyExpired, other "
+                                 "(any other event), invalid (not a sane event: dropped, and the connection "
+                                 "is made again).", labels=["alias", "market", "event"])
+    reconnects = CounterMetricFamily(f"{NS}_stream_reconnects", "User data stream connection attempts after the "
+                                     "first connection (after a failure, a new listenKey, or the planned daily "
+                                     "reconnect).",
+                                     labels=["alias", "market"])
+    last_event = _gauge("stream_last_event_timestamp_seconds", "When the account's latest user data stream event "
+                        "was applied, Unix seconds.", ACCOUNT_LABELS)
+    margin_calls = CounterMetricFamily(f"{NS}_margin_call_events", "Margin-call events on the user data stream: "
+                                       "MARGIN_CALL (USD-M, COIN-M) and riskLevelChange (Portfolio Margin).",
+                                       labels=["alias", "market"])
+    for view in result.targets:
+        stream = view.stream
+        if stream is None:
+            continue
+        acct = {"alias": view.target.alias, "market": view.target.market}
+        _put(up, acct, 1.0 if stream.up else 0.0)
+        for event, count in stream.events:
+            _put(events, {**acct, "event": event}, count)
+        _put(reconnects, acct, stream.reconnects)
+        if stream.last_event is not None:
+            _put(last_event, acct, stream.last_event)
+        _put(margin_calls, acct, stream.margin_calls)
+    yield from (up, events, reconnects, last_event, margin_calls)
+
+
 def host_families(hosts: list[HostView]) -> Iterator[Metric]:
     """Per API host: Binance's figure, our budget and use, back-off, clock."""
     used = _gauge("used_weight", "Request weight Binance reports used by this IP in the current minute: the "
@@ -208,7 +240,8 @@ def reload_families(successful: bool, success_at: float) -> Iterator[Metric]:
 
 def families(result: ScrapeResult, skip_zero: bool, include_exporter: bool) -> Iterator[Metric]:
     """Every family with at least one sample (an empty family says nothing)."""
-    for metric in (*target_families(result, skip_zero), *discovery_families(result.discoveries),
+    for metric in (*target_families(result, skip_zero), *stream_families(result),
+                   *discovery_families(result.discoveries),
                    *host_families(result.hosts)):
         if metric.samples:
             yield metric

@@ -129,7 +129,8 @@ class Topology:
     def sub_account_target(master: AccountConfig, alias: str, email: str, market: str, host: Host,
                            client: Client) -> Target:
         """A sub-account read through its master's client, with the master's settings and thresholds."""
-        account = dataclasses_replace(master, alias=alias, markets=(market,), sub_accounts=None)
+        # A sub-account never streams: its listenKey would need its own API key.
+        account = dataclasses_replace(master, alias=alias, markets=(market,), sub_accounts=None, user_stream=False)
         return Target(alias, market, account, host, client, sub_account_calls(email, market, master.positions),
                       master.alias, email)
 

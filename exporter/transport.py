@@ -303,6 +303,10 @@ class Transport:
 
     def get(self, target: str, headers: Mapping[str, str] | None, deadline: float) -> Response:
         """GET `target` (path and query), all of it done by `deadline` (monotonic) or TransportError."""
+        return self.request("GET", target, headers, deadline)
+
+    def request(self, method: str, target: str, headers: Mapping[str, str] | None, deadline: float) -> Response:
+        """`method` `target` with no body (the listenKey POST/PUT take their parameters in the query)."""
         remaining = deadline - time.monotonic()
         if remaining <= MIN_ATTEMPT_S:
             raise TransportError("timeout", "no time left before the deadline")
@@ -313,7 +317,7 @@ class Transport:
         failure: tuple[str, str] | None = None
         try:
             resp = self._http.urlopen(
-                "GET", url, headers=dict(headers or {}), retries=False, redirect=False,
+                method, url, headers=dict(headers or {}), retries=False, redirect=False,
                 timeout=urllib3.Timeout(connect=remaining, read=remaining),
                 preload_content=False, decode_content=False,
             )

@@ -113,3 +113,14 @@ def test_budget_and_subaccounts_quick(tmp_path: Path) -> None:
     assert master["requests_by_path"]["/sapi/v2/sub-account/futures/account"] >= n * (master["scrapes"] + 1)
     assert master["fetches_deferred_total"] == 0
     assert all(t["result"] in ("PASS", "FAIL") for t in report["targets"])
+
+
+def test_streams_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "streams.json"
+    out = _finish(_start(["-m", "benchmarks.streams", "--quick", "--accounts", "5", "--phase-seconds", "3",
+                          "--latency-samples", "5", "--output", str(out_json)]))
+    assert "| run |" in out and "latency" in out
+    report = json.loads(out_json.read_text())
+    assert report["latency"]["samples"] == 5
+    for phase in ("idle", "load", "polling"):
+        assert {"rss_mb", "threads", "cpu_pct", "weight_per_min"} <= report[phase].keys()

@@ -111,7 +111,7 @@ DATASET = {
                         um_positions=[SimPosition("BTCUSDT", "-0.5", "60000", "61000", "SHORT",
                                                   liquidation_price="62000")],
                         cm_positions=[SimPosition("ETHUSD_PERP", "10", "3000", "3100")]),
-    ), {"markets": ["pm"], "min_uni_mmr": 2.0, "positions": True}),
+    ), {"markets": ["pm"], "min_uni_mmr": 2.0, "positions": True, "user_stream": True}),
     # A master key: its own USD-M balance endpoint (accountAlias, marginAvailable), and sub-accounts:
     # alpha aliased, with a position (its margins, and the row of the sub-account positionRisk); beta
     # without COIN-M, its zero BNB skipped; nofutures without any futures account; test-1 excluded.
@@ -144,6 +144,7 @@ NORMALISED = {
     "binance_futures_last_success_timestamp_seconds": "<timestamp>",
     "binance_futures_exporter_config_last_reload_success_timestamp_seconds": "<timestamp>",
     "binance_futures_time_offset_seconds": "<offset>",
+    "binance_futures_stream_last_event_timestamp_seconds": "<timestamp>",
 }
 PORT_RE = re.compile(r'host="127\.0\.0\.1:(\d+)')  # the simulator's port, in host labels
 CLIENT_FAMILIES = ("process_", "python_")
@@ -155,8 +156,10 @@ def simulator() -> Simulator:
     return Simulator(accounts)
 
 
-def config(base_url: str) -> dict:
+def config(base_url: str, stream_url: str) -> dict:
     urls = {k: base_url for k in ("base_url", "coinm_base_url", "pm_base_url", "sapi_base_url")}
+    urls.update(stream_base_url=stream_url + "/private", coinm_stream_base_url=stream_url,
+                pm_stream_base_url=stream_url + "/pm")
     accounts = []
     for alias, (key, secret) in CREDENTIALS.items():
         accounts.append({"alias": alias, "api_key": key,
@@ -175,7 +178,7 @@ def scrape_twice(path: str) -> str:
     sim.clock_skew_ms = start_of_minute_skew(int(time.time() * 1000))
     sim.start()
     minute = sim.server_time_ms() // 60_000
-    engine = Engine(parse_config(config(sim.base_url), "golden.yaml", {}))
+    engine = Engine(parse_config(config(sim.base_url, sim.stream_url), "golden.yaml", {}))
     started = engine.start()
     reloader = Reloader(engine, WebConfig(), None, None)  # as the CLI wires it: the reload status too
     server = serve(make_app(engine, ready=lambda: all(f.done() for f in started), exporter_metrics=reloader.metrics),
@@ -185,6 +188,12 @@ def scrape_twice(path: str) -> str:
         wait_until(lambda: requests.get(url + "/-/ready", timeout=5).status_code == 200, timeout=10)
         assert engine.discoveries["master"].listed
         assert engine._subs_of["master"] == ["alpha", "beta@sub.test", "nofutures@sub.test"]  # test-1 excluded
+        # pm streams: connected, its after-the-gap REST refresh done (so the scrapes below fetch it
+        # exactly once, like every account), and one event that is neither applied nor refreshes.
+        stream = engine.streams.state(("pm", "pm"))
+        wait_until(lambda: stream.up and engine.states[("pm", "pm")].last_ok is not None, timeout=10)
+        sim.push_event(CREDENTIALS["pm"][0], "pm", {"e": "TRADE_LITE", "E": T0})
+        wait_until(lambda: stream.last_event_wall is not None, timeout=10)
         assert requests.get(url + path, timeout=10).status_code == 200
         resp = requests.get(url + path, timeout=10)
         assert resp.status_code == 200, resp.text

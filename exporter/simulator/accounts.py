@@ -183,6 +183,10 @@ class AccountBook:
         entry = self._entries.get(api_key)
         return None if entry is None else entry.account
 
+    def all(self) -> list[SimAccount]:
+        with self._lock:
+            return [entry.account for entry in self._entries.values()]
+
 
 # ---- numbers -----------------------------------------------------------------------------------
 def dec(value: Any) -> Decimal:

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -36,6 +37,8 @@ from typing import Any
 from . import accounts as a
 from .accounts import AccountBook, SimAccount, SimSubAccount
 from .drift import drift_account
+from .streams import LISTEN_KEY_FAMILIES, MSG_KEY_GONE, ListenKeyBook, StreamServer, account_update, margin_call
+from .streams import risk_level_change
 from .gate import (MSG_METHOD_NOT_ALLOWED, MSG_NOT_FOUND, MSG_REJECTED_KEY, ApiError, RateLimiter, Reply,
                    authenticate, banned_msg, too_many_requests_msg)
 
@@ -73,6 +76,8 @@ ROUTES: dict[str, tuple[int, Builder | None]] = {
     "/sapi/v2/sub-account/futures/positionRisk": (1, a.sub_account_position_risk),
 }
 Intercept = Reply | Callable[[Reply], Reply] | None
+MARKET_FAMILIES = {"usdm": "fapi", "coinm": "dapi", "pm": "papi"}
+RISK_TICK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,13 @@ class Simulator:
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._base_url: str | None = None
+        self.listen_keys = ListenKeyBook()
+        self._streams = StreamServer(self.listen_keys, host)
+        # Demo accounts (drift=True) with an open stream get MARGIN_CALL when a position's mark
+        # comes this close to its liquidation price, and riskLevelChange when a PM status changes.
+        self.margin_call_distance = 0.05
+        self._risk_seen: dict[tuple[str, str, str], bool | str] = {}
+        self._risk_thread: threading.Thread | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> str:
@@ -272,6 +284,9 @@ class Simulator:
             host, port = server.server_address[:2]
             self._server, self._thread = server, thread
             self._base_url = f"http://{host}:{port}"
+            self._streams.start()
+            self._risk_thread = threading.Thread(target=self._risk_loop, name="simulator-risk", daemon=True)
+            self._risk_thread.start()
             return self._base_url
 
     def stop(self) -> None:
@@ -281,6 +296,7 @@ class Simulator:
         if server is None:
             return
         self._stopping.set()  # wakes handlers sleeping on latency
+        self._streams.stop()
         server.shutdown()
         server.server_close()
         server.abort_connections()
@@ -301,14 +317,104 @@ class Simulator:
             raise RuntimeError("simulator not started")
         return self._base_url
 
+    @property
+    def stream_url(self) -> str:
+        """The WebSocket base of the user data streams: USD-M {url}/private, COIN-M {url}, PM {url}/pm."""
+        if not self._streams.url:
+            raise RuntimeError("simulator not started")
+        return self._streams.url
+
+    # ---- user data streams ---------------------------------------------------------------------
+    def push_event(self, api_key: str, market: str, event: dict[str, Any] | str | bytes) -> None:
+        """Send an event (or, for hostile tests, raw text or bytes) on the account's streams of a market."""
+        self._streams.push(api_key, MARKET_FAMILIES[market], event)
+
+    def expire_listen_key(self, api_key: str, market: str) -> None:
+        """End the account's listenKey as Binance does: listenKeyExpired on its streams, then -1125."""
+        self._streams.expire(api_key, MARKET_FAMILIES[market])
+
+    def drop_streams(self, api_key: str | None = None) -> None:
+        """Cut stream connections (all, or one account's) without a close frame."""
+        self._streams.drop(api_key)
+
+    def open_streams(self, api_key: str | None = None, market: str | None = None) -> int:
+        return self._streams.open_streams(api_key, MARKET_FAMILIES[market] if market else None)
+
+    @property
+    def stream_connections(self) -> int:
+        """WebSocket handshakes accepted since start."""
+        return self._streams.connections
+
+    def _listen_key(self, req: Request) -> Reply:
+        family = LISTEN_KEY_FAMILIES[req.path]
+        if not req.api_key:
+            return Reply.error(401, -2014, "API-key format invalid.")
+        if self._book.credentials(req.api_key) is None:
+            return Reply.error(401, -2015, MSG_REJECTED_KEY)
+        if req.method == "POST":
+            return Reply.json(200, {"listenKey": self.listen_keys.post(req.api_key, family)})
+        if req.method == "PUT":
+            key = self.listen_keys.put(req.api_key, family)
+            return (Reply.json(200, {"listenKey": key}) if key is not None
+                    else Reply.error(400, -1125, MSG_KEY_GONE))
+        if req.method == "DELETE":
+            self.listen_keys.delete(req.api_key, family)
+            return Reply.json(200, {})
+        return Reply.error(405, -1099, MSG_METHOD_NOT_ALLOWED, [("Allow", "POST, PUT, DELETE")])
+
+    def _risk_loop(self) -> None:
+        while not self._stopping.wait(RISK_TICK_S):
+            try:
+                self.check_risk()
+            except Exception:  # never let the demo's ticker die
+                pass
+
+    def check_risk(self) -> None:
+        """Push MARGIN_CALL / riskLevelChange for demo accounts that crossed their margin-call level."""
+        now = self.server_time_ms()
+        for account in self._book.all():
+            if not account.drift or not self._streams.open_streams(account.api_key):
+                continue
+            acct = drift_account(account, now)
+            for market, positions in (("usdm", acct.positions), ("coinm", acct.coinm_positions)):
+                for p in positions:
+                    mark, liq = a.dec(p.mark_price), a.dec(p.liquidation_price)
+                    if not mark or not liq:
+                        continue
+                    near = abs(mark - liq) / mark < Decimal(str(self.margin_call_distance))
+                    key = (account.api_key, market, f"{p.symbol}/{p.side}")
+                    if near and not self._risk_seen.get(key):
+                        values, _ = a._position(p, market == "coinm")
+                        cross = (acct.balances or [{}])[0].get("crossWalletBalance", "0")
+                        self.push_event(account.api_key, market, margin_call(p, values, str(cross), now))
+                    self._risk_seen[key] = near
+            status = a.pm_account(acct, {})
+            key = (account.api_key, "pm", "status")
+            if key in self._risk_seen and self._risk_seen[key] != status["accountStatus"]:
+                self.push_event(account.api_key, "pm", risk_level_change(status, now))
+            self._risk_seen[key] = status["accountStatus"]
+
     # ---- state (safe while serving) ------------------------------------------------------------
     def add_account(self, account: SimAccount) -> None:
         """Add an account, or replace the one with the same api_key."""
         self._book.add(account)
 
     def update_account(self, api_key: str, /, **changes: Any) -> None:
-        """Change SimAccount fields, e.g. update_account(key, positions=[...], pm=SimPortfolio(...))."""
+        """Change SimAccount fields, e.g. update_account(key, positions=[...], pm=SimPortfolio(...)).
+
+        Changed USD-M and COIN-M balances and positions are pushed as ACCOUNT_UPDATE on the
+        account's open streams, as Binance pushes them.
+        """
+        before = self._book.get(api_key)
         self._book.update(api_key, lambda acct: replace(acct, **changes))
+        after = self._book.get(api_key)
+        if before is None or after is None:
+            return
+        now = self.server_time_ms()
+        for market in ("usdm", "coinm"):
+            event = account_update(before, after, market == "coinm", now)
+            if event is not None:
+                self.push_event(api_key, market, event)
 
     def set_balances(self, api_key: str, rows: list[dict]) -> None:
         self.update_account(api_key, balances=rows)
@@ -394,6 +500,8 @@ class Simulator:
         early = self._hook("request", req, deformers)
         if early is not None:
             return early
+        if req.path in LISTEN_KEY_FAMILIES:
+            return self._listen_key(req)
         if req.method != "GET":
             return Reply.error(405, -1099, MSG_METHOD_NOT_ALLOWED, [("Allow", "GET")])
         if req.path not in ROUTES:

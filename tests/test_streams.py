@@ -1,0 +1,383 @@
+"""User data streams (issue 16) over real WebSocket on loopback, against the simulator.
+
+The exporter runs in-process (Engine + the real HTTP front) with short back-offs;
+/metrics is read over HTTP and parsed with prometheus_client's parser.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterator
+
+import pytest
+import requests
+
+from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, parse_metrics, value, wait_until
+from exporter.config import ConfigError, parse_config
+from exporter.engine import Engine
+from exporter.simulator import SimPortfolio, SimPosition, balance_row, pm_row
+from exporter.streams import Tuning
+from exporter.web import make_app, serve
+from testkit import SimAccount, Simulator
+
+FAST = Tuning(backoff_base_s=0.05, backoff_max_s=0.2, handshake_timeout_s=1.0, ping_interval_s=0.5,
+              ping_timeout_s=0.5)
+A, B = ACCOUNTS[0], ACCOUNTS[1]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Live:
+    """A simulator, an engine streaming its accounts, and the HTTP front."""
+
+    def __init__(self, sim: Simulator, accounts: list[dict], tuning: Tuning = FAST, **defaults: object) -> None:
+        self.sim = sim
+        base = sim.start()
+        stream = sim.stream_url
+        data = {"defaults": {"base_url": base, "coinm_base_url": base, "pm_base_url": base, "timeout_seconds": 8,
+                             "cache_seconds": 5, "user_stream": True, "stream_base_url": stream + "/private",
+                             "coinm_stream_base_url": stream, "pm_stream_base_url": stream + "/pm", **defaults},
+                "accounts": accounts}
+        self.engine = Engine(parse_config(data, "test.yaml", {}), tuning)
+        self.engine.start()
+        self.server = serve(make_app(self.engine), "127.0.0.1:0")
+        self.url = f"http://127.0.0.1:{self.server.server_port}/metrics"
+
+    def metrics(self) -> dict:
+        resp = requests.get(self.url, timeout=10)
+        assert resp.status_code == 200
+        for secret in ALL_SECRETS + self.listen_keys():
+            assert secret not in resp.text
+        return parse_metrics(resp.text)
+
+    def listen_keys(self) -> list[str]:
+        return list(self.sim.listen_keys.by_value)
+
+    def stream(self, alias: str, market: str = "usdm"):
+        return self.engine.streams.state((alias, market))
+
+    def settled(self, alias: str, market: str = "usdm") -> None:
+        """Stream up and its after-the-gap REST refresh done: from now on events overlay."""
+        state = self.engine.states[(alias, market)]
+        stream = self.stream(alias, market)
+
+        def ok() -> bool:
+            last = state.last_ok
+            return bool(stream.up and last is not None and stream.connected_at is not None
+                        and last.started >= stream.connected_at)
+        wait_until(ok, timeout=10)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.engine.close()
+        self.sim.stop()
+
+
+@pytest.fixture
+def live() -> Iterator:
+    made: list[Live] = []
+
+    def make(sim: Simulator, accounts: list[dict], **kw: object) -> Live:
+        made.append(Live(sim, accounts, **kw))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
+
+
+def balance_calls(sim: Simulator) -> int:
+    return sim.stats()["requests_by_path"].get("/fapi/v3/balance", 0)
+
+
+def account(acct=A, **extra: object) -> dict:
+    return {"alias": acct.alias, "api_key": acct.key, "api_secret": acct.secret, **extra}
+
+
+def usdm_sim(**extra: object) -> Simulator:
+    return Simulator([SimAccount(api_key=A.key, api_secret=A.secret, balances=[dict(OFFICIAL_ROW)], **extra),
+                      SimAccount(api_key=B.key, api_secret=B.secret, balances=[dict(OFFICIAL_ROW)])])
+
+
+def account_update(wallet: str, cross: str, asset: str = "USDT", positions: list | None = None,
+                   time_ms: int | None = None) -> dict:
+    return {"e": "ACCOUNT_UPDATE", "E": time_ms or now_ms(), "T": now_ms(),
+            "a": {"m": "ORDER", "B": [{"a": asset, "wb": wallet, "cw": cross, "bc": "0"}], "P": positions or []}}
+
+
+# ---- config ---------------------------------------------------------------------------------------
+def test_stream_config_defaults_and_validation() -> None:
+    base = {"accounts": [{"alias": "a", "api_key": "k" * 16, "api_secret": "s" * 32}]}
+    account_ = parse_config(base, "c.yaml", {}).accounts[0]
+    assert account_.user_stream is False
+    assert account_.stream_base_url == "wss://fstream.binance.com/private"
+    assert account_.coinm_stream_base_url == "wss://dstream.binance.com"
+    assert account_.pm_stream_base_url == "wss://fstream.binance.com/pm"
+    ok = parse_config({**base, "defaults": {"user_stream": True, "stream_base_url": "ws://127.0.0.1:9/private/"}},
+                      "c.yaml", {})
+    assert ok.accounts[0].user_stream and ok.accounts[0].stream_base_url == "ws://127.0.0.1:9/private"
+    assert ok.warnings == ()
+    for key, url, what in (("stream_base_url", "wss://user:hunter2pass@fstream.binance.com", "credentials"),
+                           ("coinm_stream_base_url", "https://dstream.binance.com", "WebSocket URL"),
+                           ("pm_stream_base_url", "wss://fstream.binance.com/pm?x=1", "no query")):
+        with pytest.raises(ConfigError) as err:
+            parse_config({**base, "defaults": {key: url}}, "c.yaml", {})
+        assert str(err.value).startswith(f"c.yaml: defaults: {key}: ") and what in str(err.value)
+        assert "hunter2pass" not in str(err.value)
+    with pytest.raises(ConfigError, match="user_stream: must be true or false"):
+        parse_config({**base, "defaults": {"user_stream": "yes"}}, "c.yaml", {})
+    with pytest.raises(ConfigError, match="stream_connections_per_5m: must be at least 1 and at most 300"):
+        parse_config({**base, "stream_connections_per_5m": 301}, "c.yaml", {})
+    remote = parse_config({**base, "defaults": {"stream_base_url": "ws://stream.example/private"}}, "c.yaml", {})
+    assert any("plain ws://" in w for w in remote.warnings)
+
+
+def test_sub_accounts_never_stream_and_the_config_says_so() -> None:
+    cfg = parse_config({"accounts": [{"alias": "m", "api_key": "k" * 16, "api_secret": "s" * 32,
+                                      "user_stream": True, "sub_accounts": {}}]}, "c.yaml", {})
+    assert any("sub-accounts found through a master key cannot" in w for w in cfg.warnings)
+    from exporter.targets import Topology
+    from exporter.transport import Watchdog
+    topology = Topology(cfg, Watchdog())
+    master = cfg.accounts[0]
+    host = topology.host(master, "sapi")
+    sub = topology.sub_account_target(master, "s1", "s1@x.test", "usdm", host, topology.client(master, host))
+    assert sub.account.user_stream is False
+
+
+# ---- the stream's life ----------------------------------------------------------------------------
+def test_account_update_shows_at_once_then_rest_takes_over(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account(positions=True), account(B)])
+    lv.settled("alpha")
+    assert value(lv.metrics(), "binance_futures_stream_up", alias="alpha") == 1.0
+    sim.latency_s = 1.5  # the refresh the event asks for takes a while: the event's figures show meanwhile
+    sim.push_event(A.key, "usdm", account_update("777.5", "700.25", positions=[
+        {"s": "BTCUSDT", "pa": "0.010", "ep": "60000", "bep": "60012", "cr": "0", "up": "12.5", "mt": "cross",
+         "iw": "0", "ps": "BOTH"}]))
+    pushed = time.monotonic()
+    wait_until(lambda: value(lv.metrics(), "binance_futures_balance", alias="alpha", asset="USDT") == 777.5,
+               timeout=1.0)
+    assert time.monotonic() - pushed < 1.0
+    m = lv.metrics()
+    assert value(m, "binance_futures_cross_wallet_balance", alias="alpha", asset="USDT") == 700.25
+    assert value(m, "binance_futures_position_amount", alias="alpha", symbol="BTCUSDT", position_side="BOTH") == 0.01
+    assert value(m, "binance_futures_position_unrealized_pnl", alias="alpha", symbol="BTCUSDT",
+                 position_side="BOTH") == 12.5
+    assert value(m, "binance_futures_available_balance", alias="alpha", asset="USDT") == 23.72469206  # REST's
+    assert value(m, "binance_futures_balance", alias="bravo", asset="USDT") == 122607.35137903  # not bravo's
+    assert value(m, "binance_futures_stream_events_total", alias="alpha", event="ACCOUNT_UPDATE") == 1.0
+    assert value(m, "binance_futures_stream_last_event_timestamp_seconds", alias="alpha") == \
+        pytest.approx(time.time(), abs=5)
+    # The event asked for a REST refresh; once it is in, REST's figures are what shows.
+    wait_until(lambda: value(lv.metrics(), "binance_futures_balance", alias="alpha", asset="USDT")
+               == 122607.35137903, timeout=15)
+
+
+def test_simulated_balance_change_is_pushed_and_shown(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account()])
+    lv.settled("alpha")
+    sim.latency_s = 1.5
+    sim.set_balances(A.key, [balance_row("USDT", "5000.5", "4000", cross="4999")])
+    wait_until(lambda: value(lv.metrics(), "binance_futures_balance", alias="alpha", asset="USDT") == 5000.5,
+               timeout=1.0)
+    assert value(lv.metrics(), "binance_futures_cross_wallet_balance", alias="alpha", asset="USDT") == 4999.0
+
+
+def test_older_events_are_ignored(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account()])
+    lv.settled("alpha")
+    sim.latency_s = 2.0
+    t = now_ms()
+    sim.push_event(A.key, "usdm", account_update("100", "100", time_ms=t))
+    sim.push_event(A.key, "usdm", account_update("50", "50", time_ms=t - 1000))  # late: older than applied
+    wait_until(lambda: lv.stream("alpha").events["ACCOUNT_UPDATE"] == 2, timeout=2)
+    assert value(lv.metrics(), "binance_futures_balance", alias="alpha", asset="USDT") == 100.0
+
+
+def test_margin_call_counted_and_risk_level_change_sets_pm_figures(live) -> None:
+    sim = Simulator([
+        SimAccount(api_key=A.key, api_secret=A.secret, balances=[dict(OFFICIAL_ROW)]),
+        SimAccount(api_key=B.key, api_secret=B.secret,
+                   pm=SimPortfolio(balances=[pm_row("USDT", "42000", "-850.5")], maint_margin="14500")),
+    ])
+    lv = live(sim, [account(), account(B, markets=["pm"])])
+    lv.settled("alpha")
+    lv.settled("bravo", "pm")
+    m = lv.metrics()
+    assert value(m, "binance_futures_margin_call_events_total", alias="alpha") == 0.0
+    assert value(m, "binance_futures_pm_account_status", alias="bravo", market="pm", status="NORMAL") == 1.0
+    sim.latency_s = 1.5
+    sim.push_event(A.key, "usdm", {"e": "MARGIN_CALL", "E": now_ms(), "cw": "3.16812045", "p": [
+        {"s": "ETHUSDT", "ps": "LONG", "pa": "1.327", "mt": "CROSS", "iw": "0", "mp": "187.17127",
+         "up": "-1.166074", "mm": "1.614445"}]})
+    sim.push_event(B.key, "pm", {"e": "riskLevelChange", "E": now_ms(), "u": "1.19", "s": "MARGIN_CALL",
+                                 "eq": "30.2", "ae": "30.2", "m": "25.3"})
+    pushed = time.monotonic()
+
+    def shown() -> bool:
+        m = lv.metrics()
+        return (value(m, "binance_futures_margin_call_events_total", alias="alpha") == 1.0
+                and value(m, "binance_futures_margin_call_events_total", alias="bravo", market="pm") == 1.0
+                and value(m, "binance_futures_pm_uni_mmr", alias="bravo", market="pm") == 1.19
+                and value(m, "binance_futures_pm_account_status", alias="bravo", market="pm",
+                          status="MARGIN_CALL") == 1.0)
+    wait_until(shown, timeout=1.0)
+    assert time.monotonic() - pushed < 1.0
+    m = lv.metrics()
+    assert value(m, "binance_futures_pm_account_status", alias="bravo", market="pm", status="NORMAL") == 0.0
+    assert value(m, "binance_futures_stream_events_total", alias="bravo", market="pm",
+                 event="riskLevelChange") == 1.0
+
+
+def test_only_the_events_asked_for_arrive_and_others_count_as_other(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account()])
+    lv.settled("alpha")
+    sim.push_event(A.key, "usdm", {"e": "ORDER_TRADE_UPDATE", "E": now_ms()})  # not asked for: never sent
+    sim.push_event(A.key, "usdm", {"e": "ACCOUNT_CONFIG_UPDATE", "E": now_ms(), "ai": {"j": True}})
+    wait_until(lambda: lv.stream("alpha").events["ACCOUNT_CONFIG_UPDATE"] == 1, timeout=2)
+    assert lv.stream("alpha").events["other"] == 0
+    assert lv.stream("alpha").modes["multi_assets_mode"][1] == 1.0  # the hook issue 15's modes read
+    coinm = Simulator([SimAccount(api_key=A.key, api_secret=A.secret)])
+    lv2 = live(coinm, [account(markets=["coinm"])])
+    lv2.settled("alpha", "coinm")
+    coinm.push_event(A.key, "coinm", {"e": "ORDER_TRADE_UPDATE", "E": now_ms()})
+    wait_until(lambda: value(lv2.metrics(), "binance_futures_stream_events_total", alias="alpha", market="coinm",
+                             event="other") == 1.0, timeout=2)
+
+
+def test_cut_connection_and_expired_key_come_back_by_themselves(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account()])
+    lv.settled("alpha")
+    first_key = lv.listen_keys()[0]
+    sim.drop_streams(A.key)
+    wait_until(lambda: lv.stream("alpha").reconnects == 1 and lv.stream("alpha").up, timeout=10)
+    assert lv.listen_keys() == [first_key]  # same key: only the connection was lost
+    sim.expire_listen_key(A.key, "usdm")
+    wait_until(lambda: lv.stream("alpha").reconnects == 2 and lv.stream("alpha").up, timeout=10)
+    assert lv.listen_keys() and lv.listen_keys()[0] != first_key
+    assert lv.stream("alpha").events["listenKeyExpired"] == 1
+    lv.settled("alpha")
+    sim.latency_s = 1.5
+    sim.push_event(A.key, "usdm", account_update("42", "42"))
+    wait_until(lambda: value(lv.metrics(), "binance_futures_balance", alias="alpha", asset="USDT") == 42.0,
+               timeout=1.0)
+    m = lv.metrics()
+    assert value(m, "binance_futures_stream_reconnects_total", alias="alpha") == 2.0
+    assert value(m, "binance_futures_stream_up", alias="alpha") == 1.0
+    lv.close()
+    lv.close = lambda: None  # type: ignore[method-assign]
+    assert sim.listen_keys.deletes == 0  # never, not even at shutdown
+
+
+def test_keepalive_puts_and_a_gone_key_is_renewed(live) -> None:
+    sim = usdm_sim()
+    tuning = Tuning(**{**FAST.__dict__, "keepalive_s": 0.3})
+    lv = live(sim, [account()], tuning=tuning)
+    lv.settled("alpha")
+    wait_until(lambda: sim.listen_keys.puts >= 2, timeout=5)
+    posts = sim.listen_keys.posts
+    sim.listen_keys.forget(A.key, "fapi")  # gone without an event: the next PUT gets -1125
+    wait_until(lambda: sim.listen_keys.posts > posts and lv.stream("alpha").up and lv.listen_keys(), timeout=10)
+    assert sim.listen_keys.deletes == 0
+
+
+def test_listen_key_requests_count_against_the_weight_budget(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account()])
+    lv.settled("alpha")
+    host = lv.engine.states[("alpha", "usdm")].target.host
+    # 1 listenKey POST + the clock (1) + the gap refresh (5) + the account's modes (accountConfig, 5),
+    # all of it admitted by the governor.
+    assert host.governor.used_last_minute() == sim.used_weight("fapi") == 12
+
+
+def test_burst_of_events_costs_one_refresh(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account()])
+    lv.settled("alpha")
+    before = balance_calls(sim)
+    t = now_ms()
+    for i in range(200):
+        sim.push_event(A.key, "usdm", account_update(str(1000 + i), "1", time_ms=t + i))
+    wait_until(lambda: lv.stream("alpha").events["ACCOUNT_UPDATE"] == 200, timeout=5)
+    wait_until(lambda: balance_calls(sim) > before, timeout=10)
+    deadline = time.monotonic() + 6.0
+    while time.monotonic() < deadline:  # the coalescing window: nothing more may come
+        assert balance_calls(sim) - before <= 2
+        time.sleep(0.2)
+
+
+def test_a_stream_that_is_down_never_stops_polling(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account(stream_base_url="ws://127.0.0.1:9/private", cache_seconds=0)])
+    m = lv.metrics()
+    assert value(m, "binance_futures_up", alias="alpha") == 1.0
+    assert value(m, "binance_futures_stream_up", alias="alpha") == 0.0
+
+
+def test_secrets_never_in_logs(live, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    sim = usdm_sim()
+    lv = live(sim, [account()])
+    lv.settled("alpha")
+    key = lv.listen_keys()[0]
+    sim.expire_listen_key(A.key, "usdm")
+    wait_until(lambda: lv.stream("alpha").reconnects == 1 and lv.stream("alpha").up, timeout=10)
+    sim.push_event(A.key, "usdm", "{not json")
+    wait_until(lambda: lv.stream("alpha").reconnects == 2 and lv.stream("alpha").up, timeout=10)
+    text = caplog.text + repr(lv.engine.streams.streams)
+    for secret in ALL_SECRETS + [key] + lv.listen_keys():
+        assert secret not in text
+    assert "user stream down" in caplog.text
+
+
+# ---- simulator and demo ---------------------------------------------------------------------------
+def test_demo_accounts_push_margin_calls_and_risk_level_changes(live) -> None:
+    near = SimPosition("ETHUSDT", "-4.000", "3300", "3420.5", "SHORT", leverage=20, liquidation_price="3480")
+    sim = Simulator([SimAccount(api_key=A.key, api_secret=A.secret, drift=True, positions=[near]),
+                     SimAccount(api_key=B.key, api_secret=B.secret, drift=True,
+                                pm=SimPortfolio(balances=[pm_row("USDT", "42000", "0")], maint_margin="14500"))])
+    lv = live(sim, [account(positions=True, endpoint="account"), account(B, markets=["pm"])])
+    lv.settled("alpha")
+    lv.settled("bravo", "pm")
+    # A mark within 5 % of its liquidation price: one MARGIN_CALL (not one per tick).
+    wait_until(lambda: lv.stream("alpha").margin_calls == 1, timeout=5)
+    wait_until(lambda: sim._risk_seen.get((B.key, "pm", "status")) == "NORMAL", timeout=5)
+    # uniMMR falls below 1.5: the status changes and riskLevelChange is pushed.
+    sim.update_account(B.key, pm=SimPortfolio(balances=[pm_row("USDT", "42000", "0")], maint_margin="33000"))
+    wait_until(lambda: value(lv.metrics(), "binance_futures_margin_call_events_total", alias="bravo",
+                             market="pm") == 1.0, timeout=5)
+    assert lv.stream("bravo", "pm").events["riskLevelChange"] == 1
+    assert lv.stream("alpha").margin_calls == 1
+
+
+def test_demo_streams(run_exporter) -> None:
+    exporter = run_exporter("--demo")
+    wait_until(lambda: value(exporter.metrics(), "binance_futures_stream_up", alias="hedge") == 1.0, timeout=15)
+    m = exporter.metrics()
+    assert value(m, "binance_futures_stream_up", alias="portfolio", market="pm") == 1.0
+    assert value(m, "binance_futures_margin_call_events_total", alias="main", market="coinm") == 0.0
+    assert "Traceback" not in exporter.logs()
+
+
+def test_planned_reconnect_and_refused_handshake(live) -> None:
+    sim = usdm_sim()
+    lv = live(sim, [account()], tuning=Tuning(**{**FAST.__dict__, "planned_reconnect_s": 1.0}))
+    lv.settled("alpha")
+    key = lv.listen_keys()[0]
+    wait_until(lambda: lv.stream("alpha").reconnects >= 1 and lv.stream("alpha").up, timeout=10)
+    assert lv.listen_keys() == [key]  # the planned reconnect keeps the key
+    # The key vanishes without an event, then the connection drops: the handshake is refused, a new key.
+    sim.listen_keys.forget(A.key, "fapi")
+    sim.drop_streams(A.key)
+    wait_until(lambda: lv.listen_keys() and lv.listen_keys()[0] != key and lv.stream("alpha").up, timeout=10)
+    assert sim.listen_keys.deletes == 0
