@@ -10,12 +10,14 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from typing import Sequence
 
 from exporter import __version__
 from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
-from exporter.httpserver import parse_listen_address, raise_open_files_limit, serve
+from exporter.fdlimit import FdLimitError, fit_open_files
+from exporter.httpserver import Limits, parse_listen_address, serve
 from exporter.logs import LEVELS, fields, setup_logging
 from exporter.web import make_app
 from exporter.webconfig import WebConfig, load_web_config
@@ -102,7 +104,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{config.source}: OK, {len(config.accounts)} account(s)")
         return 0
 
-    raise_open_files_limit()
+    # In --demo the simulator's end of every pooled connection is in this process too.
+    upstream = engine.pools.connections() * (2 if simulator is not None else 1)
+    try:
+        fds = fit_open_files(upstream)
+    except FdLimitError as exc:
+        print(f"error: {config.source}: max_concurrency: {exc}", file=sys.stderr)
+        engine.close()
+        if simulator is not None:
+            simulator.stop()
+        return 1
+    log.info("open files", extra=fields(upstream_connections=fds.upstream, http_connections=fds.front,
+                                        limit=fds.soft_limit if fds.soft_limit is not None else "unlimited"))
     # Everything built so far (modules, config, pools) lives as long as the
     # process: move it out of the cyclic GC's way, so the collections that the
     # per-scrape garbage triggers stay cheap (~10 % less CPU per scrape).
@@ -111,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = make_app(engine, args.telemetry_path, web.auth, ready=lambda: all(f.done() for f in sync),
                    headers=web.headers)
     try:
-        server = serve(app, args.listen_address, web.ssl_context)
+        server = serve(app, args.listen_address, web.ssl_context, replace(Limits(), max_connections=fds.front))
     except OSError as exc:
         print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
         engine.close()

@@ -34,7 +34,7 @@ from exporter.hosts import Host
 from exporter.logs import fields
 from exporter.parsing import Snapshot
 from exporter.targets import Target, Topology
-from exporter.transport import Watchdog, detach
+from exporter.transport import Pools, Watchdog, detach
 
 log = logging.getLogger("exporter.engine")
 
@@ -43,6 +43,8 @@ STARTUP_SYNC_S = 5.0
 # "future account not exists" / "future account or sub relation not exists": the
 # sub-account has no futures account of that type. Not an error of the sub-account.
 NO_FUTURES_CODES = (-5011, -5012)
+# A 429/418 pauses the whole host: the account whose request drew it is treated like the others.
+PAUSE_REASONS = ("rate_limited", "ip_banned")
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,9 @@ class Engine:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.watchdog = Watchdog()
-        self.topology = Topology(config, self.watchdog)
+        # One pool per host, as many connections as fetch threads: fds follow from the config.
+        self.pools = Pools(config.max_concurrency, self.watchdog)
+        self.topology = Topology(config, self.pools)
         self.hosts = self.topology.hosts
         self.states: dict[tuple[str, str], TargetState] = {}
         self.by_alias: dict[str, list[tuple[str, str]]] = {}
@@ -144,8 +148,7 @@ class Engine:
                 self.add_target(self.topology.target(account, market))
             if account.sub_accounts is not None:
                 host = self.topology.host(account, "sapi")
-                # One connection per concurrent sub-account fetch, kept alive between scrapes.
-                client = self.topology.client(account, host, pool_size=config.max_concurrency)
+                client = self.topology.client(account, host)
                 self.discoveries[account.alias] = Discovery(account, host, client)
                 self._subs_of[account.alias] = []
                 self.by_alias.setdefault(account.alias, [])
@@ -230,7 +233,7 @@ class Engine:
             self._cond.notify_all()
         self.watchdog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.topology.close()
+        self.pools.close()
 
     # ---- scraping ------------------------------------------------------------------------
     def aliases(self) -> list[str]:
@@ -334,11 +337,18 @@ class Engine:
         finished = time.monotonic()
         attempt = Attempt(started, finished, time.time(), snapshot, error)
         with state.lock:
-            state.last = attempt
-            if error is None:
-                state.last_ok = attempt
-            else:
+            if error is not None and error.reason in PAUSE_REASONS:
+                # The request that drew the host's 429/418 is no worse off than its neighbours,
+                # whose refreshes the pause defers: it keeps its last values (up until
+                # max_data_age_seconds) and is refreshed first when the pause ends. Counted once.
                 state.errors[error.reason] += 1
+                state.admitted_at = previous
+            else:
+                state.last = attempt
+                if error is None:
+                    state.last_ok = attempt
+                else:
+                    state.errors[error.reason] += 1
             state.inflight = None
         if error is not None:
             log.warning("scrape failed", extra=fields(

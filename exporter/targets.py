@@ -18,7 +18,7 @@ from exporter.config import AccountConfig, Config
 from exporter.endpoints import HOST_KINDS, Call, coinm_calls, pm_calls, sub_account_calls, usdm_calls
 from exporter.governor import Governor
 from exporter.hosts import Host
-from exporter.transport import Transport, Watchdog
+from exporter.transport import Pools
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,17 @@ class Target:
 
 
 class Topology:
-    """Builds and owns hosts, their clocks and every connection pool."""
+    """Builds and owns hosts and their clocks; clients and clocks take their host's pool from `pools`.
 
-    def __init__(self, config: Config, watchdog: Watchdog) -> None:
+    `pools` may outlive the topology (a reload builds a new one on the same
+    pools), so accounts added later reuse the connections already open.
+    """
+
+    def __init__(self, config: Config, pools: Pools) -> None:
         self.config = config
-        self.watchdog = watchdog
+        self.pools = pools
         self.hosts: dict[tuple[str, str], Host] = {}
         self.host_clocks: dict[tuple[str, str], HostClock] = {}
-        self._transports: list[Transport] = []
         self._kinds_by_url: dict[str, list[str]] = {}
         for account in config.accounts:
             needed = set(account.markets) | ({"usdm"} if "pm" in account.markets else set()) \
@@ -78,17 +81,12 @@ class Topology:
         host = Host(base_url=base_url, label=f"{netloc}/{kind}" if shared else netloc, kind=kind,
                     governor=governor, clock=clock)
         self.hosts[key] = host
-        self.host_clocks[key] = host_clock or HostClock(host, self._transport(base_url, 1))
+        self.host_clocks[key] = host_clock or HostClock(host, self.pools.get(base_url))
         return host
 
-    def _transport(self, base_url: str, pool_size: int) -> Transport:
-        transport = Transport(base_url, pool_size, self.watchdog)
-        self._transports.append(transport)
-        return transport
-
-    def client(self, account: AccountConfig, host: Host, pool_size: int = 2) -> Client:
+    def client(self, account: AccountConfig, host: Host) -> Client:
         clock = self.host_clocks[(host.base_url, host.kind)]
-        return Client(host, self._transport(host.base_url, pool_size), clock, account.api_key, account.signer,
+        return Client(host, self.pools.get(host.base_url), clock, account.api_key, account.signer,
                       account.recv_window_ms)
 
     def target(self, account: AccountConfig, market: str) -> Target:
@@ -111,7 +109,3 @@ class Topology:
     def clocks(self) -> list[HostClock]:
         """Each clock once (Portfolio Margin hosts share the USD-M host's)."""
         return list({id(c): c for c in self.host_clocks.values()}.values())
-
-    def close(self) -> None:
-        for transport in self._transports:
-            transport.close()
