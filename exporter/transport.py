@@ -31,7 +31,6 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import EmptyPoolError, HTTPError
-from urllib3.util.wait import wait_for_read
 
 from exporter import __version__
 
@@ -284,9 +283,12 @@ class Transport:
     for a connection in practice), and never holds more.
 
     Sharing a connection between accounts is safe because one never carries an
-    answer's leftovers: a connection whose request failed, was cut at its
-    deadline, or holds bytes beyond the answer it framed is closed, never
-    handed to the next request (see `get`).
+    answer's leftovers into another request: a connection whose request failed
+    or was cut at its deadline is closed here, and one holding bytes past the
+    answer it framed is closed by urllib3 when it is next taken from the pool
+    (unread data counts as a dropped connection there). Bytes a server sends
+    even later, once the next request is out, nothing can tell from its answer:
+    that upstream answers every account of the host anyway.
 
     Proxy settings (HTTPS_PROXY, NO_PROXY, ...) are read once, here.
     """
@@ -351,10 +353,7 @@ class Transport:
             self._discard(resp)
             raise TransportError(*failure)
         assert resp is not None
-        if _has_leftovers(resp):
-            self._discard(resp)  # bytes past the framed answer: this connection carries no other request
-        else:
-            resp.release_conn()
+        resp.release_conn()
         return Response(resp.status, resp.headers, body)
 
     @staticmethod
@@ -366,18 +365,6 @@ class Transport:
         if conn is not None:
             conn.close()
         resp.release_conn()
-
-
-def _has_leftovers(resp: urllib3.BaseHTTPResponse) -> bool:
-    """Is there data on the connection after the answer (which a next request would read as its own)?"""
-    conn = resp.connection
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return False
-    try:
-        return wait_for_read(sock, timeout=0.0)
-    except (OSError, ValueError):
-        return True
 
 
 class Pools:
