@@ -98,24 +98,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("config problem", extra=fields(warning=warning))
     limit_malloc_arenas()
     engine = Engine(config)
+    if not args.config_check:  # the limits of the machine it runs on, not of the config
+        # In --demo the simulator's end of every pooled connection is in this process too.
+        upstream = engine.pools.connections() * (2 if simulator is not None else 1)
+        try:
+            fds = fit_open_files(upstream)
+        except FdLimitError as exc:
+            print(f"error: {config.source}: max_concurrency: {exc}", file=sys.stderr)
+            engine.close()
+            if simulator is not None:
+                simulator.stop()
+            return 1
+        log.info("open files", extra=fields(upstream_connections=fds.upstream, http_connections=fds.front,
+                                            limit=fds.soft_limit if fds.soft_limit is not None else "unlimited"))
     engine.log_budget()
     if args.config_check:
         engine.close()
         print(f"{config.source}: OK, {len(config.accounts)} account(s)")
         return 0
 
-    # In --demo the simulator's end of every pooled connection is in this process too.
-    upstream = engine.pools.connections() * (2 if simulator is not None else 1)
-    try:
-        fds = fit_open_files(upstream)
-    except FdLimitError as exc:
-        print(f"error: {config.source}: max_concurrency: {exc}", file=sys.stderr)
-        engine.close()
-        if simulator is not None:
-            simulator.stop()
-        return 1
-    log.info("open files", extra=fields(upstream_connections=fds.upstream, http_connections=fds.front,
-                                        limit=fds.soft_limit if fds.soft_limit is not None else "unlimited"))
     # Everything built so far (modules, config, pools) lives as long as the
     # process: move it out of the cyclic GC's way, so the collections that the
     # per-scrape garbage triggers stay cheap (~10 % less CPU per scrape).
