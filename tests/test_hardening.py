@@ -308,7 +308,7 @@ def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:
         sim.stop()
 
 
-def test_proxy_environment_is_read_once_per_account(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxy_environment_is_read_once_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib3
 
     from exporter.transport import Transport
