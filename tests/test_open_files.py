@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import requests
 
 from conftest import OFFICIAL_ROW, REPO, ExporterProcess, free_port, one_error_line, write_config
 from exporter.fdlimit import MIN_FRONT_CONNECTIONS
-from exporter.httpserver import FD_RESERVE
+from exporter.httpserver import FD_RESERVE, MAX_CONNECTIONS
 from testkit import SimAccount, Simulator
 
 PRLIMIT = shutil.which("prlimit")
@@ -59,12 +60,20 @@ def test_5000_accounts_under_a_soft_limit_of_1024_are_all_up(tmp_path: Path) -> 
             "defaults": {"base_url": sim.base_url, "timeout_seconds": 120},
             "accounts": [{"alias": f"a{i:05d}", "api_key": f"k{i:05d}", "api_secret": f"s{i:05d}"}
                          for i in range(n)]})
-        exp = limited_exporter(tmp_path, config, 1024, 20000).start()
+        exp = limited_exporter(tmp_path, config, 1024, 20000)
+        exp.start()
         exp.wait_ready(lambda: exp.get("/-/ready", timeout=5).status_code == 200, timeout=60)
         started = time.monotonic()
-        resp = exp.get(timeout=180, headers={"X-Prometheus-Scrape-Timeout-Seconds": "150"})
+        with ThreadPoolExecutor(1) as scraper:
+            scrape = scraper.submit(exp.get, timeout=180, headers={"X-Prometheus-Scrape-Timeout-Seconds": "150"})
+            healthy = []  # the front keeps answering while 5,000 fetches run (it used to pause accepting)
+            while not scrape.done():
+                healthy.append(requests.get(f"{exp.url}/-/healthy", timeout=5).status_code)
+                time.sleep(0.2)
+            resp = scrape.result()
         took = time.monotonic() - started
         assert resp.status_code == 200
+        assert healthy and set(healthy) == {200}
         # Counted from the text: 5,000 accounts' families parse for longer than they scrape.
         up = re.findall(r'^binance_futures_up\{alias="a\d{5}",market="usdm"\} (\S+)$', resp.text, re.M)
         assert len(up) == n and set(up) == {"1.0"}, {v: up.count(v) for v in set(up)}
@@ -75,7 +84,7 @@ def test_5000_accounts_under_a_soft_limit_of_1024_are_all_up(tmp_path: Path) -> 
         print(f"\n5,000 accounts: scrape {took:.1f} s, {connections} upstream connections, "
               f"{fds} fds open, soft limit raised from 1024 to {soft}")
         assert connections <= 512  # the host's pool, whatever the number of accounts
-        assert soft == 512 + 4096 + FD_RESERVE  # what the config needs; not the hard limit
+        assert soft == 512 + MAX_CONNECTIONS + FD_RESERVE  # what the config needs; not the hard limit
         assert fds < 512 + 100
         assert "Traceback" not in exp.logs()
     finally:
@@ -106,8 +115,9 @@ def test_the_same_limit_fits_a_config_with_fewer_connections(tmp_path: Path) -> 
     """What is needed follows from the config: max_concurrency 64 starts under the limit 512 refuses."""
     config = _one_account(tmp_path, max_concurrency=64)
     least = 512 + MIN_FRONT_CONNECTIONS + FD_RESERVE
-    exp = limited_exporter(tmp_path, config, least - 1, least - 1).start()
+    exp = limited_exporter(tmp_path, config, least - 1, least - 1)
     try:
+        exp.start()
         assert requests.get(f"{exp.url}/-/healthy", timeout=5).status_code == 200
         _, soft = open_files(exp.proc.pid)
         assert soft == least - 1  # already the hard limit: nothing to raise
