@@ -98,17 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("config problem", extra=fields(warning=warning))
     limit_malloc_arenas()
     engine = Engine(config)
+
+    def refuse(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        engine.close()
+        if simulator is not None:
+            simulator.stop()
+        return 1
+
     if not args.config_check:  # the limits of the machine it runs on, not of the config
         # In --demo the simulator's end of every pooled connection is in this process too.
         upstream = engine.pools.connections() * (2 if simulator is not None else 1)
         try:
             fds = fit_open_files(upstream)
         except FdLimitError as exc:
-            print(f"error: {config.source}: max_concurrency: {exc}", file=sys.stderr)
-            engine.close()
-            if simulator is not None:
-                simulator.stop()
-            return 1
+            return refuse(f"{config.source}: max_concurrency: {exc}")
         log.info("open files", extra=fields(upstream_connections=fds.upstream, http_connections=fds.front,
                                             limit=fds.soft_limit if fds.soft_limit is not None else "unlimited"))
     engine.log_budget()
@@ -127,11 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = serve(app, args.listen_address, web.ssl_context, replace(Limits(), max_connections=fds.front))
     except OSError as exc:
-        print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
-        engine.close()
-        if simulator is not None:
-            simulator.stop()
-        return 1
+        return refuse(f"cannot listen on {args.listen_address}: {exc.strerror or exc}")
 
     host, _ = parse_listen_address(args.listen_address)
     shown = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
