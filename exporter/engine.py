@@ -148,7 +148,8 @@ class Engine:
                 self.add_target(self.topology.target(account, market))
             if account.sub_accounts is not None:
                 host = self.topology.host(account, "sapi")
-                client = self.topology.client(account, host)
+                # Reads every sub-account through the master's key: up to max_concurrency at once.
+                client = self.topology.client(account, host, concurrency=config.max_concurrency)
                 self.discoveries[account.alias] = Discovery(account, host, client)
                 self._subs_of[account.alias] = []
                 self.by_alias.setdefault(account.alias, [])

@@ -1,8 +1,8 @@
 """The file descriptors the exporter needs, and the soft RLIMIT_NOFILE raised to fit them.
 
 What the exporter holds open follows from its config: each Binance host's
-keep-alive pool holds at most `max_concurrency` connections (see
-`transport.Pools`), the HTTP front at most `MAX_CONNECTIONS` clients, plus
+keep-alive pool holds at most as many connections as requests can run on it
+at once, and never more than `max_concurrency` (see `transport.Pools`), the HTTP front at most `MAX_CONNECTIONS` clients, plus
 `FD_RESERVE` for everything else (logs, listening socket, poller, files read
 at start). Many systems still start processes with a soft limit of 1024: it is
 raised at start as far as needed, up to the hard limit (the admin's word,

@@ -84,9 +84,10 @@ class Topology:
         self.host_clocks[key] = host_clock or HostClock(host, self.pools.get(base_url))
         return host
 
-    def client(self, account: AccountConfig, host: Host) -> Client:
+    def client(self, account: AccountConfig, host: Host, concurrency: int = 1) -> Client:
+        """`concurrency`: requests the client may run at once (one per target; a master's, for its sub-accounts)."""
         clock = self.host_clocks[(host.base_url, host.kind)]
-        return Client(host, self.pools.get(host.base_url), clock, account.api_key, account.signer,
+        return Client(host, self.pools.get(host.base_url, concurrency), clock, account.api_key, account.signer,
                       account.recv_window_ms)
 
     def target(self, account: AccountConfig, market: str) -> Target:

@@ -21,6 +21,8 @@ import pytest
 import requests
 
 from conftest import OFFICIAL_ROW, REPO, ExporterProcess, free_port, one_error_line, write_config
+from exporter.config import parse_config
+from exporter.engine import Engine
 from exporter.fdlimit import MIN_FRONT_CONNECTIONS
 from exporter.httpserver import FD_RESERVE, MAX_CONNECTIONS
 from testkit import SimAccount, Simulator
@@ -93,13 +95,35 @@ def test_5000_accounts_under_a_soft_limit_of_1024_are_all_up(tmp_path: Path) -> 
         sim.stop()
 
 
-def _one_account(tmp_path: Path, **top: object) -> Path:
+def _master(tmp_path: Path, **top: object) -> Path:
+    """A master key reading its sub-accounts: up to max_concurrency requests at once on the /sapi host."""
     return write_config(tmp_path / "c.yaml", {**top, "accounts": [
-        {"alias": "a", "api_key": "k", "api_secret": "s", "base_url": "http://127.0.0.1:9"}]})
+        {"alias": "m", "api_key": "k", "api_secret": "s", "markets": [], "sub_accounts": {},
+         "sapi_base_url": "http://127.0.0.1:9"}]})
+
+
+def test_connections_needed_follow_from_the_config() -> None:
+    """Per host: one per account and market, one for the clock, max_concurrency for a master's
+    sub-accounts; never more than max_concurrency per host."""
+    def needed(data: dict) -> int:
+        engine = Engine(parse_config(data, "c.yaml", {}))
+        try:
+            return engine.pools.connections()
+        finally:
+            engine.close()
+
+    acc = {"api_key": "k", "api_secret": "s", "markets": ["usdm", "coinm"]}
+    three = [{"alias": f"a{i}", **acc} for i in range(3)]
+    assert needed({"accounts": three}) == 8  # two hosts, 3 accounts and a clock each
+    assert needed({"accounts": [*three, {"alias": "m", "api_key": "k", "api_secret": "s", "markets": [],
+                                          "sub_accounts": {}}]}) == 8 + 512
+    many = [{"alias": f"a{i}", "api_key": "k", "api_secret": "s"} for i in range(600)]
+    assert needed({"accounts": many}) == 512
+    assert needed({"max_concurrency": 100, "accounts": many}) == 100
 
 
 def test_a_hard_limit_too_low_for_the_config_is_refused_in_one_line(tmp_path: Path) -> None:
-    config = _one_account(tmp_path)
+    config = _master(tmp_path)
     least = 512 + MIN_FRONT_CONNECTIONS + FD_RESERVE
     proc = subprocess.run([PRLIMIT, f"--nofile={least - 1}:{least - 1}", sys.executable, "-m", "exporter",
                            f"--config.file={config}", f"--web.listen-address=127.0.0.1:{free_port()}"],
@@ -112,8 +136,8 @@ def test_a_hard_limit_too_low_for_the_config_is_refused_in_one_line(tmp_path: Pa
 
 
 def test_the_same_limit_fits_a_config_with_fewer_connections(tmp_path: Path) -> None:
-    """What is needed follows from the config: max_concurrency 64 starts under the limit 512 refuses."""
-    config = _one_account(tmp_path, max_concurrency=64)
+    """What is needed follows from the config: max_concurrency 64 starts under the limit 512 is refused."""
+    config = _master(tmp_path, max_concurrency=64)
     least = 512 + MIN_FRONT_CONNECTIONS + FD_RESERVE
     exp = limited_exporter(tmp_path, config, least - 1, least - 1)
     try:
@@ -122,5 +146,17 @@ def test_the_same_limit_fits_a_config_with_fewer_connections(tmp_path: Path) -> 
         _, soft = open_files(exp.proc.pid)
         assert soft == least - 1  # already the hard limit: nothing to raise
         assert "open files" in exp.logs() and "http_connections=" + str(least - 1 - 64 - FD_RESERVE) in exp.logs()
+    finally:
+        exp.stop()
+
+
+def test_the_demo_starts_under_a_containers_usual_limit(tmp_path: Path) -> None:
+    """--demo holds both ends of its pooled connections; a hard limit of 1,024 (podman's default) fits."""
+    exp = ExporterProcess(["--demo"], free_port(), tmp_path / "exporter.log")
+    exp.cmd = [PRLIMIT, "--nofile=1024:1024", *exp.cmd]
+    try:
+        exp.start()
+        exp.wait_ready(lambda: exp.get("/-/ready", timeout=5).status_code == 200, timeout=20)
+        assert re.search(r'^binance_futures_up\{alias="bot-1",market="usdm"\} 1.0$', exp.get().text, re.M)
     finally:
         exp.stop()
