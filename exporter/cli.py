@@ -9,12 +9,14 @@ import os
 import queue
 import signal
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 from exporter import __version__
 from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
-from exporter.httpserver import parse_listen_address, raise_open_files_limit, serve
+from exporter.fdlimit import FdLimitError, fit_open_files
+from exporter.httpserver import Limits, parse_listen_address, serve
 from exporter.logs import LEVELS, fields, setup_logging
 from exporter.reload import Reloader
 from exporter.web import make_app
@@ -82,13 +84,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in config.warnings:
         log.warning("config problem", extra=fields(warning=warning))
     engine = Engine(config)
+
+    def refuse(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        engine.close()
+        if simulator is not None:
+            simulator.stop()
+        return 1
+
+    if not args.config_check:  # the limits of the machine it runs on, not of the config
+        # In --demo the simulator's end of every pooled connection is in this process too.
+        upstream = engine.pools.connections() * (2 if simulator is not None else 1)
+        try:
+            fds = fit_open_files(upstream)
+        except FdLimitError as exc:
+            return refuse(f"{config.source}: max_concurrency: {exc}")
+        log.info("open files", extra=fields(upstream_connections=fds.upstream, http_connections=fds.front,
+                                            limit=fds.soft_limit if fds.soft_limit is not None else "unlimited"))
     engine.log_budget()
     if args.config_check:
         engine.close()
         print(f"{config.source}: OK, {len(config.accounts)} account(s)")
         return 0
 
-    raise_open_files_limit()
     # Everything built so far (modules, config, pools) lives as long as the
     # process: move it out of the cyclic GC's way, so the collections that the
     # per-scrape garbage triggers stay cheap (~10 % less CPU per scrape).
@@ -109,13 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    web=reloader.current_web, exporter_metrics=reloader.metrics,
                    reload=(lambda: reloader.reload("http")) if args.enable_lifecycle else None)
     try:
-        server = serve(app, args.listen_address, web.ssl_context)
+        server = serve(app, args.listen_address, web.ssl_context, replace(Limits(), max_connections=fds.front))
     except OSError as exc:
-        print(f"error: cannot listen on {args.listen_address}: {exc.strerror or exc}", file=sys.stderr)
-        engine.close()
-        if simulator is not None:
-            simulator.stop()
-        return 1
+        return refuse(f"cannot listen on {args.listen_address}: {exc.strerror or exc}")
     reloader.server = server
 
     host, _ = parse_listen_address(args.listen_address)

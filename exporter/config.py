@@ -91,7 +91,8 @@ TOP_KEYS = (
 )
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
 ASSET_RE = re.compile(r"^[A-Za-z0-9]{1,20}$")
-ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# `$$`, `${NAME}`, or a `${` that is neither (unclosed, or not a name): refused, never used literally.
+ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|(\$\{)")
 
 
 class ConfigError(Exception):
@@ -222,6 +223,9 @@ def _uses_env(value: str) -> bool:
 
 def _expand_env(ctx: _Ctx, key: str, value: str, environ: Mapping[str, str]) -> str:
     def repl(match: re.Match[str]) -> str:
+        if match.group(2) is not None:
+            raise ctx.error(key, "has a '${' that is not closed by '}' around a variable name "
+                            "(letters, digits, _); write $$ for a literal $")
         name = match.group(1)
         if name is None:
             return "$"
@@ -357,7 +361,7 @@ def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str
         raise ctx.error(key, "is empty")
     limit, what = (PRIVATE_KEY_MAX, "private key file") if binary else (SECRET_FILE_MAX, "secret file")
     try:
-        data = read_regular_file(path, limit, what)
+        data = read_regular_file(path, limit, what, kernel_files=False)
         mode = os.stat(path).st_mode
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = getattr(exc, "strerror", None) or type(exc).__name__
@@ -377,7 +381,8 @@ def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str
 
 
 def _one_of(ctx: _Ctx, raw: Mapping[str, Any], inline: str, from_file: str, environ: Mapping[str, str],
-            warnings: list[str], required: bool) -> str | None:
+            warnings: list[str], required: bool) -> tuple[str, str] | None:
+    """The value of `inline` or the content of `from_file`, with the key it came from."""
     if inline in raw and from_file in raw:
         raise ctx.error(inline, f"set either {inline} or {from_file}, not both")
     if inline in raw:
@@ -392,15 +397,49 @@ def _one_of(ctx: _Ctx, raw: Mapping[str, Any], inline: str, from_file: str, envi
         return None
     if not value:
         raise ctx.error(key, "is empty")
-    return value
+    return value, key
+
+
+BOM = "\ufeff"
+
+
+def _never_signs(value: str) -> str | None:
+    """Why Binance could never accept this key or HMAC secret as sent, or None.
+
+    Binance issues keys and secrets as letters and digits (its docs fix no
+    alphabet, and its connectors check none, so neither do we). A byte order mark
+    (a Windows editor's), a blank around the value or a control or non-ASCII
+    character is a copy-and-paste accident: taken as it is, every request
+    fails with `signature` (or `auth`) at run time, so it is refused here.
+    Blanks inside are left alone: they are not an accident's usual shape.
+    """
+    if value.startswith(BOM):
+        return "starts with a UTF-8 byte order mark (save the file without one)"
+    if value != value.strip():
+        return "has leading or trailing blanks (check for a stray space, tab or newline)"
+    if any(ch < " " or ch == "\x7f" for ch in value):
+        return "contains control characters"
+    if not value.isascii():
+        return "contains non-ASCII characters (check for a pasted quote or dash)"
+    return None
+
+
+def _signable(ctx: _Ctx, key: str, value: str) -> None:
+    problem = _never_signs(value)
+    if problem is not None:
+        subject = "the file's content" if key.endswith("_file") else "the value"
+        raise ctx.error(key, f"{subject} {problem}; it can never sign a request")
 
 
 def _credentials(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str],
                  warnings: list[str]) -> tuple[Secret, Signer]:
-    api_key = _one_of(ctx, raw, "api_key", "api_key_file", environ, warnings, required=True)
-    assert api_key is not None
+    found = _one_of(ctx, raw, "api_key", "api_key_file", environ, warnings, required=True)
+    assert found is not None
+    api_key, key = found
+    if api_key.startswith(BOM):
+        _signable(ctx, key, api_key)
     if any(ch.isspace() or not ch.isprintable() or ord(ch) > 126 for ch in api_key):
-        key = "api_key" if "api_key" in raw else "api_key_file"
+        # Sent as the X-MBX-APIKEY header: no blank anywhere, printable ASCII only.
         raise ctx.error(key, "contains whitespace or non-ASCII characters (check for a stray newline or quote)")
     has_secret = "api_secret" in raw or "api_secret_file" in raw
     has_key_file = "private_key_file" in raw
@@ -412,12 +451,15 @@ def _credentials(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str],
         for extra in ("private_key_passphrase", "private_key_passphrase_file"):
             if extra in raw:
                 raise ctx.error(extra, "only applies with private_key_file")
-        secret = _one_of(ctx, raw, "api_secret", "api_secret_file", environ, warnings, required=True)
-        assert secret is not None
+        found = _one_of(ctx, raw, "api_secret", "api_secret_file", environ, warnings, required=True)
+        assert found is not None
+        secret, key = found
+        _signable(ctx, key, secret)
         return Secret(api_key), HmacSigner(Secret(secret))
     pem = _read_secret_file(ctx, "private_key_file", raw["private_key_file"], environ, warnings, binary=True)
-    passphrase = _one_of(ctx, raw, "private_key_passphrase", "private_key_passphrase_file", environ,
-                         warnings, required=False)
+    found = _one_of(ctx, raw, "private_key_passphrase", "private_key_passphrase_file", environ,
+                    warnings, required=False)
+    passphrase = found[0] if found is not None else None
     try:
         signer: KeyPairSigner = load_private_key(
             bytes(pem), passphrase.encode("utf-8") if passphrase is not None else None

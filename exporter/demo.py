@@ -91,6 +91,9 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
+DEMO_CONCURRENCY = 32
+
+
 def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
     """Start the simulator and build the config that points at it."""
     sim = Simulator(weight_limit=weight_limit)
@@ -106,4 +109,7 @@ def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
         accounts.append(AccountConfig(
             alias=alias, api_key=Secret(key), signer=HmacSigner(Secret(secret)), timeout_seconds=5.0,
             host_label=DEMO_HOST, **{"min_available_balance": DEFAULT_THRESHOLDS, **urls, **streams, **settings}))
-    return sim, Config(source="--demo", accounts=tuple(accounts), weight_limit=weight_limit)
+    # A handful of accounts and sub-accounts: 32 fetches at once is plenty, and keeps the pool (whose
+    # both ends are in this process) within a container's usual 1,024 open files.
+    return sim, Config(source="--demo", accounts=tuple(accounts), weight_limit=weight_limit,
+                       max_concurrency=DEMO_CONCURRENCY)

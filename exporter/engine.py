@@ -39,7 +39,7 @@ from exporter.parsing import Snapshot
 from exporter.stream_events import StreamView
 from exporter.streams import StreamManager, Tuning
 from exporter.targets import Target, Topology
-from exporter.transport import Watchdog, detach
+from exporter.transport import Pools, Watchdog, detach
 
 log = logging.getLogger("exporter.engine")
 
@@ -53,6 +53,8 @@ NO_FUTURES_CODES = (-5011, -5012)
 # or in refresh_after (cache_seconds) if longer, so events bring refreshes forward but never
 # make an account cost more weight than scrapes at the configured interval would.
 STREAM_REFRESH_GAP_S = 5.0
+# A 429/418 pauses the whole host: the account whose request drew it is treated like the others.
+PAUSE_REASONS = ("rate_limited", "ip_banned")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,9 @@ class Engine:
     def __init__(self, config: Config, stream_tuning: Tuning | None = None) -> None:
         self.config = config
         self.watchdog = Watchdog()
-        self.topology = Topology(config, self.watchdog)
+        # One pool per host, as many connections as fetch threads: fds follow from the config.
+        self.pools = Pools(config.max_concurrency, self.watchdog)
+        self.topology = Topology(config, self.pools)
         self.hosts = self.topology.hosts
         self.states: dict[tuple[str, str], TargetState] = {}
         self.by_alias: dict[str, list[tuple[str, str]]] = {}
@@ -171,9 +175,21 @@ class Engine:
             self._register(account.alias, *self._build(account))
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
-        self.streams = StreamManager([s.target for s in self.states.values() if s.target.account.user_stream
-                                      and s.target.master is None], self.stream_refresh,
-                                     config.stream_connections_per_5m, self.watchdog, stream_tuning)
+        self.streams = StreamManager(self._streaming(), self.stream_refresh, config.stream_connections_per_5m,
+                                     self.pools, stream_tuning, on_modes=self._modes_changed)
+
+    def _streaming(self) -> list[Target]:
+        """The targets with a user data stream: own-key accounts with `user_stream: true`."""
+        with self._cond:
+            return [s.target for s in self.states.values()
+                    if s.target.account.user_stream and s.target.master is None]
+
+    def _modes_changed(self, key: tuple[str, str]) -> None:
+        """ACCOUNT_CONFIG_UPDATE: the modes the REST side caches are old; read them at the next refresh."""
+        with self._cond:
+            state = self.states.get(key)
+        if state is not None and state.target.modes is not None:
+            state.target.modes.expire()
 
     def _build(self, account: AccountConfig) -> tuple[list[Target], Discovery | None]:
         """An account's targets and, for a master, its discovery; not yet known to scrapes."""
@@ -181,8 +197,8 @@ class Engine:
         if account.sub_accounts is None:
             return targets, None
         host = self.topology.host(account, "sapi")
-        # One connection per concurrent sub-account fetch, kept alive between scrapes.
-        client = self.topology.client(account, host, pool_size=self.config.max_concurrency)
+        # Reads every sub-account through the master's key: up to max_concurrency at once.
+        client = self.topology.client(account, host, concurrency=self.config.max_concurrency)
         return targets, Discovery(account, host, client)
 
     def _register(self, alias: str, targets: list[Target], discovery: Discovery | None) -> None:
@@ -293,17 +309,10 @@ class Engine:
         dropped = self.topology.update(config)
         previous, self.config = self.config, config
         built = [(alias, *self._build(new[alias])) for alias in new if alias in {*added, *changed}]
-        transports = []
         with self._cond:
             for alias in (*removed, *changed):
-                discovery = self.discoveries.get(alias)
-                if discovery is not None:
-                    transports.append(discovery.client.transport)
                 for name in (alias, *self._subs_of.pop(alias, ())):
                     for key in list(self.by_alias.get(name, ())):
-                        state = self.states.get(key)
-                        if state is not None and state.target.master is None:
-                            transports.append(state.target.client.transport)
                         self.remove_target(key)
                     self.by_alias.pop(name, None)
             self.discoveries = {a: d for a, d in self.discoveries.items() if a in kept}
@@ -331,9 +340,9 @@ class Engine:
             pool.shutdown(wait=False)  # its fetches in flight finish, then its threads end
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
-        for transport in transports:
-            self.topology.release(transport)
+        self.streams.update(self._streaming())
         if self._started:
+            self.streams.start()  # a no-op once running; the first streaming account may be new
             deadline = time.monotonic() + STARTUP_SYNC_S
             for host in set(self.topology.hosts.values()) - hosts_before:
                 self.pool.submit(self.topology.host_clocks[(host.base_url, host.kind)].ensure, deadline)
@@ -350,7 +359,7 @@ class Engine:
         self.streams.close()
         self.watchdog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.topology.close()
+        self.pools.close()
 
     # ---- scraping ------------------------------------------------------------------------
     def aliases(self) -> list[str]:
@@ -458,11 +467,18 @@ class Engine:
         finished = time.monotonic()
         attempt = Attempt(started, finished, time.time(), snapshot, error)
         with state.lock:
-            state.last = attempt
-            if error is None:
-                state.last_ok = attempt
-            else:
+            if error is not None and error.reason in PAUSE_REASONS:
+                # The request that drew the host's 429/418 is no worse off than its neighbours,
+                # whose refreshes the pause defers: it keeps its last values (up until
+                # max_data_age_seconds) and is refreshed first when the pause ends. Counted once.
                 state.errors[error.reason] += 1
+                state.admitted_at = previous
+            else:
+                state.last = attempt
+                if error is None:
+                    state.last_ok = attempt
+                else:
+                    state.errors[error.reason] += 1
             state.inflight = None
             again, state.again = state.again, False
         if again:

@@ -39,7 +39,11 @@ YAML_MAX_NODES = 250_000       # values, counting each alias as a copy of its ta
                                # has ~11, so ~20,000 accounts, matching the byte cap
 
 
-def read_regular_file(path: str | os.PathLike[str], limit: int, what: str = "file") -> bytes:
+KERNEL_TREES = ("/proc", "/sys")
+
+
+def read_regular_file(path: str | os.PathLike[str], limit: int, what: str = "file",
+                      kernel_files: bool = True) -> bytes:
     """Return the bytes of a regular file of at most `limit` bytes.
 
     Opened non-blocking, so a FIFO without a writer does not wait, then
@@ -47,11 +51,17 @@ def read_regular_file(path: str | os.PathLike[str], limit: int, what: str = "fil
     device, FIFO, socket or directory is refused before a single read.
     Problems are raised as OSError with a one-phrase `strerror`, like the
     errors from open() that callers already report.
+
+    kernel_files=False also refuses files of /proc and /sys (by path, after
+    symlinks, and by filesystem, for a bind mount elsewhere): they look like
+    regular files, and /proc/self/environ would make the whole environment a "secret".
     """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
+        if not kernel_files and _is_kernel_file(path, st):
+            raise OSError(errno.EINVAL, "a file of /proc or /sys (kernel data, not a file of yours)")
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, f"not a regular file ({_file_kind(st.st_mode)})")
         if st.st_size > limit:
@@ -69,6 +79,19 @@ def read_regular_file(path: str | os.PathLike[str], limit: int, what: str = "fil
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _is_kernel_file(path: str | os.PathLike[str], st: os.stat_result) -> bool:
+    real = os.path.realpath(path)
+    if any(real == tree or real.startswith(tree + "/") for tree in KERNEL_TREES):
+        return True
+    for tree in KERNEL_TREES:
+        try:
+            if os.stat(tree).st_dev == st.st_dev:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _file_kind(mode: int) -> str:

@@ -43,6 +43,11 @@ class ModeReader:
     values: Mapping[str, float] = field(default_factory=dict)
     next_at: float = float("-inf")  # monotonic
 
+    def expire(self) -> None:
+        """The modes changed (ACCOUNT_CONFIG_UPDATE on the user data stream): read them at the next refresh."""
+        with self.lock:
+            self.next_at = float("-inf")
+
     def refresh(self, client: Client, deadline: float, snapshot: Snapshot) -> Snapshot:
         """`snapshot` with the modes added (the refresh's own, e.g. v2's multiAssetsMargin, win)."""
         now = time.monotonic()

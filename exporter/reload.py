@@ -23,6 +23,7 @@ from prometheus_client.core import Metric
 
 from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
+from exporter.fdlimit import FdLimitError, fit_open_files
 from exporter.httpserver import HTTPServer
 from exporter.logs import fields
 from exporter.render import reload_families
@@ -77,6 +78,7 @@ class Reloader:
                         added=",".join(done.added), removed=",".join(done.removed),
                         changed=",".join(done.changed), unchanged=len(done.kept)))
                     self.engine.log_budget()
+                    self._fit_open_files()
                 if web is not None:
                     self._apply_web(cause, web)
                 if config is None and web is None:
@@ -87,6 +89,15 @@ class Reloader:
                 return self._failed(cause, f"internal error applying the config: {type(exc).__name__}")
             self.status = ReloadStatus(True, time.time())
             return None
+
+    def _fit_open_files(self) -> None:
+        """Accounts a reload added may need more pooled connections: raise the soft limit again.
+        The new config is in force either way; a hard limit too low for it is worth a warning."""
+        try:
+            fit_open_files(self.engine.pools.connections())
+        except FdLimitError as exc:
+            log.warning("open files: the hard limit is too low for the reloaded config", extra=fields(
+                file=self.config_file, error=str(exc)))
 
     def _apply_web(self, cause: str, web: WebConfig) -> None:
         web = carry_over(self.web, web)

@@ -42,7 +42,7 @@ from exporter.parsing import BadResponse
 from exporter.secrets import Secret
 from exporter.stream_events import StreamState, parse_event
 from exporter.targets import Target
-from exporter.transport import Transport, Watchdog
+from exporter.transport import Pools
 
 log = logging.getLogger("exporter.streams")
 # websockets logs request lines (with the listenKey in the path) at debug: keep it silent.
@@ -165,26 +165,68 @@ class StreamManager:
     """The user data streams of every account configured with `user_stream: true`."""
 
     def __init__(self, targets: Iterable[Target], on_event: Callable[[tuple[str, str], bool], None],
-                 connections_per_5m: int, watchdog: Watchdog, tuning: Tuning | None = None) -> None:
-        """`on_event(key, gap)`: an event (or a gap, then True) asks for a REST refresh of the account."""
+                 connections_per_5m: int, pools: Pools, tuning: Tuning | None = None,
+                 on_modes: Callable[[tuple[str, str]], None] | None = None) -> None:
+        """`on_event(key, gap)`: an event (or a gap, then True) asks for a REST refresh of the account.
+        `on_modes(key)`: ACCOUNT_CONFIG_UPDATE changed the account's modes (re-read them by REST)."""
         self.tuning = tuning or Tuning()
         self._on_event = on_event
+        self._on_modes = on_modes
         self.limiter = AttemptLimiter(connections_per_5m)
         self._rng = random.Random()
-        self._transports: dict[str, Transport] = {}
+        self._pools = pools  # listenKey calls share each host's pool with the REST refreshes
+        self._lock = threading.Lock()
         self.streams: dict[tuple[str, str], _Stream] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         for target in targets:
-            base = target.host.base_url
-            transport = self._transports.get(base)
-            if transport is None:
-                transport = self._transports[base] = Transport(base, REST_THREADS, watchdog)
-            keys = ListenKeys(target.host, transport, target.account.api_key, target.market,
-                              target.account.timeout_seconds)
-            self.streams[target.key] = _Stream(target, keys, StreamState())
+            self.streams[target.key] = self._stream(target)
         self._pool = ThreadPoolExecutor(max_workers=REST_THREADS, thread_name_prefix="listenkey")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
+
+    def _stream(self, target: Target) -> _Stream:
+        transport = self._pools.get(target.host.base_url)
+        keys = ListenKeys(target.host, transport, target.account.api_key, target.market,
+                          target.account.timeout_seconds)
+        return _Stream(target, keys, StreamState())
+
+    def update(self, targets: Iterable[Target]) -> None:
+        """A reloaded config: streams of targets that are gone or replaced close (their listenKey
+        is left alone, never DELETEd), new targets' streams open; unchanged ones carry on."""
+        wanted = {target.key: target for target in targets}
+        with self._lock:
+            gone = [key for key, stream in self.streams.items()
+                    if key not in wanted or wanted[key] is not stream.target]
+            for key in gone:
+                del self.streams[key]
+            added = [self._stream(target) for key, target in wanted.items() if key not in self.streams]
+            for stream in added:
+                self.streams[stream.target.key] = stream
+            loop = self._loop
+        if loop is not None and not loop.is_closed():  # else start() opens them all
+            try:
+                loop.call_soon_threadsafe(self._respawn, gone, added)
+            except RuntimeError:  # the loop is closing: nothing to update
+                pass
+
+    def _respawn(self, gone: list[tuple[str, str]], added: list[_Stream]) -> None:
+        """On the loop: cancel the tasks of streams that are gone, start the new ones."""
+        for key in gone:
+            task = self._tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
+        for stream in added:
+            self._spawn(stream)
+
+    def _spawn(self, stream: _Stream) -> None:
+        running = self._tasks.get(stream.target.key)
+        if running is not None and not running.done():  # started by _main and by an update
+            return
+        task = asyncio.create_task(self._run(stream), name=f"stream-{stream.target.alias}")
+        self._tasks[stream.target.key] = task
+        task.add_done_callback(lambda done, key=stream.target.key: self._tasks.get(key) is done
+                               and self._tasks.pop(key, None))
 
     def state(self, key: tuple[str, str]) -> StreamState | None:
         stream = self.streams.get(key)
@@ -221,14 +263,15 @@ class StreamManager:
         if self._thread is not None:
             self._thread.join(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for transport in self._transports.values():
-            transport.close()
 
     async def _main(self) -> None:
         assert self._stop is not None
-        tasks = [asyncio.create_task(self._run(stream), name=f"stream-{stream.target.alias}")
-                 for stream in self.streams.values()]
+        with self._lock:
+            streams = list(self.streams.values())
+        for stream in streams:
+            self._spawn(stream)
         await self._stop.wait()
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -336,6 +379,8 @@ class StreamManager:
                 state.apply(event, time.monotonic(), time.time())
                 raise _Renew("listenKeyExpired")
             if state.apply(event, time.monotonic(), time.time()) and event.kind not in ("other",):
+                if event.modes and self._on_modes is not None:
+                    self._on_modes(stream.target.key)
                 self._on_event(stream.target.key, False)
 
     async def _keepalive(self, stream: _Stream, ws: ClientConnection) -> None:

@@ -19,7 +19,7 @@ from exporter.endpoints import HOST_KINDS, Call, coinm_calls, pm_calls, sub_acco
 from exporter.governor import Governor
 from exporter.hosts import Host
 from exporter.modes import ModeReader
-from exporter.transport import Transport, Watchdog
+from exporter.transport import Pools
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,17 @@ class Target:
 
 
 class Topology:
-    """Builds and owns hosts, their clocks and every connection pool."""
+    """Builds and owns hosts and their clocks; clients and clocks take their host's pool from `pools`.
 
-    def __init__(self, config: Config, watchdog: Watchdog) -> None:
+    `pools` outlive hosts and accounts (a reload keeps them, `update`), so accounts
+    added later reuse the connections already open.
+    """
+
+    def __init__(self, config: Config, pools: Pools) -> None:
         self.config = config
-        self.watchdog = watchdog
+        self.pools = pools
         self.hosts: dict[tuple[str, str], Host] = {}
         self.host_clocks: dict[tuple[str, str], HostClock] = {}
-        self._transports: list[Transport] = []
         self._netlocs: dict[tuple[str, str], str] = {}
         self._kinds_by_url = _kinds_by_url(config)
 
@@ -71,7 +74,7 @@ class Topology:
         governor = Governor(self.config.weight_limit_for(kind), self.config.weight_budget_share, clock.now_ms)
         host = Host(base_url=base_url, label=self._label(key), kind=kind, governor=governor, clock=clock)
         self.hosts[key] = host
-        self.host_clocks[key] = host_clock or HostClock(host, self._transport(base_url, 1))
+        self.host_clocks[key] = host_clock or HostClock(host, self.pools.get(base_url))
         return host
 
     def _label(self, key: tuple[str, str]) -> str:
@@ -82,36 +85,24 @@ class Topology:
     def update(self, config: Config) -> list[Host]:
         """Take a reloaded config: hosts it still needs stay, with their governor (weight history),
         back-off and clock; limits and labels follow the config. Returns the hosts it no longer
-        needs, now closed and forgotten (their targets must be gone)."""
+        needs, now forgotten (their targets must be gone). Connection pools are shared per
+        base URL and outlive hosts (`Pools`): nothing is closed here."""
         self.config = config
         self._kinds_by_url = _kinds_by_url(config)
         needed = {(url, kind) for url, kinds in self._kinds_by_url.items() for kind in kinds}
         gone = [key for key in self.hosts if key not in needed]
         dropped = [self.hosts.pop(key) for key in gone]
-        clocks = [self.host_clocks.pop(key) for key in gone]
+        for key in gone:
+            self.host_clocks.pop(key)
         for key, host in self.hosts.items():
             host.label = self._label(key)
             host.governor.reconfigure(config.weight_limit_for(host.kind), config.weight_budget_share)
-        kept = {id(c) for c in self.host_clocks.values()}
-        for clock in {id(c): c for c in clocks}.values():
-            if id(clock) not in kept:  # a Portfolio Margin host shares its USD-M host's clock
-                self.release(clock.transport)
         return dropped
 
-    def release(self, transport: Transport) -> None:
-        """Close the connections of a client or clock that is gone (a removed account)."""
-        if transport in self._transports:
-            self._transports.remove(transport)
-        transport.close()
-
-    def _transport(self, base_url: str, pool_size: int) -> Transport:
-        transport = Transport(base_url, pool_size, self.watchdog)
-        self._transports.append(transport)
-        return transport
-
-    def client(self, account: AccountConfig, host: Host, pool_size: int = 2) -> Client:
+    def client(self, account: AccountConfig, host: Host, concurrency: int = 1) -> Client:
+        """`concurrency`: requests the client may run at once (one per target; a master's, for its sub-accounts)."""
         clock = self.host_clocks[(host.base_url, host.kind)]
-        return Client(host, self._transport(host.base_url, pool_size), clock, account.api_key, account.signer,
+        return Client(host, self.pools.get(host.base_url, concurrency), clock, account.api_key, account.signer,
                       account.recv_window_ms)
 
     def target(self, account: AccountConfig, market: str) -> Target:
@@ -137,10 +128,6 @@ class Topology:
     def clocks(self) -> list[HostClock]:
         """Each clock once (Portfolio Margin hosts share the USD-M host's)."""
         return list({id(c): c for c in self.host_clocks.values()}.values())
-
-    def close(self) -> None:
-        for transport in self._transports:
-            transport.close()
 
 
 def _kinds_by_url(config: Config) -> dict[str, list[str]]:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import EmptyPoolError, HTTPError
 
 from exporter import __version__
 
@@ -274,26 +274,43 @@ def _classify(exc: BaseException, cut: bool, remaining: float) -> tuple[str, str
 
 # ---- the pool ----------------------------------------------------------------------------------
 class Transport:
-    """A keep-alive connection pool to one base URL, through a proxy if the environment sets one.
+    """The keep-alive connection pool to one base URL, shared by every account and clock that uses it.
+
+    One pool per host, not per account: the connections (and file descriptors)
+    follow from `max_concurrency`, not from the number of accounts, and Binance
+    sees a few connections from the IP instead of one per account. The pool
+    blocks at `pool_size` (the fetch threads are as many, so no request waits
+    for a connection in practice), and never holds more.
+
+    Sharing a connection between accounts is safe because one never carries an
+    answer's leftovers into another request: a connection whose request failed
+    or was cut at its deadline is closed here, and one holding bytes past the
+    answer it framed is closed by urllib3 when it is next taken from the pool
+    (unread data counts as a dropped connection there). Bytes a server sends
+    even later, once the next request is out, nothing can tell from its answer:
+    that upstream answers every account of the host anyway.
 
     Proxy settings (HTTPS_PROXY, NO_PROXY, ...) are read once, here.
     """
 
     def __init__(self, base_url: str, pool_size: int = 2, watchdog: Watchdog = WATCHDOG) -> None:
         self.base_url = base_url
+        self.pool_size = pool_size
+        # Requests that may run on this pool at once (its clients' and clock's, see Pools.get):
+        # a pool opens a connection only when none is idle, so it never holds more than this.
+        self.demand = 0
         self._watchdog = watchdog
         parts = urlsplit(base_url)
         proxy = urllib.request.getproxies().get(parts.scheme)
         headers = {"User-Agent": USER_AGENT}
         self._http: urllib3.PoolManager | HTTPConnectionPool
         if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
-            manager = urllib3.ProxyManager(proxy, num_pools=1, maxsize=pool_size, headers=headers)
+            manager = urllib3.ProxyManager(proxy, num_pools=1, maxsize=pool_size, block=True, headers=headers)
             manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
             self._http = manager
         else:
             pool_cls = _HTTPSPool if parts.scheme == "https" else _HTTPPool
-            self._http = pool_cls(parts.hostname, parts.port, maxsize=pool_size, block=False,
-                                  headers=headers)
+            self._http = pool_cls(parts.hostname, parts.port, maxsize=pool_size, block=True, headers=headers)
 
     def close(self) -> None:
         if isinstance(self._http, urllib3.PoolManager):
@@ -318,12 +335,15 @@ class Transport:
         try:
             resp = self._http.urlopen(
                 method, url, headers=dict(headers or {}), retries=False, redirect=False,
-                timeout=urllib3.Timeout(connect=remaining, read=remaining),
+                timeout=urllib3.Timeout(connect=remaining, read=remaining), pool_timeout=remaining,
                 preload_content=False, decode_content=False,
             )
             body = _read_body(resp)
         except TransportError as exc:
             failure = exc.kind, exc.detail
+            detach(exc)
+        except EmptyPoolError as exc:
+            failure = "timeout", f"no free connection to the host within {remaining:.2f}s"
             detach(exc)
         except (HTTPError, OSError, ValueError) as exc:
             failure = _classify(exc, guard.fired, remaining)
@@ -331,13 +351,16 @@ class Transport:
         finally:
             _local.guard = None
             self._watchdog.disarm(guard)
+        if failure is None and guard.fired:
+            # Cut while the answer arrived: what was read may be short of it. Headers cut
+            # off after the status line read as complete (EOF ends them), and so does a
+            # body without a length: a 200 with half its headers is no answer.
+            failure = "timeout", f"no complete answer within {remaining:.2f}s"
         if failure is not None:  # raised here, outside `except`: it chains to nothing
             self._discard(resp)
             raise TransportError(*failure)
-        if guard.fired:  # cut just as the last byte arrived: the socket is gone either way
-            self._discard(resp)
-        else:
-            resp.release_conn()
+        assert resp is not None
+        resp.release_conn()
         return Response(resp.status, resp.headers, body)
 
     @staticmethod
@@ -349,3 +372,40 @@ class Transport:
         if conn is not None:
             conn.close()
         resp.release_conn()
+
+
+class Pools:
+    """Every host's `Transport`, by base URL: built once, shared by all accounts, outliving config changes.
+
+    Accounts come and go (sub-account discovery, a reload); a host's pool and
+    its warm connections stay. What they may hold in connections, and so in
+    file descriptors, is `connections()`: per host, the requests its users may
+    run at once, at most the pool size (`max_concurrency`). Three accounts
+    need four connections (the clock's is the fourth), 5,000 on one host 512.
+    """
+
+    def __init__(self, pool_size: int, watchdog: Watchdog = WATCHDOG) -> None:
+        self.pool_size = pool_size
+        self.watchdog = watchdog
+        self._lock = threading.Lock()
+        self._by_url: dict[str, Transport] = {}
+
+    def get(self, base_url: str, concurrency: int = 1) -> Transport:
+        """The host's pool, for a user that runs up to `concurrency` requests at once on it."""
+        with self._lock:
+            transport = self._by_url.get(base_url)
+            if transport is None:
+                transport = self._by_url[base_url] = Transport(base_url, self.pool_size, self.watchdog)
+            transport.demand += concurrency
+            return transport
+
+    def connections(self) -> int:
+        """The most upstream connections these pools can hold open at once."""
+        with self._lock:
+            return sum(min(t.pool_size, t.demand) for t in self._by_url.values())
+
+    def close(self) -> None:
+        with self._lock:
+            transports = list(self._by_url.values())
+        for transport in transports:
+            transport.close()

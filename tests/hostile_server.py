@@ -39,11 +39,14 @@ class HostileServer:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.requests: list[str] = []
+        self.connections = 0
+        self.answered = 0  # answers sent in full, every scripted chunk of them
         self._stop = threading.Event()
         outer = self
 
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                outer.connections += 1
                 self.request.settimeout(30)
                 buf = b""
                 while not outer._stop.is_set():
@@ -68,6 +71,7 @@ class HostileServer:
                             self.request.sendall(data)
                         except OSError:
                             return
+                    outer.answered += 1
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True

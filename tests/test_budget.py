@@ -83,7 +83,7 @@ def test_paused_account_keeps_its_values_until_max_data_age(sim: Simulator, make
     assert value(m, "binance_futures_up", alias="alpha") == 1.0 and abs(fetched - time.time()) < 2
     sim.set_fault(ACCOUNTS[1].key, Fault("rate_limit_429", retry_after_s=30, times=1))
     m = h.scrape()  # bravo's request meets the 429; alpha's and charlie's went out with it
-    assert value(m, "binance_futures_up", alias="bravo") == 0.0
+    assert value(m, "binance_futures_up", alias="bravo") == 1.0  # like its neighbours (issue 18)
     m = h.scrape()  # paused: alpha is deferred, but has young values
     assert value(m, "binance_futures_up", alias="alpha") == 1.0
     assert value(m, "binance_futures_balance", alias="alpha", asset="USDT") == 122607.35137903
@@ -133,3 +133,36 @@ def test_over_budget_refreshes_go_oldest_first(sim: Simulator, make_harness,
     assert order[:3] == ["alpha", "bravo", "charlie"] and order[3:5] == ["alpha", "bravo"], order
     assert value(m, "binance_futures_fetches_deferred_total", host=host_of(sim)) > 0
     assert all(value(m, "binance_futures_up", alias=a.alias) == 1 for a in ACCOUNTS)
+
+
+def test_the_account_that_drew_the_429_is_treated_like_its_neighbours(make_harness) -> None:
+    """Issue 18: after a 429 without Retry-After, the account whose request drew it keeps its last
+    values and `up 1` until max_data_age_seconds, like every other account of the paused host,
+    and its error is counted once."""
+    sims = [SimAccount(a.key, a.secret, balances=[dict(OFFICIAL_ROW, asset=f"A{i}")]) for i, a in enumerate(ACCOUNTS)]
+    sim = Simulator(sims, send_retry_after=False)
+    sim.start()
+    try:
+        h = make_harness(config_dict(sim.base_url, max_data_age_seconds=2))
+        first = h.scrape()
+        sim.set_fault(ACCOUNTS[1].key, Fault("rate_limit_429", retry_after_s=None, times=1))
+        for scrape in range(3):  # the one meeting the 429, then two during the 60 s pause
+            m = h.scrape()
+            assert 50 <= value(m, "binance_futures_backoff_seconds", host=host_of(sim)) <= 60
+            for i, acc in enumerate(ACCOUNTS):
+                assert value(m, "binance_futures_up", alias=acc.alias) == 1.0, (scrape, acc.alias)
+                assert value(m, "binance_futures_balance", alias=acc.alias, asset=f"A{i}") == 122607.35137903
+                assert value(m, "binance_futures_scrape_errors_total", alias=acc.alias,
+                             reason="rate_limited") == (1.0 if acc.alias == "bravo" else 0.0)
+        # bravo's values are those of the first scrape: its 429 did not count as a fetch
+        stamp = "binance_futures_last_success_timestamp_seconds"
+        assert value(m, stamp, alias="bravo") == value(first, stamp, alias="bravo")
+        assert value(m, "binance_futures_rate_limited_responses_total", host=host_of(sim), status="429") == 1
+        # Past max_data_age_seconds every account of the paused host goes dark alike, the victim included.
+        m = wait_until(lambda: (lambda s: s if all(value(s, "binance_futures_up", alias=a.alias) == 0.0
+                                                   for a in ACCOUNTS) else None)(h.scrape()),
+                       timeout=6, interval=0.2)
+        assert value(m, "binance_futures_balance", alias="bravo", asset="A1") is None
+        assert value(m, "binance_futures_scrape_errors_total", alias="bravo", reason="rate_limited") == 1.0
+    finally:
+        sim.stop()

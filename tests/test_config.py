@@ -522,3 +522,113 @@ def test_messages_stay_useful_without_quoting_secrets(data: object, expected: st
     message = error_of(data, dict(ENV, DIGITS=DIGIT_SECRET))
     assert expected in message
     assert RANDOM_SECRET not in message and DIGIT_SECRET not in message
+
+
+# ---- issue 18: secrets that can never sign, unclosed ${, kernel files -----------------------------
+def secret_file(tmp_path: Path, content: bytes, name: str = "secret") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    path.chmod(0o600)
+    return path
+
+
+UNSIGNABLE = [  # (the secret as stored, what the one line must say)
+    ("\ufeff" + SECRET, "starts with a UTF-8 byte order mark"),
+    (SECRET + " ", "has leading or trailing blanks"),
+    (" " + SECRET, "has leading or trailing blanks"),
+    (SECRET + "\t", "has leading or trailing blanks"),
+    (SECRET[:20] + "\x01" + SECRET[20:], "contains control characters"),
+    (SECRET[:20] + "\x7f" + SECRET[20:], "contains control characters"),
+    (SECRET[:20] + "\u00e9" + SECRET[20:], "contains non-ASCII characters"),
+    (SECRET[:20] + "\u2013" + SECRET[20:], "contains non-ASCII characters"),
+]
+
+
+@pytest.mark.parametrize("stored, expected", UNSIGNABLE)
+def test_an_hmac_secret_that_can_never_sign_is_refused(tmp_path: Path, stored: str, expected: str) -> None:
+    """In a file, inline, or through ${VAR}: one line naming the key, never the value."""
+    path = secret_file(tmp_path, stored.encode("utf-8") + b"\n")
+    bare = stored.strip("\ufeff \t")
+    for acc, key in ((account(api_secret=None, api_secret_file=str(path)), "api_secret_file"),
+                     (account(api_secret=stored), "api_secret"),
+                     (account(api_secret="${STORED}"), "api_secret")):
+        acc = {k: v for k, v in acc.items() if v is not None}
+        message = error_of({"accounts": [acc]}, {**ENV, "STORED": stored})
+        assert f"accounts[0] (alias 'main'): {key}: " in message and expected in message, message
+        assert "can never sign" in message
+        assert stored not in message and bare[:20] not in message and bare[-20:] not in message
+
+
+def test_an_api_key_file_with_a_bom_says_so(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, b"\xef\xbb\xbf" + KEY.encode() + b"\n", "key")
+    message = error_of({"accounts": [{"alias": "main", "api_key_file": str(path), "api_secret": "${MAIN_SECRET}"}]})
+    assert "api_key_file: the file's content starts with a UTF-8 byte order mark" in message
+
+
+def test_blanks_and_a_newline_at_the_end_of_a_secret_file_are_still_fine(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, SECRET.encode() + b"\r\n")
+    cfg = load({"accounts": [{"alias": "main", "api_key": "${MAIN_KEY}", "api_secret_file": str(path)}]})
+    from exporter.signing import hmac_sha256_hex
+
+    assert cfg.accounts[0].signer.sign("a=1") == hmac_sha256_hex(SECRET, "a=1")
+
+
+@pytest.mark.parametrize("raw", ["${MAIN_SECRET", "pre-${MAIN_SECRET", "${", "${1ABC}", "${MAIN SECRET}",
+                                 "x${}"])
+@pytest.mark.parametrize("key", ["api_secret", "api_key", "base_url", "timeout_seconds", "api_version"])
+def test_an_unclosed_or_invalid_dollar_brace_is_refused_not_used_literally(key: str, raw: str) -> None:
+    message = error_of({"accounts": [account(**{key: raw})]})
+    assert f"accounts[0] (alias 'main'): {key}: has a '${{' that is not closed" in message, message
+    assert (raw == "${" or raw not in message) and "MAIN_SECRET" not in message
+
+
+def test_a_doubled_dollar_still_writes_a_literal_dollar_brace() -> None:
+    cfg = load({"accounts": [account(api_secret="pre$${MAIN_SECRET")]})
+    from exporter.signing import hmac_sha256_hex
+
+    assert cfg.accounts[0].signer.sign("a=1") == hmac_sha256_hex("pre${MAIN_SECRET", "a=1")
+
+
+def _kernel_targets(tmp_path: Path) -> list[Path]:
+    link = tmp_path / "innocent-looking"
+    link.symlink_to("/proc/self/environ")
+    targets = [Path("/proc/self/environ"), Path("/proc/version"), link]
+    targets += [p for p in (Path("/sys/kernel/mm/transparent_hugepage/enabled"), Path("/sys/devices/system/cpu/online"))
+                if p.exists()][:1]
+    return targets
+
+
+@pytest.mark.parametrize("key", ["api_key_file", "api_secret_file", "private_key_file", "private_key_passphrase_file"])
+def test_secret_files_under_proc_and_sys_are_refused(tmp_path: Path, key: str) -> None:
+    for target in _kernel_targets(tmp_path):
+        acc = {"alias": "main", "api_key": "${MAIN_KEY}", "api_secret": "${MAIN_SECRET}", key: str(target)}
+        acc.pop({"api_key_file": "api_key", "api_secret_file": "api_secret"}.get(key, "-"), None)
+        if key.startswith("private_key"):
+            acc.pop("api_secret")
+            if key == "private_key_passphrase_file":
+                acc["private_key_file"] = str(secret_file(tmp_path, ed25519.Ed25519PrivateKey.generate().private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()), "key.pem"))
+        message = error_of({"accounts": [acc]})
+        assert f"{key}: cannot read {target}: a file of /proc or /sys" in message, message
+
+
+@pytest.mark.parametrize("case", ["bom", "trailing_blank", "unclosed", "proc_environ"])
+def test_config_check_refuses_what_can_never_sign_in_one_line_without_the_value(tmp_path: Path, case: str) -> None:
+    marker = "Zq7" + "v" * 61  # the secret: in the file, and in the environment /proc/self/environ would give
+    acc: dict = {"alias": "main", "api_key": KEY}
+    if case == "bom":
+        acc["api_secret_file"] = str(secret_file(tmp_path, b"\xef\xbb\xbf" + marker.encode() + b"\n"))
+    elif case == "trailing_blank":
+        acc["api_secret_file"] = str(secret_file(tmp_path, marker.encode() + b" \n"))
+    elif case == "unclosed":
+        acc["api_secret"] = marker + "${MARKER"
+    else:
+        acc["api_secret_file"] = "/proc/self/environ"
+    config = write_yaml(tmp_path / "c.yaml", {"accounts": [acc]})
+    proc = run_cli(f"--config.file={config}", "--config.check", timeout=30,
+                   env={"PATH": "/usr/bin:/bin", "MARKER": marker})
+    line = one_error_line(proc, config)
+    key = "api_secret" if case == "unclosed" else "api_secret_file"
+    assert f"accounts[0] (alias 'main'): {key}: " in line
+    assert marker not in proc.stdout + proc.stderr and marker[:16] not in proc.stderr

@@ -32,7 +32,9 @@ def test_429_pauses_every_account_on_that_host_only(make_harness) -> None:
         h.scrape()
         limited.set_fault(ACCOUNTS[0].key, Fault("rate_limit_429", retry_after_s=30, times=1))
         m = h.scrape()
-        assert value(m, "binance_futures_up", alias="alpha") == 0.0
+        # alpha drew the 429: like its neighbours, it keeps its last values through the pause.
+        assert value(m, "binance_futures_up", alias="alpha") == 1.0
+        assert value(m, "binance_futures_balance", alias="alpha", asset="USDT") == 122607.35137903
         assert value(m, "binance_futures_scrape_errors_total", alias="alpha", reason="rate_limited") == 1.0
         assert value(m, "binance_futures_rate_limited_responses_total", host=host_of(limited), status="429") == 1.0
         assert 28 <= value(m, "binance_futures_backoff_seconds", host=host_of(limited)) <= 30
@@ -307,7 +309,7 @@ def test_offset_and_signed_timestamp_under_a_frozen_clock(make_harness) -> None:
         sim.stop()
 
 
-def test_proxy_environment_is_read_once_per_account(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxy_environment_is_read_once_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib3
 
     from exporter.transport import Transport

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import time
@@ -64,6 +65,12 @@ HOSTILE = {
     "trickle_body": (lambda: [(response(200, GOOD)[:-len(GOOD)], 0.0), *trickle(GOOD, 0.2)], "timeout"),
     "trickle_headers": (lambda: trickle(response(200, GOOD), 0.2), "timeout"),
     "no_answer": (lambda: [(b"", 30.0)], "timeout"),
+    # Issue 18: the status line at once, the header lines past the deadline: EOF ends headers
+    # in http.client, so a cut used to read as a complete 200 with an empty body (bad_response).
+    "trickle_header_lines": (lambda: [(b"HTTP/1.1 200 OK\r\n", 0.0), *trickle(response(200, GOOD)[17:], 0.2)],
+                             "timeout"),
+    "duplicate_keys": (lambda: [(response(200, GOOD.replace(b'"asset": "USDT"', b'"asset": "USDT", "asset": "BTC"')),
+                                 0.0)], "bad_response"),
 }
 
 
@@ -196,3 +203,56 @@ def test_a_deadline_that_passes_while_connecting_still_cuts_the_trickle(monkeypa
         client.close()
     assert caught.value.kind == "timeout"
     assert elapsed < 2.0  # the trickle lasts 10 s; before the fix the request ran on until it ended
+
+
+def test_a_connection_with_bytes_past_its_answer_carries_no_other_accounts_request(
+        make_harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Accounts share their host's keep-alive pool (issue 18): an answer followed by bytes nobody
+    asked for (here a whole second answer) poisons its connection, which must then be closed, not
+    handed to the next account, whose request would read those bytes as its own answer.
+
+    The account's mode read (accountConfig) is switched off: it would follow the balance on the
+    same connection before the tail arrives, read the tail as its answer, and leave its own
+    answer racing the next account's request, which no client can tell apart (see Transport).
+    """
+    from exporter.modes import ModeReader
+    monkeypatch.setattr(ModeReader, "refresh", lambda self, client, deadline, snapshot: snapshot)
+    smuggled = json.dumps([dict(OFFICIAL_ROW, balance="666.00000000")]).encode()
+    balance_requests = itertools.count()
+
+    def script(path: str):
+        if not path.startswith("/fapi/v3/balance"):
+            return None
+        if next(balance_requests) == 0:
+            return [(response(200, GOOD), 0.0), (response(200, smuggled), 0.05)]
+        return good()
+
+    with HostileServer(script) as srv:
+        accounts = [{"alias": alias, "api_key": "k", "api_secret": "s", "base_url": srv.base_url}
+                    for alias in ("first", "second")]
+        # One connection in the pool: without the check, "second" would be sent on "first"'s.
+        h = make_harness({"max_concurrency": 1, "defaults": {"timeout_seconds": 3}, "accounts": accounts})
+        m = h.scrape("/probe?target=first")
+        assert value(m, "binance_futures_balance", alias="first", asset="USDT") == 122607.35137903
+        wait_until(lambda: srv.answered >= 2)  # the clock's answer, then first's with its unasked tail
+        connections = srv.connections
+        m = h.scrape("/probe?target=second")
+        assert value(m, "binance_futures_up", alias="second") == 1.0
+        assert value(m, "binance_futures_balance", alias="second", asset="USDT") == 122607.35137903
+        assert srv.connections == connections + 1, "the poisoned connection was reused"
+        m = h.scrape("/probe?target=first")  # a clean connection is kept alive and reused
+        assert value(m, "binance_futures_up", alias="first") == 1.0
+        assert srv.connections == connections + 1
+
+
+def test_accounts_of_a_host_share_a_pool_of_max_concurrency_connections(make_harness) -> None:
+    """Connections follow from max_concurrency, not from the number of accounts."""
+    with HostileServer(balance_script(lambda: [(response(200, GOOD), 0.05)])) as srv:
+        accounts = [{"alias": f"a{i}", "api_key": "k", "api_secret": "s"} for i in range(40)]
+        h = make_harness({"max_concurrency": 4, "defaults": {"base_url": srv.base_url, "cache_seconds": 0,
+                                                             "timeout_seconds": 5}, "accounts": accounts})
+        for _ in range(3):
+            m = h.scrape()
+            assert all(value(m, "binance_futures_up", alias=f"a{i}") == 1.0 for i in range(40))
+        assert h.engine.pools.connections() == 4
+        assert srv.connections <= 4, srv.connections  # clock and 120 balance requests on at most 4

@@ -135,3 +135,15 @@ def test_mutated_rows_parse_or_fail_cleanly(fields: dict) -> None:
         return
     for asset in snap.assets:  # whatever parses is finite and typed
         assert all(isinstance(v, float) and v == v and abs(v) != float("inf") for v in asset.values.values())
+
+
+@pytest.mark.parametrize("body", [
+    OFFICIAL.replace('"asset":"USDT"', '"asset":"USDT","asset":"BTC"'),  # a row repeats a field
+    OFFICIAL.replace('"balance":"122607.35137903"', '"balance":"1.0","balance":"122607.35137903"'),
+    '{"assets":[{"a":1,"a":1}],"x":0}',  # nested, even with equal values
+])
+def test_duplicate_json_keys_are_a_bad_response(body: str) -> None:
+    """Issue 18: json keeps the last of two equal keys silently; which one Binance meant is unknown."""
+    with pytest.raises(BadResponse, match="duplicate key"):
+        parse_balance(body.encode())
+    assert parse_error(b'{"code":-1003,"code":-1022,"msg":"x"}') == (None, None)

@@ -102,7 +102,9 @@ def test_apply_replaces_a_changed_account_and_drops_an_unused_host(sim: Simulato
         assert engine.states[("bravo", "usdm")].target.account.timeout_seconds == 2
         assert ("bravo", "coinm") not in engine.states
         assert (sim.base_url, "coinm") not in engine.hosts
-        assert transport._http.pool is None  # its connections are closed (urllib3 drops the pool)
+        # Connections are pooled per base URL (shared with alpha's USD-M host here) and outlive hosts.
+        assert transport is engine.states[("alpha", "usdm")].target.client.transport
+        assert [v.up for v in engine.scrape(engine.aliases(), 5.0).targets] == [True, True]
         # Its secret is the same, its settings are not: equality is by effective settings, never shown.
         assert_no_secrets(repr(done))
     finally:

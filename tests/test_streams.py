@@ -141,8 +141,8 @@ def test_sub_accounts_never_stream_and_the_config_says_so() -> None:
                                       "user_stream": True, "sub_accounts": {}}]}, "c.yaml", {})
     assert any("sub-accounts found through a master key cannot" in w for w in cfg.warnings)
     from exporter.targets import Topology
-    from exporter.transport import Watchdog
-    topology = Topology(cfg, Watchdog())
+    from exporter.transport import Pools
+    topology = Topology(cfg, Pools(cfg.max_concurrency))
     master = cfg.accounts[0]
     host = topology.host(master, "sapi")
     sub = topology.sub_account_target(master, "s1", "s1@x.test", "usdm", host, topology.client(master, host))
