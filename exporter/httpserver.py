@@ -727,6 +727,8 @@ class HTTPServer:
             request = conn.http.next_event()
             if not isinstance(request, h11.Request):
                 raise h11.RemoteProtocolError("incomplete request head", error_status_hint=400)
+            if request.http_version not in (b"1.0", b"1.1"):
+                raise h11.RemoteProtocolError("HTTP version", error_status_hint=505)
             names = {name for name, _ in request.headers}
             if b"transfer-encoding" in names and b"content-length" in names:
                 raise h11.RemoteProtocolError("Transfer-Encoding with Content-Length", error_status_hint=400)
