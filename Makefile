@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test venv golden bench bench-budget bench-subaccounts bench-soak clean
+.PHONY: test venv golden bench bench-budget bench-subaccounts bench-soak bench-slowreaders clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench-subaccounts: venv
 
 bench-soak: venv
 	$(VPY) -m benchmarks.soak $(BENCH_ARGS)
+
+bench-slowreaders: venv
+	$(VPY) -m benchmarks.slowreaders $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
