@@ -8,9 +8,7 @@ poll with deadlines; load loops are bounded in count and time.
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import selectors
 import socket
 import ssl
@@ -22,11 +20,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from benchmarks.tlskit import client_hello, self_signed
 from exporter.httpserver import Limits, serve
 from exporter.web import SharedRenders
 
@@ -124,37 +119,13 @@ def listen_backlog(sock: socket.socket) -> int | None:
     return struct.unpack_from("8B6I", info)[13]  # 8 one-byte fields, then rto ato snd_mss rcv_mss unacked sacked
 
 
-def client_hello() -> bytes:
-    """The ClientHello Python's ssl module sends, captured through memory BIOs."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context, client context trusting it) from a fresh self-signed cert for 127.0.0.1."""
-    d: Path = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    (d / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(d / "c.pem", d / "k.pem")
-    client = ssl.create_default_context(cafile=str(d / "c.pem"))
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
     return server, client
 
 
