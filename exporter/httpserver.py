@@ -38,8 +38,9 @@ How a connection flows:
    not stall longer than WRITE_STALL_TIMEOUT, and must keep MIN_SEND_RATE;
    the bodies waiting for slow readers together stay under
    MAX_BUFFERED_BYTES (past it, the writes that have progressed least
-   recently are cut). After a burst of such work the poller hands freed heap
-   back to the OS (glibc keeps it otherwise).
+   recently are cut). Large bodies get memory mappings of their own, and
+   after a burst the poller hands freed heap back to the OS (glibc keeps it
+   otherwise).
 5. At most MAX_CONNECTIONS are open (also capped below RLIMIT_NOFILE). Past
    that, the connection that has waited longest in the poller is closed to
    make room, so a fresh scrape always gets in; if all are busy with
@@ -208,23 +209,33 @@ def _close(sock: socket.socket) -> None:
         pass
 
 
-def _malloc_trim() -> Callable[[], None]:
-    """glibc's malloc_trim(0): gives freed heap (all arenas) back to the OS.
+# Allocations from this size up get pages of their own, given back to the OS when freed.
+MMAP_THRESHOLD = 256 * 1024
 
-    glibc keeps freed memory in its arenas, so after a burst (bodies for slow
-    readers, OpenSSL state of a handshake flood) RSS stayed at its peak.
-    Elsewhere (musl, macOS) this does nothing.
+
+def _glibc_heap() -> tuple[Callable[[], None], Callable[[], None]]:
+    """(trim, tune): glibc's malloc_trim(0) and a fixed mmap threshold. Elsewhere (musl, macOS): no-ops.
+
+    glibc raises its mmap threshold each time a large block is freed, up to
+    32 MB: after the first few, 3 MB bodies came from the arenas of the worker
+    threads, and a freed arena top is kept, so RSS stayed near its peak after
+    slow readers were gone (+45 MB for 40 of them; malloc_trim cannot return
+    an arena's top). A fixed threshold (mallopt) keeps every body in its own
+    mapping. What stays in the heaps (OpenSSL's state of a handshake flood,
+    Python's objects) is given back by malloc_trim.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim, mallopt = libc.malloc_trim, libc.mallopt
     except (OSError, AttributeError):
-        return lambda: None
+        return (lambda: None), (lambda: None)
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_mmap_threshold = -3
+    return (lambda: trim(0)), (lambda: mallopt(m_mmap_threshold, MMAP_THRESHOLD))
 
 
-trim_heap = _malloc_trim()
+trim_heap, tune_heap = _glibc_heap()
 
 
 class _Buffered:
@@ -416,6 +427,7 @@ class HTTPServer:
         self._since_trim_bytes = 0
         self._since_trim_closes = 0
         self._last_trim = 0.0
+        self._trim_due = False
         self._workers = _Workers(limits.max_workers, self._serve_one, "http-worker")
         self._priority = _Workers(limits.priority_workers, self._serve_one, "http-priority")
         self._thread = threading.Thread(target=self._poll_loop, name="http", daemon=True)
@@ -661,11 +673,15 @@ class HTTPServer:
                 self._drop(conn, why="write too slow")
 
     def _maybe_trim(self, now: float) -> None:
-        if (self._since_trim_bytes < _TRIM_AFTER_BYTES and self._since_trim_closes < _TRIM_AFTER_CLOSES) \
-                or now - self._last_trim < _TRIM_EVERY:
+        """After a burst, trim every _TRIM_EVERY until the memory it held is free (the last
+        trim comes after the last answer is gone: that is when the heap has most to give back)."""
+        if self._since_trim_bytes >= _TRIM_AFTER_BYTES or self._since_trim_closes >= _TRIM_AFTER_CLOSES:
+            self._trim_due = True
+            self._since_trim_bytes = self._since_trim_closes = 0
+        if not self._trim_due or now - self._last_trim < _TRIM_EVERY:
             return
-        self._since_trim_bytes = self._since_trim_closes = 0
         self._last_trim = now
+        self._trim_due = bool(self._buffered.total or self._busy or self._waiting[_HANDSHAKE])
         trim_heap()
 
     def _advance(self, conn: _Conn) -> None:
@@ -891,6 +907,7 @@ def serve(app: Callable, address: str, ssl_context: ssl.SSLContext | None = None
           limits: Limits | None = None) -> HTTPServer:
     """Bind and start serving in a daemon thread; returns the server (for its port and shutdown)."""
     host, port = parse_listen_address(address)
+    tune_heap()  # process-wide, once the exporter is about to serve (see _glibc_heap)
     server = HTTPServer(app, host, port, ssl_context, limits or Limits())
     server.start()
     return server

@@ -678,3 +678,73 @@ def test_concurrent_scrapes_share_one_rendering() -> None:
     assert shared._flights == {}
     shared.get(("metrics",), render, 10)  # a later request renders afresh
     assert len(calls) == 2
+
+
+def test_an_app_error_is_a_500_and_the_server_goes_on(start) -> None:
+    def failing(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("bug")
+        return cheap_app(environ, start_response)
+
+    server = start(app=failing)
+    answer = exchange(server.server_port, b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 500 ") and b"Connection: close" in answer and b"bug" not in answer
+    assert get(server.server_port)[0] == 200
+
+
+SERVER_CHILD = """
+import sys, time
+from exporter.httpserver import Limits, serve
+
+def app(environ, start_response):
+    body = b"x" * (3 << 20) if environ["PATH_INFO"] == "/big" else b"ok"  # a fresh rendering per request
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+server = serve(app, "127.0.0.1:0", None, Limits(write_stall_timeout=1.0, max_buffered_bytes=32 << 20))
+print(server.server_port, flush=True)
+sys.stdin.read()
+"""
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A /proc/<pid>/status figure in bytes (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_memory_of_slow_readers_is_capped_and_returned(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen([sys.executable, "-c", SERVER_CHILD], cwd=repo, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    readers: list[socket.socket] = []
+    try:
+        port = int(child.stdout.readline())  # type: ignore[union-attr]
+        assert get(port)[0] == 200
+        base = proc_status(child.pid, "VmRSS")
+        for _ in range(40):  # 40 x 3 MB answers, each its own object, one after the other
+            readers.append(slow_reader(port))
+            assert readers[-1].recv(1, socket.MSG_PEEK) == b"H"  # its answer is being written
+        status, _, took = get(port, "/-/healthy")
+        assert status == 200 and took < 1.0
+        deadline = time.monotonic() + 15
+        # Cut after the 1 s stall, the heap handed back within the 2 s trim interval.
+        while proc_status(child.pid, "VmRSS") > base + (16 << 20):
+            assert time.monotonic() < deadline, (f"RSS {proc_status(child.pid, 'VmRSS') >> 20} MB after the slow "
+                                                 f"readers, {base >> 20} MB before")
+            time.sleep(0.2)
+        peak = proc_status(child.pid, "VmHWM")
+        print(f"\n40 slow readers of 3 MB answers: RSS {base >> 20} MB before, peak {peak >> 20} MB, "
+              f"{proc_status(child.pid, 'VmRSS') >> 20} MB after")
+        # The cap, plus the answer being built and the one that tipped it over.
+        assert peak < base + (32 << 20) + (24 << 20), "the 32 MB cap on buffered answers did not hold"
+    finally:
+        for s in readers:
+            s.close()
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait(timeout=10)
