@@ -67,6 +67,7 @@ import re
 import selectors
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -129,6 +130,11 @@ FD_RESERVE = 256
 _ACCEPT_BATCH = 64
 _RECV_CHUNK = 8192
 _TLS_RECORD = 16384  # one TLS record per SSL_write: a retry after WANT_WRITE passes the same bytes
+# At most this much per connection per turn of the poller: the kernel takes megabytes at once
+# from a client that does not read (loopback send buffers grow to 4 MB), and 70 of those in a
+# row kept the poller (and /-/healthy) waiting; in slices, connections take turns.
+_WRITE_SLICE = 256 * 1024
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and drops unsent data
 _DRAIN_MAX = 1 << 20  # bytes a lingering close reads and discards at most
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:", re.IGNORECASE)
@@ -665,12 +671,21 @@ class HTTPServer:
         for conn in list(self._writing):
             elapsed = now - conn.write_start
             if now > conn.deadline:
-                self._drop(conn, why="write timeout")
+                self._cut(conn, "write timeout")
             elif now - conn.progress > limits.write_stall_timeout:
-                self._drop(conn, why="write stalled")
+                self._cut(conn, "write stalled")
             elif (elapsed > limits.write_stall_timeout
                   and conn.sent < limits.min_send_rate * (elapsed - limits.write_stall_timeout)):
-                self._drop(conn, why="write too slow")
+                self._cut(conn, "write too slow")
+
+    def _cut(self, conn: _Conn, why: str) -> None:
+        """Abandon an answer: a reset, so the kernel drops what it still holds for that client
+        too (a plain close would keep megabytes queued for as long as TCP keeps probing)."""
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+        except OSError:
+            pass
+        self._drop(conn, why=why)
 
     def _maybe_trim(self, now: float) -> None:
         """After a burst, trim every _TRIM_EVERY until the memory it held is free (the last
@@ -791,15 +806,18 @@ class HTTPServer:
             if self._buffered.total <= self.limits.max_buffered_bytes:
                 return
             if conn is not keep:
-                self._drop(conn, why="response buffer cap")
+                self._cut(conn, "response buffer cap")
 
     def _write(self, conn: _Conn) -> None:
         """Send what the socket takes now; at the end, the next request or a (lingering) close."""
         out = conn.out
+        budget = _WRITE_SLICE
         try:
             while out:
+                if budget <= 0:
+                    return self._want(conn, selectors.EVENT_WRITE)  # its next turn: select says writable
                 view = out[0]
-                chunk = view[:_TLS_RECORD] if conn.tls else view
+                chunk = view[:_TLS_RECORD] if conn.tls else view[:budget]
                 try:
                     n = conn.sock.send(chunk)
                 except (BlockingIOError, ssl.SSLWantWriteError):
@@ -808,6 +826,7 @@ class HTTPServer:
                     return self._want(conn, selectors.EVENT_READ)
                 if n:
                     conn.sent += n
+                    budget -= n
                     conn.progress = time.monotonic()
                 if n >= len(view):
                     out.popleft()
