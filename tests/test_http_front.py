@@ -748,3 +748,21 @@ def test_memory_of_slow_readers_is_capped_and_returned(tmp_path: Path) -> None:
             s.close()
         child.stdin.close()  # type: ignore[union-attr]
         child.wait(timeout=10)
+
+
+def test_the_tls_context_can_be_swapped_for_new_connections(start, tls, tmp_path: Path) -> None:
+    server_ctx, client_ctx = tls
+    server = start(ssl_context=server_ctx)
+    kept = http.client.HTTPSConnection("127.0.0.1", server.server_port, timeout=10, context=client_ctx)
+    kept.request("GET", "/metrics")
+    assert kept.getresponse().read() == BODY
+    cert, key = self_signed(tmp_path)  # a reloaded certificate
+    fresh = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    fresh.load_cert_chain(cert, key)
+    server.set_ssl_context(fresh)
+    assert get(server.server_port, "/metrics", context=ssl.create_default_context(cafile=str(cert)))[0] == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        get(server.server_port, "/metrics", context=client_ctx)  # new connections get the new certificate
+    kept.request("GET", "/metrics")  # an open connection keeps its session
+    assert kept.getresponse().read() == BODY
+    kept.close()
