@@ -456,11 +456,9 @@ class HTTPServer:
     def get_app(self) -> Callable:
         return self.app
 
-    def set_ssl_context(self, ssl_context: ssl.SSLContext) -> None:
-        """Use this context for connections accepted from now on (a reloaded certificate);
-        connections already open keep theirs. TLS stays TLS: the port's scheme cannot change."""
-        if self.ssl_context is None:
-            raise ValueError("this server speaks plain HTTP; TLS needs a restart")
+    def set_ssl_context(self, ssl_context: ssl.SSLContext | None) -> None:
+        """A reloaded web config's TLS (a rotated certificate): connections accepted from now on
+        use it; open ones keep the one they were accepted with."""
         self.ssl_context = ssl_context
 
     def start(self) -> None:
