@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams clean
+.PHONY: test venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-soak: venv
 
 bench-streams: venv
 	$(VPY) -m benchmarks.streams $(BENCH_ARGS)
+
+bench-slowreaders: venv
+	$(VPY) -m benchmarks.slowreaders $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -430,6 +430,8 @@ class ExporterProcess:
     workdir: Path
     name: str = "exporter"
     log_level: str = "warn"
+    extra_args: tuple[str, ...] = ()  # more flags, e.g. --web.config.file=...
+    verify: bool | str = True  # for an https exporter: the CA file the readiness check trusts
     proc: subprocess.Popen[str] | None = None
     base_url: str = ""
     ps: psutil.Process | None = None
@@ -445,7 +447,7 @@ class ExporterProcess:
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", f"--config.file={config_path}",
-             "--web.listen-address=127.0.0.1:0", f"--log.level={self.log_level}"],
+             "--web.listen-address=127.0.0.1:0", f"--log.level={self.log_level}", *self.extra_args],
             cwd=REPO, env=child_env(), text=True, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=self._stderr,
         )
@@ -464,7 +466,7 @@ class ExporterProcess:
                 self.base_url = match.group(1)
         while True:  # ready = the start-up clock sync is done, so the first scrape signs correctly
             try:
-                if requests.get(f"{self.base_url}/-/ready", timeout=2).status_code == 200:
+                if requests.get(f"{self.base_url}/-/ready", timeout=2, verify=self.verify).status_code == 200:
                     break
             except requests.RequestException:
                 pass

@@ -1,34 +1,47 @@
-"""The HTTP/1.1 server under the WSGI app: bounded in connections, threads and time.
+"""The HTTP/1.1 server under the WSGI app: bounded in connections, threads, time and memory.
 
-Why not socketserver's ThreadingMixIn + wsgiref (what we had): it gives every
-accepted connection a thread that blocks in readline() for as long as the
-client likes. 2,000 idle sockets cost 2,000 threads (84 MB) and were never
-closed; bytes without a newline (a TLS ClientHello on the plain port, or its
-first segment) were never answered; the listen backlog was socketserver's 5,
-so 200 concurrent scrapes lost SYNs and waited out TCP's retransmission timer
-(p99 21.8 s); and every response was HTTP/1.0 with a close. waitress bounds
-connections and threads but has no TLS; cheroot runs the TLS handshake on its
-accept thread (cheroot#748). So this is stdlib: selectors and ssl, with
-http.server's request parsing and wsgiref's WSGI gateway reused as they are.
+Why not socketserver's ThreadingMixIn + wsgiref (what we had first): it gives
+every accepted connection a thread that blocks in readline() for as long as
+the client likes. 2,000 idle sockets cost 2,000 threads (84 MB) and were never
+closed; bytes without a newline (a TLS ClientHello on the plain port) were
+never answered; the listen backlog was 5. waitress bounds connections and
+threads but has no TLS; cheroot runs the TLS handshake on its accept thread
+(cheroot#748). So this is stdlib selectors and ssl, with h11 (no I/O of its
+own) parsing each request head and framing each response per RFC 9112.
 
 How a connection flows:
 
 1. One thread (the poller) owns the listening socket and every connection that
-   is *waiting*: for its TLS handshake, for the bytes of a request head, or
-   idle between keep-alive requests. They are non-blocking sockets in a
-   selector, so waiting costs an fd and a few hundred bytes, never a thread.
-   The TLS handshake runs here too, non-blocking, so it cannot stall accept().
+   is *waiting*: for its TLS handshake, for the bytes of a request head, idle
+   between keep-alive requests, or being written to. They are non-blocking
+   sockets in a selector, so waiting costs an fd and a few hundred bytes, never
+   a thread. The TLS handshake runs here too, non-blocking, so it cannot stall
+   accept(); at most MAX_HANDSHAKES run at once (OpenSSL holds ~60 KB for
+   one that stalled after its ClientHello), past that the oldest is closed.
 2. Each state has a deadline (HANDSHAKE_TIMEOUT, HEADER_TIMEOUT from accept or
    from a keep-alive request's first byte, IDLE_TIMEOUT between requests).
    A slow sender (slowloris) is cut when its deadline passes, with a 408 if it
    had sent part of a request. Bytes that cannot start an HTTP request (a TLS
    ClientHello on the plain port) get a 400 and a close at once.
-3. Only a complete request head (at most MAX_HEADER_BYTES) is handed to a
-   bounded pool of MAX_WORKERS threads. The worker runs the WSGI app, writes
-   the response (WRITE_TIMEOUT for all of it, so a client that does not read
-   holds a worker that long at most) and gives a keep-alive connection back
-   to the poller.
-4. At most MAX_CONNECTIONS are open (also capped below RLIMIT_NOFILE). Past
+3. A complete request head (at most MAX_HEADER_BYTES) goes to h11. Framing
+   that a proxy in front could read differently (repeated or conflicting
+   Content-Length, whitespace before a colon, Transfer-Encoding with
+   Content-Length, a missing Host) is answered 400 and closed, so no bytes are
+   ever taken for a second request that a proxy did not see. Empty lines
+   before a request are ignored (RFC 9112 2.2). The request goes to a bounded
+   pool of MAX_WORKERS threads; /-/healthy and /-/ready (PRIORITY_PATHS) go
+   to a pool of their own, so they answer whatever the other requests do.
+4. The worker runs the WSGI app and hands the response bytes back to the
+   poller, which writes them as the client reads. A slow reader therefore
+   holds no thread, only a reference to its body (concurrent scrapes share
+   one body, see web.py). The write must finish within WRITE_TIMEOUT, must
+   not stall longer than WRITE_STALL_TIMEOUT, and must keep MIN_SEND_RATE;
+   the bodies waiting for slow readers together stay under
+   MAX_BUFFERED_BYTES (past it, the writes that have progressed least
+   recently are cut). Large bodies get memory mappings of their own, and
+   after a burst the poller hands freed heap back to the OS (glibc keeps it
+   otherwise).
+5. At most MAX_CONNECTIONS are open (also capped below RLIMIT_NOFILE). Past
    that, the connection that has waited longest in the poller is closed to
    make room, so a fresh scrape always gets in; if all are busy with
    requests, accepting pauses and new ones wait in the BACKLOG.
@@ -36,11 +49,16 @@ How a connection flows:
 Requests are GET/HEAD-sized: the body of a request is never read (the app
 has no use for one), so a request that announces a body gets its response and
 a close instead of keep-alive. HEAD responses carry the app's headers and no
-body, whatever the app returns.
+body, whatever the app returns. A connection closed after a response is
+shut down for writing and drained briefly (LINGER_TIMEOUT) before the close,
+so the client reads its answer instead of a reset.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import email.utils
 import errno
 import io
 import logging
@@ -49,13 +67,16 @@ import re
 import selectors
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Callable
-from wsgiref.simple_server import ServerHandler, WSGIRequestHandler
+from typing import Callable, Iterable
+from urllib.parse import unquote
+
+import h11
 
 try:
     import resource
@@ -71,9 +92,15 @@ BACKLOG = 1024
 # this can be generous; it bounds memory under a connection flood (at worst
 # every one holds a partial head: 4096 x MAX_HEADER_BYTES = 64 MB).
 MAX_CONNECTIONS = 4096
+# TLS handshakes in progress. One that stalled after its ClientHello holds
+# OpenSSL's handshake state and buffers; a flood of them took 240 MB.
+MAX_HANDSHAKES = 256
 # Threads running requests. A scrape thread mostly waits on Binance (or its
 # deadline); more than this many concurrent scrapes wait their turn, in order.
 MAX_WORKERS = 64
+# Threads for PRIORITY_PATHS only: cheap answers that must not queue behind scrapes.
+PRIORITY_WORKERS = 2
+PRIORITY_PATHS = ("/-/healthy", "/-/ready")
 # From accept (plain) or from the first byte of a keep-alive request until the
 # head is complete. Prometheus sends its request at once; 10 s is for slow links.
 HEADER_TIMEOUT = 10.0
@@ -82,23 +109,44 @@ HANDSHAKE_TIMEOUT = 10.0
 # A keep-alive connection with no request in flight. Above Prometheus' default
 # 1 m scrape interval (like nginx's 75 s), so the scrape connection is reused.
 IDLE_TIMEOUT = 75.0
-# Per response write (total, not per send()): a client that does not read its
-# response frees the worker after this.
+# A whole response, from the first byte written to the last.
 WRITE_TIMEOUT = 30.0
+# A response none of whose bytes the client took for this long is cut.
+WRITE_STALL_TIMEOUT = 5.0
+# After WRITE_STALL_TIMEOUT, a response must have gone at this average rate at least
+# (a 3 MB /metrics at this rate takes 12 s; Prometheus reads it in milliseconds).
+MIN_SEND_RATE = 256 * 1024
+# Response bytes waiting in the poller for every client together (bodies shared
+# by several clients count once).
+MAX_BUFFERED_BYTES = 64 << 20
 # Request line + headers. Prometheus sends < 1 KB; bearer tokens fit easily.
 MAX_HEADER_BYTES = 16384
+# After the last response of a connection: how long its unread input is drained.
+LINGER_TIMEOUT = 2.0
 # File descriptors kept free for everything that is not an HTTP client (logs,
 # urllib3 pools to Binance, cert files) when the connection cap meets RLIMIT_NOFILE.
 FD_RESERVE = 256
 
 _ACCEPT_BATCH = 64
 _RECV_CHUNK = 8192
+_TLS_RECORD = 16384  # one TLS record per SSL_write: a retry after WANT_WRITE passes the same bytes
+# At most this much per connection per turn of the poller: the kernel takes megabytes at once
+# from a client that does not read (loopback send buffers grow to 4 MB), and 70 of those in a
+# row kept the poller (and /-/healthy) waiting; in slices, connections take turns.
+_WRITE_SLICE = 256 * 1024
+_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and drops unsent data
+_DRAIN_MAX = 1 << 20  # bytes a lingering close reads and discards at most
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-# RFC 9110 token characters: how any request line starts (plus stray CR/LF).
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:", re.IGNORECASE)
+# RFC 9110 token characters: how any request line starts.
 _REQUEST_START = frozenset(b"!#$%&'*+-.^_`|~0123456789"
-                           b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\r\n")
+                           b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+# Heap handed back to the OS after this much response data or this many closed connections.
+_TRIM_AFTER_BYTES = 32 << 20
+_TRIM_AFTER_CLOSES = 256
+_TRIM_EVERY = 2.0
 
-_HANDSHAKE, _HEAD, _IDLE, _BUSY = "handshake", "head", "idle", "busy"
+_HANDSHAKE, _HEAD, _IDLE, _LINGER, _BUSY, _WRITE = "handshake", "head", "idle", "linger", "busy", "write"
 
 
 @dataclass(frozen=True)
@@ -107,29 +155,43 @@ class Limits:
 
     backlog: int = BACKLOG
     max_connections: int = MAX_CONNECTIONS
+    max_handshakes: int = MAX_HANDSHAKES
     max_workers: int = MAX_WORKERS
+    priority_workers: int = PRIORITY_WORKERS
     header_timeout: float = HEADER_TIMEOUT
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     write_timeout: float = WRITE_TIMEOUT
+    write_stall_timeout: float = WRITE_STALL_TIMEOUT
+    min_send_rate: float = MIN_SEND_RATE
+    max_buffered_bytes: int = MAX_BUFFERED_BYTES
     max_header_bytes: int = MAX_HEADER_BYTES
+    linger_timeout: float = LINGER_TIMEOUT
 
 
 class _Conn:
-    """One client connection; owned by the poller while waiting, by one worker while busy."""
+    """One client connection; owned by the poller while waiting or writing, by one worker while busy."""
 
-    __slots__ = ("sock", "addr", "tls", "buf", "head", "state", "since", "deadline", "events")
+    __slots__ = ("sock", "addr", "tls", "buf", "http", "request", "close_after", "state", "since", "deadline",
+                 "events", "out", "sent", "write_start", "progress", "drained")
 
-    def __init__(self, sock: socket.socket, addr: object, tls: bool) -> None:
+    def __init__(self, sock: socket.socket, addr: object, tls: bool, max_head: int) -> None:
         self.sock = sock
         self.addr = addr
         self.tls = tls
         self.buf = bytearray()
-        self.head = b""
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head + 64)
+        self.request: h11.Request | None = None
+        self.close_after = False  # the request announced a body, or the server is stopping
         self.state = _BUSY
         self.since = 0.0
         self.deadline = 0.0
         self.events = 0
+        self.out: deque[memoryview] = deque()
+        self.sent = 0
+        self.write_start = 0.0
+        self.progress = 0.0
+        self.drained = 0
 
 
 def _reply(status: str, text: str) -> bytes:
@@ -139,8 +201,11 @@ def _reply(status: str, text: str) -> bytes:
 
 
 _NOT_HTTP = _reply("400 Bad Request", "this port speaks plain HTTP: use http://, not https://\n")
+_BAD_FRAMING = _reply("400 Bad Request", "malformed request head or ambiguous framing (RFC 9112)\n")
 _TIMEOUT = _reply("408 Request Timeout", "request head not received in time\n")
 _TOO_BIG = _reply("431 Request Header Fields Too Large", "request head too large\n")
+_NOT_IMPLEMENTED = _reply("501 Not Implemented", "transfer coding not supported\n")
+_BAD_VERSION = _reply("505 HTTP Version Not Supported", "HTTP/1.0 and HTTP/1.1 only\n")
 
 
 def _close(sock: socket.socket) -> None:
@@ -150,140 +215,85 @@ def _close(sock: socket.socket) -> None:
         pass
 
 
-class _Writer:
-    """wfile that sends on flush(): status line, headers and body leave together,
-    so a keep-alive response never waits on Nagle + delayed ACK.
+# Allocations from this size up get pages of their own, given back to the OS when freed.
+MMAP_THRESHOLD = 256 * 1024
 
-    The send loop is ours because SSLSocket.sendall applies the timeout to each
-    16 KB record, so a client reading a byte now and then could hold a worker
-    for as long as it liked; here `timeout` bounds the whole write.
+
+def _glibc_heap() -> tuple[Callable[[], None], Callable[[], None]]:
+    """(trim, tune): glibc's malloc_trim(0) and a fixed mmap threshold. Elsewhere (musl, macOS): no-ops.
+
+    glibc raises its mmap threshold each time a large block is freed, up to
+    32 MB: after the first few, 3 MB bodies came from the arenas of the worker
+    threads, and a freed arena top is kept, so RSS stayed near its peak after
+    slow readers were gone (+45 MB for 40 of them; malloc_trim cannot return
+    an arena's top). A fixed threshold (mallopt) keeps every body in its own
+    mapping. What stays in the heaps (OpenSSL's state of a handshake flood,
+    Python's objects) is given back by malloc_trim.
     """
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self._sock = sock
-        self._timeout = timeout
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        if not self._parts:
-            return
-        data = memoryview(b"".join(self._parts))
-        self._parts.clear()
-        deadline = time.monotonic() + self._timeout
-        while data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("response not read by the client in time")
-            self._sock.settimeout(remaining)
-            data = data[self._sock.send(data):]
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim, mallopt = libc.malloc_trim, libc.mallopt
+    except (OSError, AttributeError):
+        return (lambda: None), (lambda: None)
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_mmap_threshold = -3
+    return (lambda: trim(0)), (lambda: mallopt(m_mmap_threshold, MMAP_THRESHOLD))
 
 
-class _Gateway(ServerHandler):
-    """wsgiref's WSGI gateway, speaking HTTP/1.1 and reporting whether the
-    response was complete enough (Content-Length honoured) to keep the connection."""
-
-    http_version = "1.1"
-    # wsgiref copies os.environ into every request's environ; ours holds API
-    # secrets (${VAR} in the config), and the app has no use for them.
-    os_environ: dict = {}
-
-    def __init__(self, *args: object, head: bool, close: bool, **kw: object) -> None:
-        super().__init__(*args, **kw)
-        self._head_request = head
-        self._close_after = close
-        self._in_body = False
-        self.complete = False
-
-    def cleanup_headers(self) -> None:
-        super().cleanup_headers()
-        if self._close_after:
-            self.headers["Connection"] = "close"
-
-    def send_headers(self) -> None:
-        super().send_headers()
-        self._in_body = True
-
-    def _write(self, data: bytes) -> None:
-        if self._in_body and self._head_request:
-            return  # HEAD: headers only, whatever the app returned
-        super()._write(data)
-
-    def close(self) -> None:
-        if self.status and self.headers_sent:
-            length = self.headers.get("Content-Length", "")
-            self.complete = (length.isdigit() and (self._head_request or int(length) == self.bytes_sent)
-                             and self.headers.get("Connection", "").lower() != "close")
-        super().close()
-
-    def log_exception(self, exc_info: tuple) -> None:
-        level = logging.DEBUG if issubclass(exc_info[0], OSError) else logging.ERROR
-        log.log(level, "request failed client=%s", self.environ.get("REMOTE_ADDR") if self.environ else None,
-                exc_info=exc_info)
+trim_heap, tune_heap = _glibc_heap()
 
 
-class _RequestHandler(WSGIRequestHandler):
-    """One request whose head the poller has already read in full (`request` is the _Conn)."""
+class _Buffered:
+    """The response bytes the poller holds for clients, each distinct object counted once."""
 
-    protocol_version = "HTTP/1.1"
-    keep_alive = False
+    def __init__(self) -> None:
+        self._refs: dict[int, list] = {}  # id(obj) -> [obj, references]
+        self.total = 0
 
-    def setup(self) -> None:
-        conn: _Conn = self.request
-        self.connection = conn.sock
-        self.rfile = io.BytesIO(conn.head)
-        self.wfile = _Writer(conn.sock, self.server.limits.write_timeout)
+    def add(self, parts: Iterable[bytes]) -> None:
+        for part in parts:
+            entry = self._refs.get(id(part))
+            if entry is None:
+                self._refs[id(part)] = [part, 1]
+                self.total += len(part)
+            else:
+                entry[1] += 1
 
-    def handle(self) -> None:
-        self.raw_requestline = self.rfile.readline(65537)
-        if not self.parse_request():
-            return  # parse_request answered (400/414/431/505) and set close_connection
-        if self.request_version != "HTTP/1.1":
-            self.close_connection = True  # keep-alive is an HTTP/1.1 thing here
-        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers:
-            self.close_connection = True  # the unread body would be taken for the next request
-        if self.server.stopping:
-            self.close_connection = True
-        env = self.get_environ()
-        if self.request.tls:
-            env["HTTPS"] = "on"  # wsgi.url_scheme = https
-        handler = _Gateway(self.rfile, self.wfile, sys.stderr, env, multithread=True,
-                           head=self.command == "HEAD", close=self.close_connection)
-        handler.request_handler = self
-        handler.run(self.server.app)
-        self.keep_alive = not self.close_connection and handler.complete
-
-    def finish(self) -> None:
-        self.wfile.flush()
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("http %s", format % args)
+    def remove(self, parts: Iterable[bytes]) -> None:
+        for part in parts:
+            entry = self._refs.get(id(part))
+            if entry is not None and entry[0] is part:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._refs[id(part)]
+                    self.total -= len(part)
 
 
 class _Workers:
-    """At most `limit` daemon threads, started on demand and reused.
+    """`limit` daemon threads taking requests from one queue.
 
     Not ThreadPoolExecutor: its threads are joined at interpreter exit, so a
     scrape in flight would delay SIGTERM; the old server's threads were daemons too.
     """
 
-    def __init__(self, limit: int, run: Callable[[_Conn], None]) -> None:
+    def __init__(self, limit: int, run: Callable[[_Conn], None], name: str) -> None:
         self._limit = max(1, limit)
         self._run = run
+        self._name = name
         self._queue: queue.SimpleQueue[_Conn | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
-        self.started = 0  # only the poller submits, so only it changes this
+        self.started = 0
+
+    def start(self) -> None:
+        """Start every thread now. Started on demand, they were started by the poller, and
+        Thread.start() waits for the new thread to get the GIL: with a scrape rendering, 64
+        starts stalled the poller (accept, /-/healthy) for over a second."""
+        while self.started < self._limit:
+            self.started += 1
+            threading.Thread(target=self._loop, name=f"{self._name}-{self.started}", daemon=True).start()
 
     def submit(self, conn: _Conn) -> None:
         self._queue.put(conn)
-        if self._idle.acquire(blocking=False):
-            return  # an idle worker will take it
-        if self.started < self._limit:
-            self.started += 1
-            threading.Thread(target=self._loop, name=f"http-worker-{self.started}", daemon=True).start()
 
     def _loop(self) -> None:
         while (conn := self._queue.get()) is not None:
@@ -291,7 +301,6 @@ class _Workers:
                 self._run(conn)
             except Exception:  # noqa: BLE001 - a worker must survive any request
                 log.exception("http worker error")
-            self._idle.release()
 
     def stop(self) -> None:
         for _ in range(self.started):
@@ -314,31 +323,65 @@ def _fd_soft_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def raise_open_files_limit(wanted: int = MAX_CONNECTIONS + FD_RESERVE) -> None:
-    """Raise the soft RLIMIT_NOFILE towards the hard one, as Go programs do at start.
+def wsgi_environ(base: dict, request: h11.Request, addr: object, tls: bool) -> dict:
+    """The WSGI environ of one request, as wsgiref builds it (minus os.environ: ours holds API secrets)."""
+    target = request.target.decode("latin-1")
+    path, _, query = target.partition("?")
+    env = dict(base)
+    env.update({
+        "REQUEST_METHOD": request.method.decode("ascii"), "PATH_INFO": unquote(path, "iso-8859-1"),
+        "QUERY_STRING": query, "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),
+        "REMOTE_ADDR": addr[0] if isinstance(addr, tuple) else "",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "https" if tls else "http", "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+    })
+    if tls:
+        env["HTTPS"] = "on"
+    for name, value in request.headers:
+        key = name.decode("ascii").upper().replace("-", "_")
+        if "_" in name.decode("ascii"):
+            continue  # X_Scrape_Timeout would pass for X-Scrape-Timeout; wsgiref drops these too
+        text = value.decode("latin-1")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            env[key] = text
+            continue
+        key = "HTTP_" + key
+        env[key] = f"{env[key]},{text}" if key in env else text
+    return env
 
-    Many systems still default the soft limit to 1024, which would cap the
-    connection bound far below MAX_CONNECTIONS; the hard limit is the admin's word.
-    """
-    if resource is None:
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass
+
+def run_app(app: Callable, env: dict) -> tuple[str, list[tuple[str, str]], list[bytes]]:
+    """Call a WSGI app; (status, headers, body chunks). Bodies here are small lists of bytes."""
+    response: list = []
+
+    def start_response(status: str, headers: list, exc_info: object = None) -> Callable[[bytes], None]:
+        if response and not exc_info:
+            raise AssertionError("start_response called twice")
+        response[:] = [status, list(headers)]
+        return chunks.append
+
+    chunks: list[bytes] = []
+    result = app(env, start_response)
+    try:
+        chunks.extend(bytes(c) if not isinstance(c, bytes) else c for c in result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    if not response:
+        raise AssertionError("the app did not call start_response")
+    return response[0], response[1], chunks
 
 
 class HTTPServer:
-    """A listening socket, its poller thread and its worker pool (see the module docstring)."""
+    """A listening socket, its poller thread and its worker pools (see the module docstring)."""
 
     def __init__(self, app: Callable, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), priority_paths: tuple[str, ...] = PRIORITY_PATHS) -> None:
         self.app = app
         self.ssl_context = ssl_context
         self.limits = limits
+        self.priority_paths = frozenset(p.encode() for p in priority_paths)
         fd_limit = _fd_soft_limit()
         # Past the fd limit accept() fails with EMFILE; stay below it instead.
         self.max_connections = (limits.max_connections if fd_limit is None
@@ -362,34 +405,49 @@ class HTTPServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._returned: deque[tuple[_Conn, bool]] = deque()
-        self._waiting: dict[str, OrderedDict[_Conn, None]] = {s: OrderedDict() for s in (_HANDSHAKE, _HEAD, _IDLE)}
+        self._returned: deque[tuple[_Conn, list[bytes]]] = deque()
+        self._waiting: dict[str, OrderedDict[_Conn, None]] = {
+            s: OrderedDict() for s in (_HANDSHAKE, _HEAD, _IDLE, _LINGER)}
+        self._writing: dict[_Conn, None] = {}
+        self._buffered = _Buffered()
         self._busy = 0
         self._listening = False
         self._fd_pause_until = 0.0
-        self._workers = _Workers(limits.max_workers, self._serve_one)
+        self._since_trim_bytes = 0
+        self._since_trim_closes = 0
+        self._last_trim = 0.0
+        self._trim_due = False
+        self._workers = _Workers(limits.max_workers, self._serve_one, "http-worker")
+        self._priority = _Workers(limits.priority_workers, self._serve_one, "http-priority")
         self._thread = threading.Thread(target=self._poll_loop, name="http", daemon=True)
 
     # --- what callers and tests see ---
 
     @property
     def open_connections(self) -> int:
-        return sum(len(d) for d in self._waiting.values()) + self._busy
+        return sum(len(d) for d in self._waiting.values()) + len(self._writing) + self._busy
 
     @property
     def worker_threads(self) -> int:
-        return self._workers.started
+        return self._workers.started + self._priority.started
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Response bytes the poller holds for clients that have not read them yet."""
+        return self._buffered.total
 
     def get_app(self) -> Callable:
         return self.app
-
-    def start(self) -> None:
-        self._thread.start()
 
     def set_ssl_context(self, ssl_context: ssl.SSLContext | None) -> None:
         """A reloaded web config's TLS (a rotated certificate): connections accepted from now on
         use it; open ones keep the one they were accepted with."""
         self.ssl_context = ssl_context
+
+    def start(self) -> None:
+        self._workers.start()
+        self._priority.start()
+        self._thread.start()
 
     def shutdown(self) -> None:
         """Stop accepting and close idle connections; requests in flight finish, then close."""
@@ -411,8 +469,16 @@ class HTTPServer:
 
     def _poll_loop(self) -> None:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        stop_by = None
         try:
-            while not self.stopping:
+            while True:
+                if self.stopping:
+                    stop_by = stop_by or time.monotonic() + 4.0
+                    for state in (_HANDSHAKE, _HEAD, _IDLE):
+                        for conn in list(self._waiting[state]):
+                            self._drop(conn)
+                    if not (self._busy or self._writing) or time.monotonic() > stop_by:
+                        break
                 try:
                     self._poll_once()
                 except Exception:  # noqa: BLE001 - the poller must not die
@@ -427,6 +493,8 @@ class HTTPServer:
         for waiting in self._waiting.values():
             if waiting:
                 timeout = min(timeout, next(iter(waiting)).deadline - now)
+        if self._writing:
+            timeout = min(timeout, 0.25)
         if self._fd_pause_until:
             timeout = min(timeout, self._fd_pause_until - now)
         for key, _ in self._selector.select(max(0.0, timeout)):
@@ -438,15 +506,17 @@ class HTTPServer:
                         pass
                 except OSError:
                     pass
-            else:
+            elif key.data.events:  # not dropped earlier in this batch
                 self._advance(key.data)
         self._take_returned()
-        self._expire(time.monotonic())
+        now = time.monotonic()
+        self._expire(now)
+        self._maybe_trim(now)
 
     def _update_listening(self, now: float) -> None:
         if self._fd_pause_until and now >= self._fd_pause_until:
             self._fd_pause_until = 0.0
-        room = self.open_connections < self.max_connections or any(self._waiting.values())
+        room = self.open_connections < self.max_connections or self._evictable()
         want = room and not self._fd_pause_until and not self.stopping
         if want != self._listening:
             if want:
@@ -455,9 +525,12 @@ class HTTPServer:
                 self._selector.unregister(self.socket)
             self._listening = want
 
+    def _evictable(self) -> bool:
+        return any(self._waiting.values())
+
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BATCH):
-            if self.open_connections >= self.max_connections and not any(self._waiting.values()):
+            if self.open_connections >= self.max_connections and not self._evictable():
                 return  # all busy with requests: the rest wait in the backlog (_update_listening pauses)
             try:
                 sock, addr = self.socket.accept()
@@ -483,8 +556,11 @@ class HTTPServer:
                 continue
             if self.open_connections >= self.max_connections:
                 self._evict_one()
-            conn = _Conn(sock, addr, ssl_context is not None)
+            conn = _Conn(sock, addr, ssl_context is not None, self.limits.max_header_bytes)
             if conn.tls:
+                handshakes = self._waiting[_HANDSHAKE]
+                if len(handshakes) >= self.limits.max_handshakes:
+                    self._drop(next(iter(handshakes)), why="too many TLS handshakes")
                 self._park(conn, _HANDSHAKE, self.limits.handshake_timeout)
             else:
                 self._park(conn, _HEAD, self.limits.header_timeout)
@@ -493,11 +569,18 @@ class HTTPServer:
     def _park(self, conn: _Conn, state: str, timeout: float) -> None:
         """Put a connection in a waiting state with a fresh deadline. Within one state
         every wait has the same length, so each OrderedDict is in deadline order."""
-        if conn.state in self._waiting:
-            del self._waiting[conn.state][conn]
+        self._unpark(conn)
         now = time.monotonic()
         conn.state, conn.since, conn.deadline = state, now, now + timeout
         self._waiting[state][conn] = None
+
+    def _unpark(self, conn: _Conn) -> None:
+        if conn.state in self._waiting:
+            del self._waiting[conn.state][conn]
+        elif conn.state == _WRITE:
+            del self._writing[conn]
+            self._buffered.remove(v.obj for v in conn.out)
+            conn.out.clear()
 
     def _want(self, conn: _Conn, events: int) -> None:
         if conn.events == events:
@@ -508,24 +591,41 @@ class HTTPServer:
             self._selector.register(conn.sock, events, conn)
         conn.events = events
 
-    def _drop(self, conn: _Conn, reply: bytes = b"", why: str = "") -> None:
-        if why:
-            log.debug("http closing connection client=%s reason=%s", conn.addr, why)
-        if conn.state in self._waiting:
-            del self._waiting[conn.state][conn]
+    def _unregister(self, conn: _Conn) -> None:
         if conn.events:
             try:
                 self._selector.unregister(conn.sock)
             except (KeyError, ValueError):
                 pass
             conn.events = 0
-        if reply:
+
+    def _drop(self, conn: _Conn, reply: bytes = b"", why: str = "") -> None:
+        """Close a connection the poller holds; with a reply, that is sent first and the close lingers."""
+        if why:
+            log.debug("http closing connection client=%s reason=%s", conn.addr, why)
+        self._unpark(conn)
+        self._unregister(conn)
+        conn.state = _BUSY  # no longer waiting anywhere
+        self._since_trim_closes += 1
+        if reply and not self.stopping:
             try:
                 conn.sock.send(reply)  # best effort, non-blocking: small enough for any socket buffer
             except OSError:
                 pass
-        conn.state = _BUSY  # no longer waiting anywhere
+            return self._linger(conn)
         _close(conn.sock)
+
+    def _linger(self, conn: _Conn) -> None:
+        """Shut down our side, then read and discard what the client still sends for a moment: a close
+        with unread input sends a reset, which can destroy the answer before the client reads it."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            _close(conn.sock)
+            return
+        conn.drained = 0
+        self._park(conn, _LINGER, self.limits.linger_timeout)
+        self._want(conn, selectors.EVENT_READ)
 
     def _evict_one(self) -> bool:
         """Close the connection that has waited longest, to make room for a new one."""
@@ -548,10 +648,45 @@ class HTTPServer:
                     break
                 partial = state == _HEAD and bool(conn.buf)
                 self._drop(conn, _TIMEOUT if partial else b"", f"{state} timeout")
+        limits = self.limits
+        for conn in list(self._writing):
+            elapsed = now - conn.write_start
+            if now > conn.deadline:
+                self._cut(conn, "write timeout")
+            elif now - conn.progress > limits.write_stall_timeout:
+                self._cut(conn, "write stalled")
+            elif (elapsed > limits.write_stall_timeout
+                  and conn.sent < limits.min_send_rate * (elapsed - limits.write_stall_timeout)):
+                self._cut(conn, "write too slow")
+
+    def _cut(self, conn: _Conn, why: str) -> None:
+        """Abandon an answer: a reset, so the kernel drops what it still holds for that client
+        too (a plain close would keep megabytes queued for as long as TCP keeps probing)."""
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+        except OSError:
+            pass
+        self._drop(conn, why=why)
+
+    def _maybe_trim(self, now: float) -> None:
+        """After a burst, trim every _TRIM_EVERY until the memory it held is free (the last
+        trim comes after the last answer is gone: that is when the heap has most to give back)."""
+        if self._since_trim_bytes >= _TRIM_AFTER_BYTES or self._since_trim_closes >= _TRIM_AFTER_CLOSES:
+            self._trim_due = True
+            self._since_trim_bytes = self._since_trim_closes = 0
+        if not self._trim_due or now - self._last_trim < _TRIM_EVERY:
+            return
+        self._last_trim = now
+        self._trim_due = bool(self._buffered.total or self._busy or self._waiting[_HANDSHAKE])
+        trim_heap()
 
     def _advance(self, conn: _Conn) -> None:
         """Make whatever progress the socket allows without blocking."""
         try:
+            if conn.state == _WRITE:
+                return self._write(conn)
+            if conn.state == _LINGER:
+                return self._drain(conn)
             if conn.state == _HANDSHAKE:
                 try:
                     conn.sock.do_handshake()  # type: ignore[attr-defined]
@@ -568,6 +703,10 @@ class HTTPServer:
         limit = self.limits.max_header_bytes
         scanned = 0
         while True:
+            if conn.buf[:1] in (b"\r", b"\n"):
+                # Empty lines before a request line are ignored (RFC 9112 2.2).
+                del conn.buf[:len(conn.buf) - len(conn.buf.lstrip(b"\r\n"))]
+                scanned = 0
             match = _HEAD_END.search(conn.buf, max(0, scanned - 3))
             if match and match.end() <= limit:
                 return self._dispatch(conn, match.end())
@@ -584,38 +723,127 @@ class HTTPServer:
                 return self._want(conn, selectors.EVENT_WRITE)
             if not chunk:
                 return self._drop(conn)  # the client closed
+            if conn.state == _IDLE:
+                self._park(conn, _HEAD, self.limits.header_timeout)  # a request began: its head has a deadline
             conn.buf += chunk
-        if conn.buf and conn.state == _IDLE:
-            self._park(conn, _HEAD, self.limits.header_timeout)  # a request began: its head has a deadline
         self._want(conn, selectors.EVENT_READ)
 
     def _dispatch(self, conn: _Conn, end: int) -> None:
-        del self._waiting[conn.state][conn]
-        conn.state = _BUSY
-        if conn.events:
-            self._selector.unregister(conn.sock)
-            conn.events = 0
-        conn.head = bytes(conn.buf[:end])
+        """A whole head: let h11 parse it; refuse what a proxy could frame differently; hand it to a worker."""
+        head = bytes(conn.buf[:end])
         del conn.buf[:end]  # whatever follows (a pipelined request) waits for its turn
+        try:
+            if len(_CONTENT_LENGTH.findall(head)) > 1:
+                raise h11.RemoteProtocolError("repeated Content-Length", error_status_hint=400)
+            conn.http.receive_data(head)
+            request = conn.http.next_event()
+            if not isinstance(request, h11.Request):
+                raise h11.RemoteProtocolError("incomplete request head", error_status_hint=400)
+            if request.http_version not in (b"1.0", b"1.1"):
+                raise h11.RemoteProtocolError("HTTP version", error_status_hint=505)
+            names = {name for name, _ in request.headers}
+            if b"transfer-encoding" in names and b"content-length" in names:
+                raise h11.RemoteProtocolError("Transfer-Encoding with Content-Length", error_status_hint=400)
+            after = conn.http.next_event()
+        except h11.RemoteProtocolError as exc:
+            reply = {501: _NOT_IMPLEMENTED, 505: _BAD_VERSION, 431: _TOO_BIG}.get(exc.error_status_hint,
+                                                                                   _BAD_FRAMING)
+            return self._drop(conn, reply, f"bad request: {exc.error_status_hint}")
+        conn.request = request
+        # A body is never read: the connection closes after the answer, so no body byte is taken for a request.
+        conn.close_after = not isinstance(after, h11.EndOfMessage) or self.stopping
+        self._unpark(conn)
+        self._unregister(conn)
+        conn.state = _BUSY
         self._busy += 1
-        self._workers.submit(conn)
+        path = request.target.partition(b"?")[0]
+        (self._priority if path in self.priority_paths else self._workers).submit(conn)
 
     def _take_returned(self) -> None:
         while self._returned:
-            conn, keep = self._returned.popleft()
+            conn, parts = self._returned.popleft()
             self._busy -= 1
-            if not keep:
-                continue  # the worker closed it
-            if self.stopping:
-                _close(conn.sock)
+            if not parts:
+                _close(conn.sock)  # the worker could not answer at all
+                self._since_trim_closes += 1
                 continue
-            self._park(conn, _HEAD if conn.buf else _IDLE,
-                       self.limits.header_timeout if conn.buf else self.limits.idle_timeout)
-            self._advance(conn)
+            self._start_write(conn, parts)
+
+    def _start_write(self, conn: _Conn, parts: list[bytes]) -> None:
+        conn.out = deque(memoryview(p) for p in parts if len(p))
+        self._buffered.add(v.obj for v in conn.out)
+        self._since_trim_bytes += sum(len(v) for v in conn.out)
+        now = time.monotonic()
+        conn.state, conn.sent, conn.write_start, conn.progress = _WRITE, 0, now, now
+        conn.deadline = now + self.limits.write_timeout
+        self._writing[conn] = None
+        self._write(conn)
+        if conn.state == _WRITE and self._buffered.total > self.limits.max_buffered_bytes:
+            self._shed(conn)
+
+    def _shed(self, keep: _Conn) -> None:
+        """Over the cap on buffered response bytes: cut the writes that progressed least recently."""
+        for conn in sorted(self._writing, key=lambda c: c.progress):
+            if self._buffered.total <= self.limits.max_buffered_bytes:
+                return
+            if conn is not keep:
+                self._cut(conn, "response buffer cap")
+
+    def _write(self, conn: _Conn) -> None:
+        """Send what the socket takes now; at the end, the next request or a (lingering) close."""
+        out = conn.out
+        budget = _WRITE_SLICE
+        try:
+            while out:
+                if budget <= 0:
+                    return self._want(conn, selectors.EVENT_WRITE)  # its next turn: select says writable
+                view = out[0]
+                chunk = view[:_TLS_RECORD] if conn.tls else view[:budget]
+                try:
+                    n = conn.sock.send(chunk)
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    return self._want(conn, selectors.EVENT_WRITE)
+                except ssl.SSLWantReadError:
+                    return self._want(conn, selectors.EVENT_READ)
+                if n:
+                    conn.sent += n
+                    budget -= n
+                    conn.progress = time.monotonic()
+                if n >= len(view):
+                    out.popleft()
+                    self._buffered.remove((view.obj,))
+                else:
+                    out[0] = view[n:]
+        except OSError as exc:
+            return self._drop(conn, why=f"write error {type(exc).__name__}")
+        del self._writing[conn]
+        conn.state = _BUSY
+        http = conn.http
+        if conn.close_after or self.stopping or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+            self._unregister(conn)
+            self._since_trim_closes += 1
+            return self._linger(conn)
+        http.start_next_cycle()
+        if conn.buf:
+            self._park(conn, _HEAD, self.limits.header_timeout)
+        else:
+            self._park(conn, _IDLE, self.limits.idle_timeout)
+        self._read_head(conn)
+
+    def _drain(self, conn: _Conn) -> None:
+        while True:
+            try:
+                data = conn.sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return
+            if not data or conn.drained + len(data) > _DRAIN_MAX:
+                return self._drop(conn)
+            conn.drained += len(data)
 
     def _close_all(self) -> None:
         self._workers.stop()
-        for waiting in self._waiting.values():
+        self._priority.stop()
+        for waiting in (*self._waiting.values(), self._writing):
             for conn in list(waiting):
                 self._drop(conn)
         self._listening = False
@@ -627,26 +855,59 @@ class HTTPServer:
     # --- a worker thread ---
 
     def _serve_one(self, conn: _Conn) -> None:
-        keep = False
+        """Run the app for one request and frame its answer with h11; the poller writes it."""
+        parts: list[bytes] = []
         try:
-            handler = _RequestHandler(conn, conn.addr, self)
-            keep = handler.keep_alive and not self.stopping
-            if keep:
-                conn.sock.setblocking(False)
+            parts = self._respond(conn)
         except Exception as exc:  # noqa: BLE001 - the client's problem or the app's; never the worker's
-            level = logging.DEBUG if isinstance(exc, OSError) else logging.ERROR
-            log.log(level, "http request error client=%s error=%s", conn.addr, type(exc).__name__)
-            keep = False
-        if not keep:
-            _close(conn.sock)
-        self._returned.append((conn, keep))
+            log.error("http request error client=%s error=%s", conn.addr, type(exc).__name__,
+                      exc_info=not isinstance(exc, OSError))
+            try:
+                parts = self._error_response(conn)
+            except h11.LocalProtocolError:
+                parts = []  # the response had begun: only a close tells the client it is cut
+        self._returned.append((conn, parts))
         self._wake()
+
+    def _respond(self, conn: _Conn) -> list[bytes]:
+        request = conn.request
+        assert request is not None
+        env = wsgi_environ(self.base_environ, request, conn.addr, conn.tls)
+        status, headers, chunks = run_app(self.app, env)
+        code, _, reason = status.partition(" ")
+        head_request = request.method == b"HEAD"
+        if not any(name.lower() == "content-length" for name, _ in headers):
+            headers.append(("Content-Length", str(sum(len(c) for c in chunks))))
+        headers.append(("Date", email.utils.formatdate(usegmt=True)))
+        if conn.close_after:
+            headers.append(("Connection", "close"))
+        http = conn.http
+        parts = http.send_with_data_passthrough(h11.Response(status_code=int(code), headers=headers,
+                                                             reason=reason.encode("latin-1")))
+        if not head_request:
+            for chunk in chunks:
+                if chunk:
+                    parts += http.send_with_data_passthrough(h11.Data(data=chunk))
+        parts += http.send_with_data_passthrough(h11.EndOfMessage())
+        return parts
+
+    def _error_response(self, conn: _Conn) -> list[bytes]:
+        conn.close_after = True
+        body = b"internal error\n"
+        http = conn.http
+        parts = http.send_with_data_passthrough(h11.Response(status_code=500, reason=b"Internal Server Error", headers=[
+            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+            ("Connection", "close")]))
+        if conn.request is not None and conn.request.method != b"HEAD":
+            parts += http.send_with_data_passthrough(h11.Data(data=body))
+        return parts + http.send_with_data_passthrough(h11.EndOfMessage())
 
 
 def serve(app: Callable, address: str, ssl_context: ssl.SSLContext | None = None,
           limits: Limits | None = None) -> HTTPServer:
     """Bind and start serving in a daemon thread; returns the server (for its port and shutdown)."""
     host, port = parse_listen_address(address)
+    tune_heap()  # process-wide, once the exporter is about to serve (see _glibc_heap)
     server = HTTPServer(app, host, port, ssl_context, limits or Limits())
     server.start()
     return server

@@ -70,7 +70,7 @@ class Topology:
             clock, host_clock = time_host.clock, self.host_clocks[(time_host.base_url, "usdm")]
         else:
             clock, host_clock = Clock(), None
-        netloc = self._netlocs[key] = account.host_label or urlsplit(base_url).netloc
+        self._netlocs[key] = account.host_label or urlsplit(base_url).netloc
         governor = Governor(self.config.weight_limit_for(kind), self.config.weight_budget_share, clock.now_ms)
         host = Host(base_url=base_url, label=self._label(key), kind=kind, governor=governor, clock=clock)
         self.hosts[key] = host

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import threading
 from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, quote
 
@@ -116,20 +117,68 @@ def scrape_registry(collector: ScrapeCollector) -> CollectorRegistry:
     return registry
 
 
-def exposition(registry: CollectorRegistry, environ: dict, start_response: StartResponse) -> list[bytes]:
+class SharedRenders:
+    """Concurrent requests for the same exposition share one rendering and one body.
+
+    Rendering 500 sub-accounts takes ~3 MB of text plus several times that in
+    transient objects; 70 clients asking at once used to render 70 copies
+    (and hold them while they trickled out). A request that arrives while the
+    same rendering (same route, target, format, encoding and `name[]`
+    filter) is under way waits for it and takes its bytes, like a cache
+    that lives only as long as one rendering.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[tuple, tuple[threading.Event, list]] = {}
+
+    def get(self, key: tuple, render: Callable[[], tuple[list[tuple[str, str]], bytes]],
+            wait: float | None) -> tuple[list[tuple[str, str]], bytes]:
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = (threading.Event(), [])
+                leader = True
+            else:
+                leader = False
+        done, result = flight
+        if not leader:
+            # The leader is bound by its own scrape deadline; we wait at most for ours.
+            if done.wait(wait) and result:
+                return result[0]
+            return render()  # the leader failed, or takes longer than we may wait
+        try:
+            result.append(render())
+            return result[0]
+        finally:
+            with self._lock:
+                del self._flights[key]
+            done.set()
+
+
+def exposition(make_registry: Callable[[], CollectorRegistry], key: tuple, shared: SharedRenders,
+               environ: dict, start_response: StartResponse) -> list[bytes]:
     accept = environ.get("HTTP_ACCEPT", "")
     if _wants_text(accept):
         encoder, content_type = encode_text, CONTENT_TYPE_PLAIN_0_0_4
     else:
         encoder, content_type = choose_encoder(accept)
     names = parse_qs(environ.get("QUERY_STRING", "")).get("name[]")
-    output = encoder(registry.restricted_registry(names) if names else registry)
-    headers = [("Content-Type", content_type)]
-    if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
-        output = gzip.compress(output, compresslevel=GZIP_LEVEL)
-        headers.append(("Content-Encoding", "gzip"))
-    headers.append(("Content-Length", str(len(output))))
-    start_response("200 OK", headers)
+    compress = gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", ""))
+
+    def render() -> tuple[list[tuple[str, str]], bytes]:
+        registry = make_registry()
+        output = encoder(registry.restricted_registry(names) if names else registry)
+        headers = [("Content-Type", content_type)]
+        if compress:
+            output = gzip.compress(output, compresslevel=GZIP_LEVEL)
+            headers.append(("Content-Encoding", "gzip"))
+        return headers, output
+
+    budget = scrape_budget(environ)
+    headers, output = shared.get((*key, content_type, compress, tuple(names or ())), render,
+                                 None if budget is None else budget + 1.0)
+    start_response("200 OK", [*headers, ("Content-Length", str(len(output)))])
     return [] if environ.get("REQUEST_METHOD") == "HEAD" else [output]
 
 
@@ -155,15 +204,19 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
     `exporter_metrics`: more exporter families for /metrics (the config reload status).
     """
 
+    shared = SharedRenders()
+
     def metrics(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        registry = scrape_registry(ScrapeCollector(engine, engine.aliases(), scrape_budget(environ),
-                                                   include_exporter=True))
-        if exporter_metrics is not None:
-            registry.register(_Families(exporter_metrics))
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-        return exposition(registry, environ, start_response)
+        def make_registry() -> CollectorRegistry:
+            registry = scrape_registry(ScrapeCollector(engine, engine.aliases(), scrape_budget(environ),
+                                                       include_exporter=True))
+            if exporter_metrics is not None:
+                registry.register(_Families(exporter_metrics))
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+            return registry
+        return exposition(make_registry, ("metrics",), shared, environ, start_response)
 
     def probe(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         targets = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
@@ -173,9 +226,9 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
         if not engine.has_alias(target):
             return _text(start_response, "400 Bad Request",
                          f"unknown target {target[:64]!r}: not an account alias\n")
-        registry = scrape_registry(ScrapeCollector(engine, [target], scrape_budget(environ),
-                                                   include_exporter=False))
-        return exposition(registry, environ, start_response)
+        return exposition(lambda: scrape_registry(ScrapeCollector(engine, [target], scrape_budget(environ),
+                                                                  include_exporter=False)),
+                          ("probe", target), shared, environ, start_response)
 
     def lifecycle_reload(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         """As Prometheus answers /-/reload, except a failed reload: 400 with the error line (Prometheus: 500)."""

@@ -124,3 +124,21 @@ def test_streams_quick(tmp_path: Path) -> None:
     assert report["latency"]["samples"] == 5
     for phase in ("idle", "load", "polling"):
         assert {"rss_mb", "threads", "cpu_pct", "weight_per_min"} <= report[phase].keys()
+
+
+def test_slowreaders_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "slowreaders.json"
+    out = _finish(_start(["-m", "benchmarks.slowreaders", "--quick", "--output", str(out_json)]))
+    assert "### Targets" in out and "### Stalled TLS handshakes" in out
+    report = json.loads(out_json.read_text())
+    assert {"machine", "params", "slow_readers", "tls_floods", "targets", "duration_s"} <= report.keys()
+    slow = report["slow_readers"]
+    assert slow["metrics_bytes"] > 0
+    for phase in ("baseline", "attack"):
+        assert {"healthy", "scrape"} <= slow[phase].keys()
+    # Correctness, not speed: every probe and scrape answered 200 while the slow readers sat there.
+    assert slow["attack"]["healthy"]["n"] > 0 and slow["attack"]["scrape"]["n"] > 0
+    assert slow["attack"]["healthy_non_200"] == 0 and slow["attack"]["scrape_non_200"] == 0
+    floods = report["tls_floods"]["floods"]
+    assert floods and all(f["connections"] > 0 and f["healthy_status"] == 200 for f in floods)
+    assert all(t["result"] in ("PASS", "FAIL") for t in report["targets"])

@@ -8,9 +8,7 @@ poll with deadlines; load loops are bounded in count and time.
 
 from __future__ import annotations
 
-import datetime
 import http.client
-import ipaddress
 import selectors
 import socket
 import ssl
@@ -22,12 +20,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from benchmarks.tlskit import client_hello, self_signed
 from exporter.httpserver import Limits, serve
+from exporter.web import SharedRenders
 
 try:
     import resource
@@ -48,8 +44,8 @@ def cheap_app(environ: dict, start_response: Callable) -> list[bytes]:
 def start() -> Iterator[Callable[..., object]]:
     servers = []
 
-    def run(limits: Limits | None = None, ssl_context: ssl.SSLContext | None = None):
-        server = serve(cheap_app, "127.0.0.1:0", ssl_context, limits)
+    def run(limits: Limits | None = None, ssl_context: ssl.SSLContext | None = None, app: Callable = cheap_app):
+        server = serve(app, "127.0.0.1:0", ssl_context, limits)
         servers.append(server)
         return server
 
@@ -123,37 +119,13 @@ def listen_backlog(sock: socket.socket) -> int | None:
     return struct.unpack_from("8B6I", info)[13]  # 8 one-byte fields, then rto ato snd_mss rcv_mss unacked sacked
 
 
-def client_hello() -> bytes:
-    """The ClientHello Python's ssl module sends, captured through memory BIOs."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context, client context trusting it) from a fresh self-signed cert for 127.0.0.1."""
-    d: Path = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    (d / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(d / "c.pem", d / "k.pem")
-    client = ssl.create_default_context(cafile=str(d / "c.pem"))
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
     return server, client
 
 
@@ -450,9 +422,9 @@ def test_oversized_request_head_is_refused(start) -> None:
     assert get(server.server_port)[0] == 200
 
 
-def test_a_client_that_does_not_read_frees_its_worker(start) -> None:
-    write_timeout = 1.0
-    server = start(Limits(write_timeout=write_timeout, max_workers=1))
+def test_a_client_that_does_not_read_holds_no_worker(start) -> None:
+    write_timeout = 1.5
+    server = start(Limits(write_timeout=write_timeout, write_stall_timeout=5, max_workers=1))
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(10)
@@ -460,11 +432,337 @@ def test_a_client_that_does_not_read_frees_its_worker(start) -> None:
     try:
         s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         t0 = time.monotonic()
-        # The only worker is stuck writing to that client until the write timeout; then it serves again.
-        status, body, _ = get(server.server_port, timeout=10)
+        # The poller writes the unread answer; the only worker is free for the next request at once.
+        status, body, took = get(server.server_port, timeout=10)
         assert (status, body) == (200, BODY)
+        assert took < write_timeout - 0.5, f"a request waited {took:.2f}s behind a client that does not read"
+        # Seen from the server: the kernel holds megabytes of the answer, and the client would see
+        # the close only after reading them.
+        port = s.getsockname()[1]
+        poll(lambda: port not in writing_ports(server) and server.open_connections == 0, write_timeout + 5,
+             "the unread answer was never cut")
         assert write_timeout - 0.3 < time.monotonic() - t0 < write_timeout + 3
-        data = wait_closed([s], time.monotonic() + 5)
-        assert s in data and len(data[s][1]) < len(BIG), "the unread response was cut and the connection closed"
+        assert server.buffered_bytes == 0
     finally:
         s.close()
+
+
+# Issue 18: request smuggling, slow readers, TLS handshake floods ---------------
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.fixture
+def recording() -> tuple[list[str], Callable]:
+    """An app that records every path it serves."""
+    seen: list[str] = []
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        seen.append(environ["PATH_INFO"])
+        return cheap_app(environ, start_response)
+
+    return seen, app
+
+
+def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes; everything the server answers until it closes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(data)
+        closed = wait_closed([s], time.monotonic() + timeout)
+        assert s in closed, f"the server did not close within {timeout}s"
+        return closed[s][1]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED),
+    b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\ncontent-length: %d\r\n\r\n" % ((len(SMUGGLED),) * 2),
+    b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0, %d\r\n\r\n" % len(SMUGGLED),
+    b"GET /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length : 0\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED),
+    b"GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",  # HTTP/1.1 without Host
+], ids=["conflicting-cl", "repeated-cl", "cl-list", "space-before-colon-te", "space-before-colon-cl",
+        "te-and-cl", "no-host"])
+def test_ambiguous_framing_is_refused_and_closed(start, recording, head: bytes) -> None:
+    seen, app = recording
+    server = start(app=app)
+    answer = exchange(server.server_port, head + SMUGGLED)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer, answer
+    assert seen == [], "neither the request nor the bytes after it reached the app"
+    assert get(server.server_port)[0] == 200
+
+
+def test_a_request_body_is_never_taken_for_a_request(start, recording) -> None:
+    seen, app = recording
+    server = start(app=app)
+    answer = exchange(server.server_port,
+                      b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+    assert answer.count(b"HTTP/1.1 200 OK") == 1 and b"Connection: close" in answer and answer.endswith(BODY)
+    assert seen == ["/a"]
+
+
+def test_empty_lines_before_requests_are_ignored_and_pipelining_works(start, recording) -> None:
+    seen, app = recording
+    server = start(app=app)
+    answer = exchange(server.server_port, b"\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n\r\nGET /b HTTP/1.1\r\n"
+                      b"Host: x\r\n\r\n\nGET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.count(b"HTTP/1.1 200 OK") == 3 and answer.endswith(BODY), answer
+    assert seen == ["/a", "/b", "/c"]
+    # HTTP/1.0 is answered and closed; a version we do not speak gets 505.
+    assert exchange(server.server_port, b"GET /d HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200 OK")
+    assert exchange(server.server_port, b"GET /e HTTP/2.0\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 505 ")
+    assert seen == ["/a", "/b", "/c", "/d"]
+
+
+def slow_reader(port: int, path: str = "/big") -> socket.socket:
+    """A client with a tiny receive window that asks and never reads."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window is set at SYN
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return s
+
+
+def poll(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def writing_ports(server) -> set[int]:
+    """Client ports of the connections the server is still writing an answer to."""
+    return {c.addr[1] for c in list(server._writing)}
+
+
+# A server's kernel takes megabytes of an answer even from a client with a tiny window (loopback
+# send buffers grow to tcp_wmem's 4 MB), and a close waits behind them: so whether the server
+# still serves a slow reader is seen on the server's side, not by the client.
+
+def test_slow_readers_hold_no_worker_and_no_copy_of_the_body(start) -> None:
+    n, workers, stall = 30, 2, 1.5
+    base = threads()
+    server = start(Limits(max_workers=workers, write_stall_timeout=stall, write_timeout=20))
+    readers = [slow_reader(server.server_port) for _ in range(n)]
+    t0 = time.monotonic()
+    try:
+        poll(lambda: len(server._writing) == n, 5, "the slow readers' answers never started")
+        for path in ("/-/healthy", "/-/ready", "/metrics"):
+            status, body, took = get(server.server_port, path)
+            assert (status, body) == (200, BODY) and took < 1.0, f"{path}: {status} in {took:.2f}s next to {n} slow readers"
+        assert threads() <= base + 1 + workers + 2, f"{threads() - base} threads for {n} slow readers"
+        # Every slow reader holds a view of the one body the app returned, not a copy.
+        assert len(BIG) <= server.buffered_bytes < len(BIG) + 64 * 1024, server.buffered_bytes
+        poll(lambda: server.open_connections == 0, stall + 5, "slow readers still held")
+        took = time.monotonic() - t0
+        print(f"\n{n} slow readers cut after {took:.2f}s (stall timeout {stall}s)")
+        assert stall - 0.3 < took < stall + 4
+        assert server.buffered_bytes == 0, "response bytes still held after the readers were cut"
+        assert get(server.server_port, "/-/healthy")[0] == 200
+    finally:
+        for s in readers:
+            s.close()
+
+
+def test_buffered_answers_are_capped_for_all_slow_clients_together(start) -> None:
+    size, cap, n = 6 << 20, 12 << 20, 6
+
+    def fresh_body_app(environ: dict, start_response: Callable) -> list[bytes]:
+        body = BODY if environ["PATH_INFO"] == "/metrics" else bytes(size)  # a new object per request
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = start(Limits(max_buffered_bytes=cap, write_stall_timeout=60, write_timeout=60), app=fresh_body_app)
+    readers = []
+    try:
+        for i in range(n):
+            readers.append(slow_reader(server.server_port, "/six-mb"))
+            port = readers[-1].getsockname()[1]
+            poll(lambda: port in writing_ports(server), 5, f"reader {i} was not answered")
+            assert server.buffered_bytes <= cap + size, server.buffered_bytes
+        ports = writing_ports(server)
+        assert len(ports) <= cap // size + 1, f"{len(ports)} answers of {size} bytes held under a cap of {cap}"
+        assert readers[-1].getsockname()[1] in ports, "the answer just started is not the one cut"
+        assert server.open_connections == len(ports) < n
+        status, body, took = get(server.server_port, "/metrics")
+        assert (status, body) == (200, BODY) and took < 1.0
+    finally:
+        for s in readers:
+            s.close()
+
+
+def test_a_reader_below_the_minimum_rate_is_cut(start) -> None:
+    server = start(Limits(write_stall_timeout=1.0, min_send_rate=2 << 20, write_timeout=60))
+    s = slow_reader(server.server_port)
+    port = s.getsockname()[1]
+    stalls: list[float] = []
+    stop = threading.Event()
+
+    def trickle() -> None:  # 4 KB every 20 ms (~200 KB/s): never stalls for a second
+        last = time.monotonic()
+        while not stop.is_set():
+            try:
+                if not s.recv(4096):
+                    return
+            except OSError:
+                return
+            now = time.monotonic()
+            stalls.append(now - last)
+            last = now
+            time.sleep(0.02)
+
+    reader = threading.Thread(target=trickle, daemon=True)
+    t0 = time.monotonic()
+    reader.start()
+    try:
+        poll(lambda: port in writing_ports(server), 5, "the answer never started")
+        poll(lambda: port not in writing_ports(server), 15, "a reader at 200 KB/s of an 8 MB answer was never cut")
+        took = time.monotonic() - t0
+        assert 1.0 < took < 10.0, took
+        assert max(stalls) < 0.5, "the reader never stalled: the rate cut it, not the stall timeout"
+        assert server.buffered_bytes == 0
+    finally:
+        stop.set()
+        s.close()
+        reader.join(timeout=5)
+
+
+def test_tls_handshakes_in_progress_are_bounded(start, tls) -> None:
+    server_ctx, client_ctx = tls
+    bound, n = 20, 60
+    server = start(Limits(max_handshakes=bound, handshake_timeout=30), ssl_context=server_ctx)
+    hello = client_hello()
+    stalled = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", server.server_port), timeout=10)
+            s.sendall(hello)  # then never finish
+            stalled.append(s)
+        # The oldest are closed long before the 30 s handshake timeout; the newest `bound` stay.
+        poll(lambda: server.open_connections <= bound, 5, "handshakes over the bound still open")
+        closed = wait_closed(stalled[:n - bound], time.monotonic() + 5)
+        assert len(closed) == n - bound, f"{n - bound - len(closed)} of the oldest handshakes still open"
+        assert bound - 2 <= len(server._waiting["handshake"]) <= bound, "the newest handshakes stay"
+        assert get(server.server_port, "/metrics", context=client_ctx)[0] == 200
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_concurrent_scrapes_share_one_rendering() -> None:
+    shared, calls, gate = SharedRenders(), [], threading.Event()
+    results: list[tuple] = []
+
+    def render() -> tuple[list, bytes]:
+        calls.append(1)
+        gate.wait(10)
+        return [("Content-Type", "text/plain")], bytes(1000)
+
+    workers = [threading.Thread(target=lambda: results.append(shared.get(("metrics",), render, 10)))
+               for _ in range(10)]
+    for w in workers:
+        w.start()
+    # All ten are in: one renders, nine wait on its event.
+    poll(lambda: ("metrics",) in shared._flights and len(shared._flights[("metrics",)][0]._cond._waiters) == 9,
+         5, "the requests did not join the rendering in flight")
+    gate.set()
+    for w in workers:
+        w.join(timeout=10)
+    assert len(calls) == 1 and len(results) == 10
+    assert all(r[1] is results[0][1] for r in results), "every request got the same body object"
+    assert shared._flights == {}
+    shared.get(("metrics",), render, 10)  # a later request renders afresh
+    assert len(calls) == 2
+
+
+def test_an_app_error_is_a_500_and_the_server_goes_on(start) -> None:
+    def failing(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("bug")
+        return cheap_app(environ, start_response)
+
+    server = start(app=failing)
+    answer = exchange(server.server_port, b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 500 ") and b"Connection: close" in answer and b"bug" not in answer
+    assert get(server.server_port)[0] == 200
+
+
+SERVER_CHILD = """
+import sys, time
+from exporter.httpserver import Limits, serve
+
+def app(environ, start_response):
+    body = b"x" * (3 << 20) if environ["PATH_INFO"] == "/big" else b"ok"  # a fresh rendering per request
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+server = serve(app, "127.0.0.1:0", None, Limits(write_stall_timeout=1.0, max_buffered_bytes=32 << 20))
+print(server.server_port, flush=True)
+sys.stdin.read()
+"""
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A /proc/<pid>/status figure in bytes (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_memory_of_slow_readers_is_capped_and_returned(tmp_path: Path) -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen([sys.executable, "-c", SERVER_CHILD], cwd=repo, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    readers: list[socket.socket] = []
+    try:
+        port = int(child.stdout.readline())  # type: ignore[union-attr]
+        assert get(port)[0] == 200
+        base = proc_status(child.pid, "VmRSS")
+        for _ in range(40):  # 40 x 3 MB answers, each its own object, one after the other
+            readers.append(slow_reader(port))
+            assert readers[-1].recv(1, socket.MSG_PEEK) == b"H"  # its answer is being written
+        status, _, took = get(port, "/-/healthy")
+        assert status == 200 and took < 1.0
+        deadline = time.monotonic() + 15
+        # Cut after the 1 s stall, the heap handed back within the 2 s trim interval.
+        while proc_status(child.pid, "VmRSS") > base + (16 << 20):
+            assert time.monotonic() < deadline, (f"RSS {proc_status(child.pid, 'VmRSS') >> 20} MB after the slow "
+                                                 f"readers, {base >> 20} MB before")
+            time.sleep(0.2)
+        peak = proc_status(child.pid, "VmHWM")
+        print(f"\n40 slow readers of 3 MB answers: RSS {base >> 20} MB before, peak {peak >> 20} MB, "
+              f"{proc_status(child.pid, 'VmRSS') >> 20} MB after")
+        # The cap, plus the answer being built and the one that tipped it over.
+        assert peak < base + (32 << 20) + (24 << 20), "the 32 MB cap on buffered answers did not hold"
+    finally:
+        for s in readers:
+            s.close()
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait(timeout=10)
+
+
+def test_the_tls_context_can_be_swapped_for_new_connections(start, tls, tmp_path: Path) -> None:
+    server_ctx, client_ctx = tls
+    server = start(ssl_context=server_ctx)
+    kept = http.client.HTTPSConnection("127.0.0.1", server.server_port, timeout=10, context=client_ctx)
+    kept.request("GET", "/metrics")
+    assert kept.getresponse().read() == BODY
+    cert, key = self_signed(tmp_path)  # a reloaded certificate
+    fresh = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    fresh.load_cert_chain(cert, key)
+    server.set_ssl_context(fresh)
+    assert get(server.server_port, "/metrics", context=ssl.create_default_context(cafile=str(cert)))[0] == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        get(server.server_port, "/metrics", context=client_ctx)  # new connections get the new certificate
+    kept.request("GET", "/metrics")  # an open connection keeps its session
+    assert kept.getresponse().read() == BODY
+    kept.close()
