@@ -381,3 +381,59 @@ def test_planned_reconnect_and_refused_handshake(live) -> None:
     sim.drop_streams(A.key)
     wait_until(lambda: lv.listen_keys() and lv.listen_keys()[0] != key and lv.stream("alpha").up, timeout=10)
     assert sim.listen_keys.deletes == 0
+
+
+# ---- reload ---------------------------------------------------------------------------------------
+def test_a_reload_opens_and_closes_streams_and_keeps_the_unchanged_ones(live) -> None:
+    """Issue 17's reload with issue 16's streams: an added account streams, a removed one's
+    connection closes (its listenKey is left alone), an unchanged one is not reconnected."""
+    sim = usdm_sim()
+    lv = live(sim, [account()])
+    lv.settled("alpha")
+    alpha = lv.stream("alpha")
+    posts, connections = sim.listen_keys.posts, sim.stream_connections
+    base = sim.base_url
+    stream = sim.stream_url
+
+    def cfg(*accounts: dict) -> object:
+        return parse_config({"defaults": {  # as Live's, so that alpha's settings are unchanged
+            "base_url": base, "coinm_base_url": base, "pm_base_url": base, "timeout_seconds": 8, "cache_seconds": 5,
+            "user_stream": True, "stream_base_url": stream + "/private", "coinm_stream_base_url": stream,
+            "pm_stream_base_url": stream + "/pm"}, "accounts": list(accounts)}, "test.yaml", {})
+
+    lv.engine.apply(cfg(account(), account(B)))
+    lv.settled("bravo")
+    assert lv.stream("alpha") is alpha and alpha.up  # the same stream, never cut
+    assert sim.open_streams(A.key, "usdm") == 1 and sim.open_streams(B.key, "usdm") == 1
+    assert sim.stream_connections == connections + 1 and sim.listen_keys.posts == posts + 1
+    sim.push_event(B.key, "usdm", account_update("31.5", "30"))
+    wait_until(lambda: value(lv.metrics(), "binance_futures_balance", alias="bravo", asset="USDT") == 31.5,
+               timeout=1.0)
+
+    lv.engine.apply(cfg(account(B)))
+    wait_until(lambda: sim.open_streams(A.key, "usdm") == 0, timeout=5)
+    assert lv.stream("alpha") is None and sim.open_streams(B.key, "usdm") == 1
+    assert sim.listen_keys.deletes == 0
+    m = lv.metrics()
+    assert value(m, "binance_futures_stream_up", alias="alpha") is None
+    assert value(m, "binance_futures_stream_up", alias="bravo") == 1.0
+
+
+def test_account_config_update_shows_the_new_mode_and_rest_reads_it_again(live) -> None:
+    """ACCOUNT_CONFIG_UPDATE (issue 16) over the modes read by REST every 15 minutes (issue 15): the
+    new mode shows at once, and the account's next refresh re-reads accountConfig instead of
+    bringing back the cached old mode when the event's figure gives way to REST."""
+    sim = usdm_sim()
+    lv = live(sim, [account()], cache_seconds=0)
+    lv.settled("alpha")
+    assert value(lv.metrics(), "binance_futures_multi_assets_mode", alias="alpha") == 0.0
+    reads = sim.stats()["requests_by_path"].get("/fapi/v1/accountConfig", 0)
+    sim.update_account(A.key, multi_assets=True)  # the user switched; Binance pushes the change
+    sim.push_event(A.key, "usdm", {"e": "ACCOUNT_CONFIG_UPDATE", "E": now_ms(), "ai": {"j": True}})
+    wait_until(lambda: value(lv.metrics(), "binance_futures_multi_assets_mode", alias="alpha") == 1.0, timeout=1.0)
+    wait_until(lambda: sim.stats()["requests_by_path"].get("/fapi/v1/accountConfig", 0) > reads, timeout=10)
+    state = lv.engine.states[("alpha", "usdm")]
+    read_at = time.monotonic()
+    wait_until(lambda: state.last_ok is not None and state.last_ok.started > read_at - 5
+               and not lv.stream("alpha").modes, timeout=15, interval=0.2)
+    assert value(lv.metrics(), "binance_futures_multi_assets_mode", alias="alpha") == 1.0
