@@ -190,6 +190,11 @@ class _Families(Collector):
         return self.produce()
 
 
+# Orchestrators' liveness and readiness probes (Kubernetes, Docker's HEALTHCHECK) carry no
+# credentials; both answers say nothing but "running" and "clock measured".
+PROBE_PATHS = ("/-/healthy", "/-/ready")
+
+
 def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth | None = None,
              ready: Callable[[], bool] = lambda: True,
              headers: tuple[tuple[str, str], ...] = (), *,
@@ -252,7 +257,7 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
                 return plain_start(status, [*response_headers, *extra_headers], *exc)
         path = environ.get("PATH_INFO", "/")
         checker = current.auth if current is not None else auth
-        if checker is not None and path != "/-/healthy" and not checker.check(environ.get("HTTP_AUTHORIZATION")):
+        if checker is not None and path not in PROBE_PATHS and not checker.check(environ.get("HTTP_AUTHORIZATION")):
             return _text(start_response, "401 Unauthorized", "Unauthorized\n",
                          extra=[("WWW-Authenticate", 'Basic realm="binance-futures-exporter"')])
         if path == "/-/reload":

@@ -77,6 +77,8 @@ def test_basic_auth(sim: Simulator, tmp_path: Path, run_exporter) -> None:
     assert exp.get("/probe?target=alpha").status_code == 401
     assert sim.stats()["requests_by_key"] == {}, "an unauthenticated request must not cost API weight"
     assert exp.get("/-/healthy").status_code == 200  # orchestrator probes need no credentials
+    assert exp.get("/-/ready").status_code == 200
+    assert exp.get("/", auth=("prom", "wrong")).status_code == 401  # the landing page is no probe
     ok = exp.get("/metrics", auth=("prom", "s3cret-pw"))
     assert ok.status_code == 200
     assert value(parse_metrics(ok.text), "binance_futures_up", alias="alpha") == 1.0
