@@ -194,3 +194,45 @@ def test_readme_links_the_reference_docs():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for doc in ("docs/configuration.md", "docs/runbooks.md", "docs/deploy.md", "CHANGELOG.md"):
         assert f"]({doc}" in readme, f"README.md does not link {doc}"
+
+
+# --------------------------------------------------------------------------- config examples
+
+def yaml_blocks(text: str) -> list[str]:
+    return re.findall(r"^```yaml\n(.*?)^```", text, re.S | re.M)
+
+
+def config_examples() -> list[tuple[str, str]]:
+    """(where, YAML) of every config example of the README's Configuration section and of the config page."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Configuration\n"):readme.index("\n## Flags and endpoints\n")]
+    page = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    page = page[page.index("\n## The config file\n"):page.index("\n### Keys\n")]
+    return ([(f"README.md Configuration #{i}", b) for i, b in enumerate(yaml_blocks(section))]
+            + [(f"docs/configuration.md #{i}", b) for i, b in enumerate(yaml_blocks(page))])
+
+
+def test_config_examples_are_valid(tmp_path):
+    """What a user copies from the README's common cases is a config the exporter accepts."""
+    from exporter.config import parse_config_text
+
+    examples = config_examples()
+    assert len(examples) >= 6
+    secret = "s" * 64
+    one = "accounts:\n  - {alias: one, api_key: x, api_secret: y}\n"
+    for where, block in examples:
+        text = block
+        for path in set(re.findall(r"/run/secrets/\w+", text)):
+            local = tmp_path / path.rsplit("/", 1)[1]
+            local.write_text(secret + "\n")
+            local.chmod(0o600)
+            text = text.replace(path, str(local))
+        if text.startswith("  - alias:"):
+            text = "accounts:\n" + text  # a fragment of an accounts list
+        elif "accounts:" not in text:
+            text += one
+        env = {name: secret for name in re.findall(r"\$\{(\w+)\}", text)}
+        cfg = parse_config_text(text, where, env)
+        assert cfg.accounts, where
+        for account in cfg.accounts:
+            assert secret not in repr(account)
