@@ -45,15 +45,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # `python benchmarks/slowreaders.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
+import requests
 
-from benchmarks.procstats import (  # noqa: E402
+from benchmarks.procstats import (
     MB,
     RESULTS,
     ExporterProcess,
@@ -67,7 +68,7 @@ from benchmarks.procstats import (  # noqa: E402
     report_head,
     write_json,
 )
-from benchmarks.tlskit import client_hello, self_signed  # noqa: E402
+from benchmarks.tlskit import client_hello, self_signed
 
 try:
     import resource
@@ -161,7 +162,7 @@ class RssSampler:
                 return
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 

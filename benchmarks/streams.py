@@ -38,9 +38,21 @@ import requests
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.procstats import (ExporterProcess, SimProcess, alias, exporter_config, fill_defaults, fmt,  # noqa: E402
-                                  md_table, median, metric_samples, percentile, report_head, sample,
-                                  write_json)
+from benchmarks.procstats import (
+    ExporterProcess,
+    SimProcess,
+    alias,
+    exporter_config,
+    fill_defaults,
+    fmt,
+    md_table,
+    median,
+    metric_samples,
+    percentile,
+    report_head,
+    sample,
+    write_json,
+)
 
 MB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -9,8 +9,8 @@ import os
 import queue
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from exporter import __version__
 from exporter.config import ConfigError, load_config

@@ -9,8 +9,9 @@ logs.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from exporter.endpoints import HOST_KINDS, TIME_WEIGHT, Call
 from exporter.governor import Admission

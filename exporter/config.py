@@ -14,14 +14,21 @@ import math
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
-from exporter.files import (CONFIG_FILE_MAX, PRIVATE_KEY_MAX, SECRET_FILE_MAX, describe_yaml_error, parse_yaml,
-                            read_regular_file)
+from exporter.files import (
+    CONFIG_FILE_MAX,
+    PRIVATE_KEY_MAX,
+    SECRET_FILE_MAX,
+    describe_yaml_error,
+    parse_yaml,
+    read_regular_file,
+)
 from exporter.secrets import Secret, hidden, looks_like_a_name, quote_name, quote_path, quote_value
 from exporter.signing import HmacSigner, KeyPairSigner, Signer, load_private_key
 

@@ -23,10 +23,10 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from exporter.client import REASONS, ScrapeError, Skipped
 from exporter.config import AccountConfig, Config

@@ -13,8 +13,6 @@ values; the golden files pin the result.
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 from prometheus_client.openmetrics.exposition import UNDERSCORES, escape_label_name, escape_metric_name
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -42,11 +40,11 @@ def _escape_doc(text: str) -> str:
 
 def encode_text(registry: Collector) -> bytes:
     """generate_latest(registry) with its default (underscores) escaping, memoised per scrape."""
-    names: Dict[str, str] = {}
-    label_names: Dict[str, str] = {}
-    label_sets: Dict[tuple, str] = {}
-    by_id: Dict[int, tuple] = {}
-    output: List[str] = []
+    names: dict[str, str] = {}
+    label_names: dict[str, str] = {}
+    label_sets: dict[tuple, str] = {}
+    by_id: dict[int, tuple] = {}
+    output: list[str] = []
 
     def metric_name(name: str) -> str:
         escaped = names.get(name)
@@ -73,7 +71,7 @@ def encode_text(registry: Collector) -> bytes:
         by_id[id(labels)] = (labels, text)
         return text
 
-    def sample_line(sample) -> str:  # noqa: ANN001 - prometheus_client's Sample
+    def sample_line(sample) -> str:
         labels = label_str(sample.labels) if sample.labels else ""
         timestamp = "" if sample.timestamp is None else f" {int(float(sample.timestamp) * 1000):d}"
         return f"{metric_name(sample.name)}{labels} {_value(sample.value)}{timestamp}\n"
@@ -84,7 +82,7 @@ def encode_text(registry: Collector) -> bytes:
         doc = _escape_doc(metric.documentation)
         output.append(f"# HELP {mname} {doc}\n# TYPE {mname} {mtype}\n")
         om_names = {metric.name + s: s for s in _OM_SUFFIXES}
-        om_samples: Dict[str, List[str]] = {}
+        om_samples: dict[str, list[str]] = {}
         for sample in metric.samples:
             om = om_names.get(sample.name)
             if om is None:

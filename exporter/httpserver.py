@@ -72,8 +72,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 from urllib.parse import unquote
 
 import h11
@@ -299,7 +299,7 @@ class _Workers:
         while (conn := self._queue.get()) is not None:
             try:
                 self._run(conn)
-            except Exception:  # noqa: BLE001 - a worker must survive any request
+            except Exception:  # a worker must survive any request
                 log.exception("http worker error")
 
     def stop(self) -> None:
@@ -481,7 +481,7 @@ class HTTPServer:
                         break
                 try:
                     self._poll_once()
-                except Exception:  # noqa: BLE001 - the poller must not die
+                except Exception:  # the poller must not die
                     log.exception("http poller error")
         finally:
             self._close_all()
@@ -859,7 +859,7 @@ class HTTPServer:
         parts: list[bytes] = []
         try:
             parts = self._respond(conn)
-        except Exception as exc:  # noqa: BLE001 - the client's problem or the app's; never the worker's
+        except Exception as exc:  # the client's problem or the app's; never the worker's
             log.error("http request error client=%s error=%s", conn.addr, type(exc).__name__,
                       exc_info=not isinstance(exc, OSError))
             try:

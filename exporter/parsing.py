@@ -15,8 +15,9 @@ import logging
 import math
 import re
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from exporter.logs import fields as log_fields
 from exporter.schema import (

@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclasses_replace
-from typing import Any, Mapping
+from typing import Any
 
-from exporter.parsing import (ASSET_RE, POSITION_SIDES, SYMBOL_RE, AssetRow, BadResponse, PositionRow, Snapshot,
-                              parse_decimal)
+from exporter.parsing import (
+    ASSET_RE,
+    POSITION_SIDES,
+    SYMBOL_RE,
+    AssetRow,
+    BadResponse,
+    PositionRow,
+    Snapshot,
+    parse_decimal,
+)
 from exporter.schema import PM_ACCOUNT_STATUSES
 
 # The label values of binance_futures_stream_events_total{event}: a fixed set.

@@ -23,8 +23,8 @@ import threading
 import time
 import urllib.request
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 import urllib3

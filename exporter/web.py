@@ -13,11 +13,16 @@ from __future__ import annotations
 import gzip
 import html
 import threading
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import parse_qs, quote
 
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry
-from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
@@ -248,7 +253,7 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
         if extra_headers:
             plain_start = start_response
 
-            def start_response(status: str, response_headers: list, *exc: object) -> object:  # noqa: F811
+            def start_response(status: str, response_headers: list, *exc: object) -> object:
                 return plain_start(status, [*response_headers, *extra_headers], *exc)
         path = environ.get("PATH_INFO", "/")
         checker = current.auth if current is not None else auth

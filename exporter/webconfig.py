@@ -21,8 +21,14 @@ import bcrypt
 import yaml
 
 from exporter.config import ConfigError, unknown_key
-from exporter.files import (CERTIFICATE_MAX, PRIVATE_KEY_MAX, WEB_CONFIG_MAX, describe_yaml_error, parse_yaml,
-                            read_regular_file)
+from exporter.files import (
+    CERTIFICATE_MAX,
+    PRIVATE_KEY_MAX,
+    WEB_CONFIG_MAX,
+    describe_yaml_error,
+    parse_yaml,
+    read_regular_file,
+)
 from exporter.secrets import quote_name, quote_path
 
 TOP_KEYS = ("tls_server_config", "basic_auth_users", "http_server_config")

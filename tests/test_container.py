@@ -35,14 +35,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from conftest import REPO, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, free_port
 from exporter import __version__
 from exporter.demo import DEMO_ACCOUNTS
 

@@ -22,15 +22,15 @@ import os
 import re
 import subprocess
 import sys
-from functools import lru_cache
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from stack_helpers import REPO, RULE_FILES, require_tool
 
 KUBE = REPO / "deploy" / "kubernetes"
@@ -49,7 +49,7 @@ def _id(path: Path) -> str:
     return str(path.relative_to(KUBE))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _build(directory: Path) -> tuple[dict[str, Any], ...]:
     kubectl = require_tool("kubectl", "apt-get install kubectl; it carries kustomize")
     proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
@@ -92,7 +92,7 @@ def _strict(schema: Any) -> Any:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> validator, for every version of every vendored CRD."""
     out = {}

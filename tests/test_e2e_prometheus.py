@@ -25,12 +25,11 @@ import json
 import re
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
-
 from stack_helpers import DASHBOARD, PROM, RULE_FILES, demo_exporter, free_port, http_get, process, require_tool
 
 EXPORTER_DEFAULT_ADDRESS = "localhost:9894"

@@ -22,13 +22,21 @@ import bcrypt
 import pytest
 import requests
 import yaml
+from conftest import (
+    ACCOUNTS,
+    ALL_SECRETS,
+    assert_no_secrets,
+    config_dict,
+    parse_metrics,
+    value,
+    wait_until,
+    write_config,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import (ACCOUNTS, ALL_SECRETS, assert_no_secrets, config_dict, parse_metrics, value, wait_until,
-                      write_config)
 from exporter.config import parse_config
 from exporter.engine import Engine, Reconciled
 from exporter.reload import Reloader

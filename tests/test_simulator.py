@@ -14,11 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -32,8 +32,7 @@ from exporter.demo import DEMO_ACCOUNTS, start_demo
 from exporter.schema import USDM_BALANCE
 from exporter.simulator.drift import drift_account, drift_rows
 from exporter.simulator.gate import Credentials
-from testkit import (FAULT_KINDS, Fault, SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount,
-                     Simulator)
+from testkit import FAULT_KINDS, Fault, SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, Simulator
 from testkit.simulator import Simulator as KitSimulator
 
 KEY = "dbefbc809e3e83c283a984c3a1459732ea7db1360ca80c5c2c8867408d28cc83"

@@ -21,16 +21,26 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-
-from stack_helpers import (DASHBOARD, PROM, REPO, RULE_FILES, demo_exporter, fetch, free_port,
-                           http_get, metric_catalogue, process, require_tool)
+from stack_helpers import (
+    DASHBOARD,
+    PROM,
+    REPO,
+    RULE_FILES,
+    demo_exporter,
+    fetch,
+    free_port,
+    http_get,
+    metric_catalogue,
+    process,
+    require_tool,
+)
 
 PROMTOOL_TESTS = sorted((PROM / "tests").glob("*.yml"))
 DS_PROVISIONING = REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml"

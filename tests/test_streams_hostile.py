@@ -12,13 +12,13 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
-
 from conftest import ACCOUNTS, OFFICIAL_ROW, value, wait_until
 from test_streams import Live, account, account_update, now_ms
+from websockets.asyncio.server import ServerConnection, serve
+
 from testkit import SimAccount, Simulator
 
 QUIET = logging.getLogger("tests.hostile.wire")  # the hostile side's own errors are the point: not logged

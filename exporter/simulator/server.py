@@ -37,10 +37,26 @@ from typing import Any
 from . import accounts as a
 from .accounts import AccountBook, SimAccount, SimSubAccount
 from .drift import drift_account
-from .streams import LISTEN_KEY_FAMILIES, MSG_KEY_GONE, ListenKeyBook, StreamServer, account_update, margin_call
-from .streams import risk_level_change
-from .gate import (MSG_METHOD_NOT_ALLOWED, MSG_NOT_FOUND, MSG_REJECTED_KEY, ApiError, RateLimiter, Reply,
-                   authenticate, banned_msg, too_many_requests_msg)
+from .gate import (
+    MSG_METHOD_NOT_ALLOWED,
+    MSG_NOT_FOUND,
+    MSG_REJECTED_KEY,
+    ApiError,
+    RateLimiter,
+    Reply,
+    authenticate,
+    banned_msg,
+    too_many_requests_msg,
+)
+from .streams import (
+    LISTEN_KEY_FAMILIES,
+    MSG_KEY_GONE,
+    ListenKeyBook,
+    StreamServer,
+    account_update,
+    margin_call,
+    risk_level_change,
+)
 
 IDLE_TIMEOUT_S = 60
 MAX_DRAINED_BODY = 1 << 20
