@@ -333,7 +333,7 @@ def _url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], schemes: t
         raise ctx.error(key, "must be scheme and host only (no path, query or fragment)" if "http" in schemes
                         else "must be scheme, host and path only (no query or fragment)")
     try:
-        parts.port
+        _ = parts.port  # the property raises ValueError for a bad port
     except ValueError:
         raise ctx.error(key, "has an invalid port") from None
     return parts

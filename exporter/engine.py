@@ -513,7 +513,8 @@ class Engine:
         Coalesced: while one is queued or pending, more events add nothing; one arriving
         while a refresh is in flight gets exactly one more after it; and an account gets
         at most one stream-requested refresh per STREAM_REFRESH_GAP_S or refresh_after,
-        whichever is longer (a gap always gets its own). The refresh waits for the budget like any other: never a burst of requests.
+        whichever is longer (a gap always gets its own). The refresh waits for the budget like any
+        other: never a burst of requests.
         """
         with self._cond:
             state = self.states.get(key)

@@ -115,7 +115,7 @@ def load_private_key(pem: bytes, passphrase: bytes | None) -> KeyPairSigner:
         raise ValueError(
             "not a readable PEM private key (wrong passphrase, or not PKCS#8/PKCS#1 PEM)"
         ) from None
-    except Exception:  # cryptography raises UnsupportedAlgorithm and friends
+    except Exception:  # noqa: BLE001 - cryptography raises UnsupportedAlgorithm and friends
         raise ValueError("unsupported private key type") from None
     if not isinstance(key, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)):
         raise ValueError(

@@ -314,7 +314,7 @@ class StreamManager:
                     why = f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})"
             except (OSError, TimeoutError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 why = type(exc).__name__  # never str(exc): it may quote the URL
-            except Exception as exc:  # a bug: never let it end the stream for good
+            except Exception as exc:  # noqa: BLE001 - a bug: never let it end the stream for good
                 # No traceback: an exception's text may quote the URL, and the URL holds the listenKey.
                 log.error("user stream: unexpected error", extra=fields(
                     alias=target.alias, market=target.market, error=type(exc).__name__))

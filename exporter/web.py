@@ -226,7 +226,8 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
     def probe(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         targets = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
         if len(targets) != 1 or not targets[0]:
-            return _text(start_response, "400 Bad Request", "exactly one 'target' parameter (an account alias) is required\n")
+            return _text(start_response, "400 Bad Request",
+                         "exactly one 'target' parameter (an account alias) is required\n")
         target = targets[0]
         if not engine.has_alias(target):
             return _text(start_response, "400 Bad Request",

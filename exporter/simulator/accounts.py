@@ -278,7 +278,8 @@ def pm_row(asset: str, um_wallet: Num, um_pnl: Num = 0, *, cm_wallet: Num = 0, c
     """A /papi/v1/balance row; totalWalletBalance = free + locked + UM wallet + CM wallet (the doc's rule)."""
     values = {"asset": asset, "balance": dec(free) + dec(locked) + dec(um_wallet) + dec(cm_wallet),
               "pm_cross_margin_asset": dec(free) + dec(locked), "pm_cross_margin_borrowed": ZERO,
-              "pm_cross_margin_free": dec(free), "pm_cross_margin_interest": ZERO, "pm_cross_margin_locked": dec(locked),
+              "pm_cross_margin_free": dec(free), "pm_cross_margin_interest": ZERO,
+              "pm_cross_margin_locked": dec(locked),
               "pm_um_wallet_balance": dec(um_wallet), "pm_um_unrealized_pnl": dec(um_pnl),
               "pm_cm_wallet_balance": dec(cm_wallet), "pm_cm_unrealized_pnl": cm_pnl if cm_pnl == "" else dec(cm_pnl),
               "balance_update_timestamp_seconds": update_time, "pm_negative_balance": "0"}

@@ -164,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(reply.body)
 
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET  # noqa: N815 - http.server's names
 
     def _drain_body(self) -> None:
         """Consume any request body so the next request on this connection parses cleanly."""
@@ -382,7 +382,7 @@ class Simulator:
         while not self._stopping.wait(RISK_TICK_S):
             try:
                 self.check_risk()
-            except Exception:  # never let the demo's ticker die
+            except Exception:  # noqa: BLE001 - never let the demo's ticker die
                 pass
 
     def check_risk(self) -> None:
