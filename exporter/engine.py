@@ -717,6 +717,7 @@ class Engine:
                 for waiting in due:
                     self._urgent_due(waiting)
                 continue
+            assert admission is not None  # `due` empty: the branch above acquired it or looped
             self._start(state, time.monotonic() + state.target.account.timeout_seconds, admission)
 
 

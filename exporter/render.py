@@ -13,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.samples import Sample
 
 from exporter import __version__, build_revision
-from exporter.engine import DiscoveryView, HostView, ScrapeResult
+from exporter.discovery import DiscoveryView
+from exporter.engine import HostView, ScrapeResult
 from exporter.schema import (
     ACCOUNT_FAMILIES,
     ACCOUNT_LABELS,

@@ -62,7 +62,7 @@ def _layout(names: str, known: tuple[Field, ...] = (), *, complete: bool = False
     fields = []
     for word in names.split():
         name, _, kind = word.partition(":")
-        fields.append(by_json.pop(name, None) or Field(name, None, kind or "decimal"))
+        fields.append(by_json.pop(name) if name in by_json else Field(name, None, kind or "decimal"))
     if complete and by_json:
         raise ValueError(f"fields left out of the layout: {sorted(by_json)}")
     return tuple(fields)

@@ -110,7 +110,7 @@ def stream_url(base: str, market: str, key: Secret) -> str:
 
 def backoff_delay(failures: int, tuning: Tuning, rng: random.Random) -> float:
     """Exponential back-off with jitter (half fixed, half random), so a fleet does not reconnect in step."""
-    ceiling = min(tuning.backoff_max_s, tuning.backoff_base_s * 2 ** min(failures - 1, 20))
+    ceiling = min(tuning.backoff_max_s, tuning.backoff_base_s * 2.0 ** min(failures - 1, 20))
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
@@ -225,8 +225,13 @@ class StreamManager:
             return
         task = asyncio.create_task(self._run(stream), name=f"stream-{stream.target.alias}")
         self._tasks[stream.target.key] = task
-        task.add_done_callback(lambda done, key=stream.target.key: self._tasks.get(key) is done
-                               and self._tasks.pop(key, None))
+        key = stream.target.key
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(key) is done:
+                self._tasks.pop(key, None)
+
+        task.add_done_callback(forget)
 
     def state(self, key: tuple[str, str]) -> StreamState | None:
         stream = self.streams.get(key)

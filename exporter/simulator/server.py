@@ -297,7 +297,7 @@ class Simulator:
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                       name="binance-simulator", daemon=True)
             thread.start()
-            host, port = server.server_address[:2]
+            host, port = server.socket.getsockname()[:2]
             self._server, self._thread = server, thread
             self._base_url = f"http://{host}:{port}"
             self._streams.start()
@@ -432,7 +432,7 @@ class Simulator:
             if event is not None:
                 self.push_event(api_key, market, event)
 
-    def set_balances(self, api_key: str, rows: list[dict]) -> None:
+    def set_balances(self, api_key: str, rows: list[dict[str, Any]]) -> None:
         self.update_account(api_key, balances=rows)
 
     def add_sub_account(self, master_key: str, sub: SimSubAccount) -> None:

@@ -127,9 +127,8 @@ def _route(path: str) -> tuple[str, str | None, frozenset[str] | None] | None:
     parts = urlsplit(path)
     if parts.path == "/private/ws":
         query = parse_qs(parts.query)
-        events = query.get("events")
-        return "fapi", (query.get("listenKey") or [None])[0], \
-            frozenset(events[0].split("/")) if events else None
+        events, keys = query.get("events"), query.get("listenKey")
+        return "fapi", keys[0] if keys else None, frozenset(events[0].split("/")) if events else None
     if parts.path.startswith("/pm/ws/"):
         return "papi", parts.path[len("/pm/ws/"):], None
     if parts.path.startswith("/ws/"):
@@ -196,6 +195,7 @@ class StreamServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None  # set by the handshake, before the handler runs
         route = _route(ws.request.path)
         assert route is not None and route[1] is not None
         key = self.keys.lookup(route[1], route[0])
