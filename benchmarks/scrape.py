@@ -369,7 +369,7 @@ def evaluate(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[
     for n, limit in TARGET_RATIO.items():
         name = f"parallel {n} accounts @{args.latency_ms:g} ms: median scrape < {limit:g}x single-account"
         if one is None or n not in par:
-            targets.append({"target": name, "result": "SKIP", "detail": "needs N=1 and N=%d in --accounts" % n})
+            targets.append({"target": name, "result": "SKIP", "detail": f"needs N=1 and N={n} in --accounts"})
             continue
         ratio = par[n]["wall_median_s"] / one["wall_median_s"]
         targets.append({"target": name, "result": "PASS" if ratio < limit else "FAIL",

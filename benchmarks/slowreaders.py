@@ -1,6 +1,7 @@
 """Hostile-client benchmark (issue 18): slow readers of a large /metrics, and floods of stalled TLS handshakes.
 
-    python -m benchmarks.slowreaders            # 500 sub-accounts (~3 MB /metrics), 70 slow readers, 3 TLS floods (~2 min)
+    python -m benchmarks.slowreaders            # 500 sub-accounts (~3 MB /metrics), 70 slow readers,
+                                                # 3 TLS floods (~2 min)
     python -m benchmarks.slowreaders --quick    # smoke mode: 50 sub-accounts, 20 slow readers, small floods
 
 Everything runs on loopback and is bounded in count and time.
@@ -242,8 +243,11 @@ def phase_slow_readers(sim: SimProcess, args: argparse.Namespace, workdir: Path,
                        "scrape_non_200": sum(1 for _, r in scrapes if r != 200),
                        "slow_readers_open_at_end": open_at_end,
                        # (seconds into the attack, seconds taken) of every probe: when the slow ones happened
-                       "healthy_timeline": [(round(at - started, 2), round(t, 4)) for at, (t, _) in zip(health_at, health)],
-                       "scrape_timeline": [(round(at - started, 2), round(t, 4)) for at, (t, _) in zip(scrapes_at, scrapes)],
+                       # strict=False: a probe may still be running when the attack phase ends
+                       "healthy_timeline": [(round(at - started, 2), round(t, 4))
+                                            for at, (t, _) in zip(health_at, health, strict=False)],
+                       "scrape_timeline": [(round(at - started, 2), round(t, 4))
+                                           for at, (t, _) in zip(scrapes_at, scrapes, strict=False)],
                        "rss_mb_max_sampled": max(sampler.samples, default=None), "rss_mb_peak_hwm": hwm,
                        "rss_mb_at_end": rss_end},
             "after": {"settle_s": args.settle_seconds, "rss_mb": rss_after},

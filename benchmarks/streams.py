@@ -112,7 +112,8 @@ def phase(exp: ExporterProcess, session: requests.Session, seconds: float, inter
         threads.append(snap["threads"])
         k += 1
     end, t1 = sample(exp.ps), time.time()
-    return {"t0": t0, "t1": t1, "scrapes": k, "cpu_pct": round(100 * (end["cpu"] - start["cpu"]) / (end["t"] - start["t"]), 2),
+    return {"t0": t0, "t1": t1, "scrapes": k,
+            "cpu_pct": round(100 * (end["cpu"] - start["cpu"]) / (end["t"] - start["t"]), 2),
             "rss_mb": round(max(rss + [end["rss"]]) / MB, 1), "threads": int(max(threads + [end["threads"]])),
             "fds": end["fds"]}
 

@@ -348,7 +348,7 @@ def test_sharded_overlay_sends_each_account_to_exactly_one_replica() -> None:
     assert [r["modulus"] for r in hashmods] == [replicas], "modulus must equal the number of replicas"
     targets = [relabel(scrape["spec"]["relabelings"], {"__address__": alias, "job": "scrapeConfig/x/y"})
                for alias in static["targets"]]
-    for alias, labels in zip(static["targets"], targets):
+    for alias, labels in zip(static["targets"], targets, strict=True):
         assert labels["__param_target"] == labels["instance"] == alias
         assert labels["__address__"] in replica_addresses
         assert labels["__address__"].startswith(f"{sts['metadata']['name']}-{hashmod(alias, replicas)}.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -238,7 +239,7 @@ def skew_to_minute_start(sim: Simulator) -> None:
     sim.clock_skew_ms = ((local + sim.clock_skew_ms) // 60_000 + 1) * 60_000 + 200 - local
 
 
-def D(value: Any) -> Decimal:
+def D(value: Any) -> Decimal:  # noqa: N802 - reads as the Decimal it makes
     return Decimal(str(value))
 
 
@@ -1169,7 +1170,7 @@ def test_drift_moves_with_server_time_and_keeps_invariants(sim: Simulator) -> No
     assert len({row["balance"] for row in seen}) == len(seen)
     assert min(float(row["crossUnPnl"]) for row in seen) < 0 < max(float(row["crossUnPnl"]) for row in seen)
     # Smooth: consecutive samples 50 s apart move by well under the 3 % amplitude.
-    for a, b in zip(seen, seen[1:]):
+    for a, b in itertools.pairwise(seen):
         assert abs(float(a["balance"]) - float(b["balance"])) < 10000 * 0.03
 
 

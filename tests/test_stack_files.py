@@ -443,8 +443,8 @@ def test_alertmanager_inhibition_rules_match_the_alerts_labels():
         for m in matchers:
             label, op, value = re.fullmatch(r'(\w+)(=~|!=|=)"(.*)"', m).groups()
             assert label == "alertname", m
-            test = {"=": lambda n: n == value, "!=": lambda n: n != value,
-                    "=~": lambda n: re.fullmatch(value, n) is not None}[op]
+            test = {"=": lambda n, value=value: n == value, "!=": lambda n, value=value: n != value,
+                    "=~": lambda n, value=value: re.fullmatch(value, n) is not None}[op]
             out = {n for n in out if test(n)}
         return out
 

@@ -102,7 +102,7 @@ def test_each_hostile_stream_degrades_alone(hostile: HostileServer) -> None:
     sim = Simulator([SimAccount(api_key=k, api_secret=s, balances=[dict(OFFICIAL_ROW)]) for k, s in creds]
                     + [SimAccount(api_key=healthy.key, api_secret=healthy.secret, balances=[dict(OFFICIAL_ROW)])])
     accounts = [{"alias": mode, "api_key": k, "api_secret": s, "stream_base_url": hostile.url(mode)}
-                for mode, (k, s) in zip(MODES, creds)]
+                for mode, (k, s) in zip(MODES, creds, strict=True)]
     accounts.append({"alias": "mute", "api_key": creds[0][0], "api_secret": creds[0][1],
                      "stream_base_url": f"ws://127.0.0.1:{hostile.raw_port}/private"})
     accounts.append(account(healthy))
