@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -45,6 +46,7 @@ from exporter.targets import Target
 from exporter.transport import Pools
 
 log = logging.getLogger("exporter.streams")
+_T = TypeVar("_T")
 # websockets logs request lines (with the listenKey in the path) at debug: keep it silent.
 WIRE_LOG = logging.getLogger("exporter.streams.wire")
 WIRE_LOG.propagate = False
@@ -282,7 +284,7 @@ class StreamManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- one account's stream ----------------------------------------------------------------
-    async def _rest(self, call: Callable[[], object]) -> object:
+    async def _rest(self, call: Callable[[], _T]) -> _T:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._pool, call)
 
@@ -294,7 +296,7 @@ class StreamManager:
             why = ""
             try:
                 if stream.key is None:
-                    stream.key = await self._rest(stream.keys.create)  # type: ignore[assignment]
+                    stream.key = await self._rest(stream.keys.create)
                 await self._connect_and_read(stream)
                 why = "closed by the server"
             except asyncio.CancelledError:
