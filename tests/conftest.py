@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from processes import REPO as REPO  # the repository root, for the test modules
-from processes import ManagedProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import parse_config
 from exporter.engine import Engine
 from exporter.web import make_app, serve
+from processes import REPO as REPO  # the repository root, for the test modules
+from processes import ManagedProcess
 from testkit import SimAccount, Simulator
 
 # The official example row (binance-api.md §2.2) and a second, multi-asset account.

@@ -6,8 +6,8 @@ import time
 import urllib.request
 
 import pytest
-from conftest import ACCOUNTS, OFFICIAL_ROW, config_dict, value, wait_until
 
+from conftest import ACCOUNTS, OFFICIAL_ROW, config_dict, value, wait_until
 from exporter import governor
 from testkit import Fault, SimAccount, Simulator
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from conftest import ACCOUNTS, ALL_SECRETS, REPO, assert_no_secrets, config_dict, value, wait_until, write_config
-
 from exporter import __version__
 from testkit import Simulator
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, one_error_line, run_cli
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import REPO, one_error_line, run_cli
 from exporter.config import ConfigError, load_config, parse_config, parse_config_text
 from exporter.files import CONFIG_FILE_MAX, SECRET_FILE_MAX, YAML_MAX_DEPTH, YAML_MAX_NODES
 

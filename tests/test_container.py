@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import REPO, free_port
 from exporter import __version__
 from exporter.demo import DEMO_ACCOUNTS
 

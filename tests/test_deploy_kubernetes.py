@@ -31,6 +31,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from stack_helpers import REPO, RULE_FILES, require_tool
 
 KUBE = REPO / "deploy" / "kubernetes"

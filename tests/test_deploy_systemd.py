@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from stack_helpers import REPO, require_tool
 
 UNIT = REPO / "deploy" / "systemd" / "binance-futures-exporter.service"

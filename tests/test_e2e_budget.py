@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import OFFICIAL_ROW, free_port, write_config
-from stack_helpers import process, require_tool
 from test_e2e_prometheus import PromAPI, poll
 
+from conftest import OFFICIAL_ROW, free_port, write_config
+from stack_helpers import process, require_tool
 from testkit import SimAccount, Simulator
 
 ALIASES = ["desk-a", "desk-b", "desk-c", "desk-d", "desk-e", "desk-f"]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from stack_helpers import DASHBOARD, PROM, RULE_FILES, demo_exporter, free_port, http_get, process, require_tool
 
 EXPORTER_DEFAULT_ADDRESS = "localhost:9894"

@@ -59,15 +59,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import wait_until
-from stack_helpers import metric_catalogue, require_tool
 
+from conftest import wait_until
 from exporter.config import parse_config
 from exporter.engine import Engine
 from exporter.reload import Reloader
 from exporter.simulator import SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, balance_row, pm_row
 from exporter.web import make_app, serve
 from exporter.webconfig import WebConfig
+from stack_helpers import metric_catalogue, require_tool
 from testkit import Simulator
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ACCOUNTS, OFFICIAL_ROW, config_dict, rows_b, value, wait_until, write_config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from conftest import ACCOUNTS, OFFICIAL_ROW, config_dict, rows_b, value, wait_until, write_config
 from exporter.config import parse_config
 from exporter.engine import Engine
 from exporter.hosts import Backoff
@@ -263,7 +263,6 @@ def test_ed25519_and_rsa_accounts_scrape(tmp_path: Path, make_harness) -> None:
 def test_no_secret_anywhere_in_a_full_faulty_run(sim: Simulator, tmp_path: Path, run_exporter) -> None:
     """Every fault the simulator can play, at debug log level: scan all output for every key and secret."""
     from conftest import ALL_SECRETS, assert_no_secrets
-
     from testkit import FAULT_KINDS
 
     data = config_dict(sim.base_url, timeout_seconds=1)

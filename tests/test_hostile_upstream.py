@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from conftest import OFFICIAL_ROW, parse_metrics, value, wait_until, write_config
 from hostile_server import HostileServer, balance_script, response, server_time, trickle
 from stack_helpers import require_tool

@@ -6,8 +6,8 @@ import time
 
 import pytest
 import requests
-from conftest import value, wait_until
 
+from conftest import value, wait_until
 from exporter.parsing import SUB_ACCOUNT_KEYS
 from exporter.schema import (
     COINM_BALANCE,

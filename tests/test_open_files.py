@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import OFFICIAL_ROW, REPO, ExporterProcess, free_port, one_error_line, write_config
 
+from conftest import OFFICIAL_ROW, REPO, ExporterProcess, free_port, one_error_line, write_config
 from exporter.config import parse_config
 from exporter.engine import Engine
 from exporter.fdlimit import MIN_FRONT_CONNECTIONS

@@ -22,6 +22,7 @@ import subprocess
 
 import pytest
 import yaml
+
 from stack_helpers import DASHBOARD, PROM, RULE_FILES, demo_exporter, fetch, require_tool
 
 CONFIGS = [PROM / "prometheus.yml", PROM / "prometheus.compose.yml"]

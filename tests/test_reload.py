@@ -22,6 +22,11 @@ import bcrypt
 import pytest
 import requests
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 from conftest import (
     ACCOUNTS,
     ALL_SECRETS,
@@ -32,11 +37,6 @@ from conftest import (
     wait_until,
     write_config,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from exporter.config import parse_config
 from exporter.engine import Engine, Reconciled
 from exporter.reload import Reloader

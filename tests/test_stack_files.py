@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
 from stack_helpers import (
     DASHBOARD,
     PROM,

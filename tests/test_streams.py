@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, parse_metrics, value, wait_until
 
+from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, parse_metrics, value, wait_until
 from exporter.config import ConfigError, parse_config
 from exporter.engine import Engine
 from exporter.simulator import SimPortfolio, SimPosition, balance_row, pm_row

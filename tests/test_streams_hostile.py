@@ -15,10 +15,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import ACCOUNTS, OFFICIAL_ROW, value, wait_until
 from test_streams import Live, account, account_update, now_ms
 from websockets.asyncio.server import ServerConnection, serve
 
+from conftest import ACCOUNTS, OFFICIAL_ROW, value, wait_until
 from testkit import SimAccount, Simulator
 
 QUIET = logging.getLogger("tests.hostile.wire")  # the hostile side's own errors are the point: not logged

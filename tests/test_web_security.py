@@ -14,12 +14,12 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from conftest import ACCOUNTS, REPO, config_dict, one_error_line, parse_metrics, run_cli, value, write_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from conftest import ACCOUNTS, REPO, config_dict, one_error_line, parse_metrics, run_cli, value, write_config
 from exporter.config import ConfigError
 from exporter.webconfig import WebConfig, load_web_config
 from testkit import Simulator
