@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
+.PHONY: test lint venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,13 @@ $(VPY):
 venv: $(VPY)
 	$(VPY) -m pip install --quiet -e '.[test]'
 
-test: venv
+test: lint
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (whole repository) and mypy (exporter/, strict); both configured in pyproject.toml.
+lint: venv
+	$(VPY) -m ruff check
+	$(VPY) -m mypy
 
 # Rewrite tests/golden/ from the current output (review the diff, then commit it).
 golden: venv
@@ -44,4 +49,4 @@ bench-slowreaders: venv
 	$(VPY) -m benchmarks.slowreaders $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

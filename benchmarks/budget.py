@@ -36,6 +36,7 @@ oldest exported data. Table to stdout, JSON to `--output`
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -46,9 +47,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/budget.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
+import requests
 
-from benchmarks.procstats import (  # noqa: E402
+from benchmarks.procstats import (
     MB,
     RESULTS,
     ExporterProcess,
@@ -188,7 +189,7 @@ def analyse_log(entries: list[list[Any]], n: int, t0: float, t_end: float, worst
             first.append(float("inf"))
             continue
         first.append(times[0] - t0)
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         intervals.extend(gaps)
         end_gap.append(t_end - times[-1])
         worst_per_account.append(max([times[0] - t0, *gaps, t_end - times[-1]]))
@@ -253,7 +254,7 @@ def evaluate(report: dict[str, Any], args: argparse.Namespace) -> list[dict[str,
                     "detail": f"median {fmt(med, 3)} s, p95 {fmt(p95, 3)} s, max {fmt(max(walls, default=None), 3)} s"})
     ups = [s.get("up", 0) for s in scrapes]
     non_200 = sum(1 for s in scrapes if s["status"] != 200)
-    drops = sum(1 for a, b in zip(ups, ups[1:]) if b < a)
+    drops = sum(1 for a, b in itertools.pairwise(ups) if b < a)
     ok = non_200 == 0 and drops == 0 and bool(ups) and ups[-1] == args.accounts and report["stderr_tracebacks"] == 0
     targets.append({"target": "every scrape 200; once fetched an account stays up (deferred ones export their last "
                               "values); all up at the end; no Traceback",

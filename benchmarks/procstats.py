@@ -19,9 +19,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import requests
 import yaml
@@ -297,7 +298,7 @@ def fmt(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
 
 # -- child processes -----------------------------------------------------------------------
 
-def _pump_lines(stream: Any, sink: "queue.Queue[str | None]") -> None:
+def _pump_lines(stream: Any, sink: queue.Queue[str | None]) -> None:
     for line in iter(stream.readline, ""):
         sink.put(line)
     sink.put(None)
@@ -320,7 +321,7 @@ class SimProcess:
         self._lock = threading.Lock()
         self._lines: queue.Queue[str | None] = queue.Queue()
 
-    def start(self, timeout: float = 60.0) -> "SimProcess":
+    def start(self, timeout: float = 60.0) -> SimProcess:
         self.proc = subprocess.Popen(self.args, cwd=REPO, env=child_env(), text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         threading.Thread(target=_pump_lines, args=(self.proc.stdout, self._lines), daemon=True).start()
@@ -376,7 +377,7 @@ class SimProcess:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "SimProcess":
+    def __enter__(self) -> SimProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -436,9 +437,9 @@ class ExporterProcess:
     base_url: str = ""
     ps: psutil.Process | None = None
     stderr_path: Path = field(init=False)
-    _stdout: "queue.Queue[str | None]" = field(default_factory=queue.Queue, init=False)
+    _stdout: queue.Queue[str | None] = field(default_factory=queue.Queue, init=False)
 
-    def start(self, timeout: float = 60.0) -> "ExporterProcess":
+    def start(self, timeout: float = 60.0) -> ExporterProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / f"{self.name}.yaml"
         config_path.write_text(yaml.safe_dump(self.config, sort_keys=False), encoding="utf-8")

@@ -51,17 +51,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # `python benchmarks/scrape.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
+import requests
 
-from exporter.config import Config  # noqa: E402
-
-from benchmarks.procstats import (  # noqa: E402
+from benchmarks.procstats import (
     MB,
     PROMETHEUS_ACCEPT,
     RESULTS,
@@ -81,6 +80,7 @@ from benchmarks.procstats import (  # noqa: E402
     sample,
     write_json,
 )
+from exporter.config import Config
 
 UP_RE = re.compile(rb"^binance_futures_up\{[^}]*\} (\S+)$", re.M)
 MAX_TIMEOUT_S = 300.0  # the config's maximum timeout_seconds
@@ -369,7 +369,7 @@ def evaluate(runs: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[
     for n, limit in TARGET_RATIO.items():
         name = f"parallel {n} accounts @{args.latency_ms:g} ms: median scrape < {limit:g}x single-account"
         if one is None or n not in par:
-            targets.append({"target": name, "result": "SKIP", "detail": "needs N=1 and N=%d in --accounts" % n})
+            targets.append({"target": name, "result": "SKIP", "detail": f"needs N=1 and N={n} in --accounts"})
             continue
         ratio = par[n]["wall_median_s"] / one["wall_median_s"]
         targets.append({"target": name, "result": "PASS" if ratio < limit else "FAIL",

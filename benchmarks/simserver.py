@@ -43,9 +43,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/simserver.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.procstats import ASSETS, credentials  # noqa: E402
-from exporter.simulator import format_decimal  # noqa: E402
-from testkit import Fault, SimAccount, SimFutures, SimSubAccount, Simulator  # noqa: E402
+from benchmarks.procstats import ASSETS, credentials
+from exporter.simulator import format_decimal
+from testkit import Fault, SimAccount, SimFutures, SimSubAccount, Simulator
 
 
 def balance_rows(index: int, assets: int, seed: int = 0) -> list[dict]:

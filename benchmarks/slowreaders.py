@@ -1,6 +1,7 @@
 """Hostile-client benchmark (issue 18): slow readers of a large /metrics, and floods of stalled TLS handshakes.
 
-    python -m benchmarks.slowreaders            # 500 sub-accounts (~3 MB /metrics), 70 slow readers, 3 TLS floods (~2 min)
+    python -m benchmarks.slowreaders            # 500 sub-accounts (~3 MB /metrics), 70 slow readers,
+                                                # 3 TLS floods (~2 min)
     python -m benchmarks.slowreaders --quick    # smoke mode: 50 sub-accounts, 20 slow readers, small floods
 
 Everything runs on loopback and is bounded in count and time.
@@ -45,15 +46,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __package__ in (None, ""):  # `python benchmarks/slowreaders.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
+import requests
 
-from benchmarks.procstats import (  # noqa: E402
+from benchmarks.procstats import (
     MB,
     RESULTS,
     ExporterProcess,
@@ -67,7 +69,7 @@ from benchmarks.procstats import (  # noqa: E402
     report_head,
     write_json,
 )
-from benchmarks.tlskit import client_hello, self_signed  # noqa: E402
+from benchmarks.tlskit import client_hello, self_signed
 
 try:
     import resource
@@ -161,7 +163,7 @@ class RssSampler:
                 return
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -241,8 +243,11 @@ def phase_slow_readers(sim: SimProcess, args: argparse.Namespace, workdir: Path,
                        "scrape_non_200": sum(1 for _, r in scrapes if r != 200),
                        "slow_readers_open_at_end": open_at_end,
                        # (seconds into the attack, seconds taken) of every probe: when the slow ones happened
-                       "healthy_timeline": [(round(at - started, 2), round(t, 4)) for at, (t, _) in zip(health_at, health)],
-                       "scrape_timeline": [(round(at - started, 2), round(t, 4)) for at, (t, _) in zip(scrapes_at, scrapes)],
+                       # strict=False: a probe may still be running when the attack phase ends
+                       "healthy_timeline": [(round(at - started, 2), round(t, 4))
+                                            for at, (t, _) in zip(health_at, health, strict=False)],
+                       "scrape_timeline": [(round(at - started, 2), round(t, 4))
+                                           for at, (t, _) in zip(scrapes_at, scrapes, strict=False)],
                        "rss_mb_max_sampled": max(sampler.samples, default=None), "rss_mb_peak_hwm": hwm,
                        "rss_mb_at_end": rss_end},
             "after": {"settle_s": args.settle_seconds, "rss_mb": rss_after},

@@ -41,9 +41,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/soak.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
+import requests
 
-from benchmarks.procstats import (  # noqa: E402
+from benchmarks.procstats import (
     MB,
     RESULTS,
     ExporterProcess,

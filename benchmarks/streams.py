@@ -38,9 +38,21 @@ import requests
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.procstats import (ExporterProcess, SimProcess, alias, exporter_config, fill_defaults, fmt,  # noqa: E402
-                                  md_table, median, metric_samples, percentile, report_head, sample,
-                                  write_json)
+from benchmarks.procstats import (
+    ExporterProcess,
+    SimProcess,
+    alias,
+    exporter_config,
+    fill_defaults,
+    fmt,
+    md_table,
+    median,
+    metric_samples,
+    percentile,
+    report_head,
+    sample,
+    write_json,
+)
 
 MB = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -100,7 +112,8 @@ def phase(exp: ExporterProcess, session: requests.Session, seconds: float, inter
         threads.append(snap["threads"])
         k += 1
     end, t1 = sample(exp.ps), time.time()
-    return {"t0": t0, "t1": t1, "scrapes": k, "cpu_pct": round(100 * (end["cpu"] - start["cpu"]) / (end["t"] - start["t"]), 2),
+    return {"t0": t0, "t1": t1, "scrapes": k,
+            "cpu_pct": round(100 * (end["cpu"] - start["cpu"]) / (end["t"] - start["t"]), 2),
             "rss_mb": round(max(rss + [end["rss"]]) / MB, 1), "threads": int(max(threads + [end["threads"]])),
             "fds": end["fds"]}
 

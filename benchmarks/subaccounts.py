@@ -55,9 +55,9 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/subaccounts.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import requests  # noqa: E402
+import requests
 
-from benchmarks.procstats import (  # noqa: E402
+from benchmarks.procstats import (
     MB,
     RESULTS,
     ExporterProcess,
@@ -78,7 +78,7 @@ from benchmarks.procstats import (  # noqa: E402
     sample,
     write_json,
 )
-from benchmarks.scrape import py_spy_profile  # noqa: E402
+from benchmarks.scrape import py_spy_profile
 
 MASTER = "master"
 SINGLE = "single"

@@ -9,8 +9,8 @@ import os
 import queue
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from exporter import __version__
 from exporter.config import ConfigError, load_config
@@ -119,8 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         signals.put(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
+    for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(handled, on_signal)
     sync = engine.start()
     reloader = Reloader(engine, web, None if args.demo else args.config_file, args.web_config_file)
     app = make_app(engine, args.telemetry_path, ready=lambda: all(f.done() for f in sync),

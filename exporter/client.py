@@ -9,8 +9,9 @@ logs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from exporter.endpoints import HOST_KINDS, TIME_WEIGHT, Call
 from exporter.governor import Admission
@@ -82,7 +83,10 @@ class HostClock:
     def __init__(self, host: Host, transport: Transport) -> None:
         self.host = host
         self.transport = transport
-        self.path = HOST_KINDS[host.kind].time_path
+        path = HOST_KINDS[host.kind].time_path
+        if path is None:  # Targets gives such a host the USD-M host's clock instead
+            raise ValueError(f"{host.kind} has no time endpoint")
+        self.path = path
 
     def server_time(self, deadline: float) -> int | None:
         if self.host.backoff.remaining()[0] > 0 or not self.host.governor.try_acquire(TIME_WEIGHT, pace=False):
@@ -127,7 +131,7 @@ class Client:
     """One credential on one host: signed calls with one clock re-sync and one transient retry."""
 
     def __init__(self, host: Host, transport: Transport, clock: HostClock, api_key: Secret, signer: Signer,
-                 recv_window_ms: int, sleep=time.sleep) -> None:
+                 recv_window_ms: int, sleep: Callable[[float], None] = time.sleep) -> None:
         self.host = host
         self.transport = transport
         self.clock = clock

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 RESYNC_AFTER_S = 300.0
 # After a failed measurement (the time endpoint down, slow or trickling), sign with

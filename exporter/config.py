@@ -14,14 +14,21 @@ import math
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, overload
 from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
-from exporter.files import (CONFIG_FILE_MAX, PRIVATE_KEY_MAX, SECRET_FILE_MAX, describe_yaml_error, parse_yaml,
-                            read_regular_file)
+from exporter.files import (
+    CONFIG_FILE_MAX,
+    PRIVATE_KEY_MAX,
+    SECRET_FILE_MAX,
+    describe_yaml_error,
+    parse_yaml,
+    read_regular_file,
+)
 from exporter.secrets import Secret, hidden, looks_like_a_name, quote_name, quote_path, quote_value
 from exporter.signing import HmacSigner, KeyPairSigner, Signer, load_private_key
 
@@ -206,7 +213,7 @@ def unknown_key(key: object, allowed: tuple[str, ...]) -> str:
     might be a secret pasted in the wrong place.
     """
     hint = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) and len(key) <= 64 else []
-    shown = repr(key) if hint and looks_like_a_name(key, 40) else quote_name(key)
+    shown = repr(key) if hint and isinstance(key, str) and looks_like_a_name(key, 40) else quote_name(key)
     return f"unknown key {shown}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
 
 
@@ -326,7 +333,7 @@ def _url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], schemes: t
         raise ctx.error(key, "must be scheme and host only (no path, query or fragment)" if "http" in schemes
                         else "must be scheme, host and path only (no query or fragment)")
     try:
-        parts.port
+        _ = parts.port  # the property raises ValueError for a bad port
     except ValueError:
         raise ctx.error(key, "has an invalid port") from None
     return parts
@@ -354,6 +361,12 @@ def _thresholds(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str]) -> 
     return out
 
 
+@overload
+def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str, str],
+                      warnings: list[str], *, binary: Literal[False] = False) -> str: ...
+@overload
+def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str, str],
+                      warnings: list[str], *, binary: Literal[True]) -> bytes: ...
 def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str, str],
                       warnings: list[str], *, binary: bool = False) -> str | bytes:
     path = _string(ctx, key, path_value, environ)
@@ -462,7 +475,7 @@ def _credentials(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str],
     passphrase = found[0] if found is not None else None
     try:
         signer: KeyPairSigner = load_private_key(
-            bytes(pem), passphrase.encode("utf-8") if passphrase is not None else None
+            pem, passphrase.encode("utf-8") if passphrase is not None else None
         )
     except ValueError as exc:
         raise ctx.error("private_key_file", str(exc)) from None

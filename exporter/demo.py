@@ -28,8 +28,16 @@ from typing import Any
 from exporter.config import AccountConfig, Config, SubAccounts
 from exporter.secrets import Secret
 from exporter.signing import HmacSigner
-from exporter.simulator import (SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, Simulator,
-                                balance_row, pm_row)
+from exporter.simulator import (
+    SimAccount,
+    SimFutures,
+    SimPortfolio,
+    SimPosition,
+    SimSubAccount,
+    Simulator,
+    balance_row,
+    pm_row,
+)
 
 DEFAULT_THRESHOLDS = {"USDT": 1000.0}
 # The simulator binds a random loopback port; a fixed `host` label keeps the demo's

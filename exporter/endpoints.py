@@ -8,9 +8,10 @@ of them is charged to its host's budget before it is sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from exporter import parsing
 

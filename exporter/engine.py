@@ -23,10 +23,10 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from exporter.client import REASONS, ScrapeError, Skipped
 from exporter.config import AccountConfig, Config
@@ -513,7 +513,8 @@ class Engine:
         Coalesced: while one is queued or pending, more events add nothing; one arriving
         while a refresh is in flight gets exactly one more after it; and an account gets
         at most one stream-requested refresh per STREAM_REFRESH_GAP_S or refresh_after,
-        whichever is longer (a gap always gets its own). The refresh waits for the budget like any other: never a burst of requests.
+        whichever is longer (a gap always gets its own). The refresh waits for the budget like any
+        other: never a burst of requests.
         """
         with self._cond:
             state = self.states.get(key)
@@ -716,6 +717,7 @@ class Engine:
                 for waiting in due:
                     self._urgent_due(waiting)
                 continue
+            assert admission is not None  # `due` empty: the branch above acquired it or looped
             self._start(state, time.monotonic() + state.target.account.timeout_seconds, admission)
 
 

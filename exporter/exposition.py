@@ -13,10 +13,9 @@ values; the golden files pin the result.
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 from prometheus_client.openmetrics.exposition import UNDERSCORES, escape_label_name, escape_metric_name
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 _MUNGED_TYPES = {"counter": ("_total", "counter"), "info": ("_info", "gauge"), "stateset": ("", "gauge"),
@@ -29,7 +28,8 @@ def _value(number: float) -> str:
     exponent to convert (Go writes positive values from 1e6 up with one; repr does too from 1e16)."""
     if number.__class__ is float and -1e6 < number < 1e6:
         return repr(number)
-    return floatToGoString(number)
+    text: str = floatToGoString(number)
+    return text
 
 
 def _escape_value(value: str) -> str:
@@ -42,11 +42,11 @@ def _escape_doc(text: str) -> str:
 
 def encode_text(registry: Collector) -> bytes:
     """generate_latest(registry) with its default (underscores) escaping, memoised per scrape."""
-    names: Dict[str, str] = {}
-    label_names: Dict[str, str] = {}
-    label_sets: Dict[tuple, str] = {}
-    by_id: Dict[int, tuple] = {}
-    output: List[str] = []
+    names: dict[str, str] = {}
+    label_names: dict[str, str] = {}
+    label_sets: dict[tuple[tuple[str, str], ...], str] = {}
+    by_id: dict[int, tuple[dict[str, str], str]] = {}
+    output: list[str] = []
 
     def metric_name(name: str) -> str:
         escaped = names.get(name)
@@ -54,7 +54,7 @@ def encode_text(registry: Collector) -> bytes:
             escaped = names[name] = escape_metric_name(name, UNDERSCORES)
         return escaped
 
-    def label_str(labels: dict) -> str:
+    def label_str(labels: dict[str, str]) -> str:
         # The renderer shares one dict among an account's samples: its id is the cheapest key.
         # The entry holds the dict itself, so no other dict can take its id during this call.
         seen = by_id.get(id(labels))
@@ -73,7 +73,7 @@ def encode_text(registry: Collector) -> bytes:
         by_id[id(labels)] = (labels, text)
         return text
 
-    def sample_line(sample) -> str:  # noqa: ANN001 - prometheus_client's Sample
+    def sample_line(sample: Sample) -> str:
         labels = label_str(sample.labels) if sample.labels else ""
         timestamp = "" if sample.timestamp is None else f" {int(float(sample.timestamp) * 1000):d}"
         return f"{metric_name(sample.name)}{labels} {_value(sample.value)}{timestamp}\n"
@@ -84,7 +84,7 @@ def encode_text(registry: Collector) -> bytes:
         doc = _escape_doc(metric.documentation)
         output.append(f"# HELP {mname} {doc}\n# TYPE {mname} {mtype}\n")
         om_names = {metric.name + s: s for s in _OM_SUFFIXES}
-        om_samples: Dict[str, List[str]] = {}
+        om_samples: dict[str, list[str]] = {}
         for sample in metric.samples:
             om = om_names.get(sample.name)
             if om is None:

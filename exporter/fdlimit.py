@@ -2,7 +2,8 @@
 
 What the exporter holds open follows from its config: each Binance host's
 keep-alive pool holds at most as many connections as requests can run on it
-at once, and never more than `max_concurrency` (see `transport.Pools`), the HTTP front at most `MAX_CONNECTIONS` clients, plus
+at once, and never more than `max_concurrency` (see `transport.Pools`), the HTTP
+front at most `MAX_CONNECTIONS` clients, plus
 `FD_RESERVE` for everything else (logs, listening socket, poller, files read
 at start). Many systems still start processes with a soft limit of 1024: it is
 raised at start as far as needed, up to the hard limit (the admin's word,

@@ -118,6 +118,12 @@ class ConversionError(yaml.constructor.ConstructorError):
     """A scalar looked like a number or date but did not convert (a 5,000-digit int, 2024-13-45)."""
 
 
+def _mark(event: yaml.Event) -> yaml.Mark | None:
+    """The event's position. The pure-Python parser's marks are yaml.Mark; the stubs also allow the C parser's."""
+    mark = event.start_mark
+    return mark if isinstance(mark, yaml.Mark) else None
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader with three additions for files from outside.
 
@@ -136,25 +142,25 @@ class _Loader(yaml.SafeLoader):
         self._nodes = 0
         self._anchor_sizes: dict[str, int] = {}
 
-    def _count(self, n: int, mark: yaml.Mark) -> None:
+    def _count(self, n: int, mark: yaml.Mark | None) -> None:
         self._nodes += n
         if self._nodes > YAML_MAX_NODES:
             raise YamlLimitError(None, None, f"more than {YAML_MAX_NODES} values (counting each use of an alias "
                                  "as a copy)", mark)
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        event = self.peek_event()
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
+        mark = _mark(event)
         if isinstance(event, yaml.AliasEvent):
-            size = self._anchor_sizes.get(event.anchor)
+            size = self._anchor_sizes.get(event.anchor) if event.anchor is not None else None
             if size is None and event.anchor in self.anchors:
-                raise YamlLimitError(None, None, "an alias refers to the list or mapping that contains it",
-                                     event.start_mark)
-            self._count(size or 0, event.start_mark)  # an unknown anchor: PyYAML reports it next
+                raise YamlLimitError(None, None, "an alias refers to the list or mapping that contains it", mark)
+            self._count(size or 0, mark)  # an unknown anchor: PyYAML reports it next
             return super().compose_node(parent, index)
         if self._depth >= YAML_MAX_DEPTH:
-            raise YamlLimitError(None, None, f"nested deeper than {YAML_MAX_DEPTH} levels", event.start_mark)
+            raise YamlLimitError(None, None, f"nested deeper than {YAML_MAX_DEPTH} levels", mark)
         before = self._nodes
-        self._count(1, event.start_mark)
+        self._count(1, mark)
         self._depth += 1
         node = super().compose_node(parent, index)
         self._depth -= 1
@@ -176,7 +182,7 @@ class _Loader(yaml.SafeLoader):
                                   node.start_mark) from None
 
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":

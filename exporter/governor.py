@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 WINDOW_S = 60.0
 # Weight is counted when a request is admitted, Binance counts it when the request

@@ -72,8 +72,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, cast
 from urllib.parse import unquote
 
 import h11
@@ -84,6 +85,11 @@ except ImportError:  # not on Windows
     resource = None  # type: ignore[assignment]
 
 log = logging.getLogger("exporter.http")
+
+# WSGI (PEP 3333), as this server calls an app and as exporter.web writes one.
+Environ = dict[str, Any]
+StartResponse = Callable[..., object]
+WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 # A connect burst of this many is queued by the kernel instead of dropped
 # (the kernel caps it at net.core.somaxconn, 4096 on current Linux).
@@ -244,11 +250,21 @@ def _glibc_heap() -> tuple[Callable[[], None], Callable[[], None]]:
 trim_heap, tune_heap = _glibc_heap()
 
 
+def _part(view: memoryview) -> bytes:
+    """The response part a view of conn.out was cut from (every one is a view of bytes)."""
+    return cast(bytes, view.obj)
+
+
+def _send(http: h11.Connection, event: h11.Event) -> list[bytes]:
+    """h11's bytes for `event`; h11 answers None only for ConnectionClosed, which is never sent here."""
+    return http.send_with_data_passthrough(event) or []
+
+
 class _Buffered:
     """The response bytes the poller holds for clients, each distinct object counted once."""
 
     def __init__(self) -> None:
-        self._refs: dict[int, list] = {}  # id(obj) -> [obj, references]
+        self._refs: dict[int, list[Any]] = {}  # id(obj) -> [obj, references]
         self.total = 0
 
     def add(self, parts: Iterable[bytes]) -> None:
@@ -299,7 +315,7 @@ class _Workers:
         while (conn := self._queue.get()) is not None:
             try:
                 self._run(conn)
-            except Exception:  # noqa: BLE001 - a worker must survive any request
+            except Exception:  # a worker must survive any request
                 log.exception("http worker error")
 
     def stop(self) -> None:
@@ -323,7 +339,7 @@ def _fd_soft_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def wsgi_environ(base: dict, request: h11.Request, addr: object, tls: bool) -> dict:
+def wsgi_environ(base: Environ, request: h11.Request, addr: object, tls: bool) -> Environ:
     """The WSGI environ of one request, as wsgiref builds it (minus os.environ: ours holds API secrets)."""
     target = request.target.decode("latin-1")
     path, _, query = target.partition("?")
@@ -350,11 +366,11 @@ def wsgi_environ(base: dict, request: h11.Request, addr: object, tls: bool) -> d
     return env
 
 
-def run_app(app: Callable, env: dict) -> tuple[str, list[tuple[str, str]], list[bytes]]:
+def run_app(app: WsgiApp, env: Environ) -> tuple[str, list[tuple[str, str]], list[bytes]]:
     """Call a WSGI app; (status, headers, body chunks). Bodies here are small lists of bytes."""
-    response: list = []
+    response: list[Any] = []
 
-    def start_response(status: str, headers: list, exc_info: object = None) -> Callable[[bytes], None]:
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Callable[[bytes], None]:
         if response and not exc_info:
             raise AssertionError("start_response called twice")
         response[:] = [status, list(headers)]
@@ -376,7 +392,7 @@ def run_app(app: Callable, env: dict) -> tuple[str, list[tuple[str, str]], list[
 class HTTPServer:
     """A listening socket, its poller thread and its worker pools (see the module docstring)."""
 
-    def __init__(self, app: Callable, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, app: WsgiApp, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                  limits: Limits = Limits(), priority_paths: tuple[str, ...] = PRIORITY_PATHS) -> None:
         self.app = app
         self.ssl_context = ssl_context
@@ -436,7 +452,7 @@ class HTTPServer:
         """Response bytes the poller holds for clients that have not read them yet."""
         return self._buffered.total
 
-    def get_app(self) -> Callable:
+    def get_app(self) -> WsgiApp:
         return self.app
 
     def set_ssl_context(self, ssl_context: ssl.SSLContext | None) -> None:
@@ -481,7 +497,7 @@ class HTTPServer:
                         break
                 try:
                     self._poll_once()
-                except Exception:  # noqa: BLE001 - the poller must not die
+                except Exception:  # the poller must not die
                     log.exception("http poller error")
         finally:
             self._close_all()
@@ -579,7 +595,7 @@ class HTTPServer:
             del self._waiting[conn.state][conn]
         elif conn.state == _WRITE:
             del self._writing[conn]
-            self._buffered.remove(v.obj for v in conn.out)
+            self._buffered.remove(_part(v) for v in conn.out)
             conn.out.clear()
 
     def _want(self, conn: _Conn, events: int) -> None:
@@ -703,7 +719,7 @@ class HTTPServer:
         limit = self.limits.max_header_bytes
         scanned = 0
         while True:
-            if conn.buf[:1] in (b"\r", b"\n"):
+            if conn.buf.startswith((b"\r", b"\n")):
                 # Empty lines before a request line are ignored (RFC 9112 2.2).
                 del conn.buf[:len(conn.buf) - len(conn.buf.lstrip(b"\r\n"))]
                 scanned = 0
@@ -771,7 +787,7 @@ class HTTPServer:
 
     def _start_write(self, conn: _Conn, parts: list[bytes]) -> None:
         conn.out = deque(memoryview(p) for p in parts if len(p))
-        self._buffered.add(v.obj for v in conn.out)
+        self._buffered.add(_part(v) for v in conn.out)
         self._since_trim_bytes += sum(len(v) for v in conn.out)
         now = time.monotonic()
         conn.state, conn.sent, conn.write_start, conn.progress = _WRITE, 0, now, now
@@ -811,7 +827,7 @@ class HTTPServer:
                     conn.progress = time.monotonic()
                 if n >= len(view):
                     out.popleft()
-                    self._buffered.remove((view.obj,))
+                    self._buffered.remove((_part(view),))
                 else:
                     out[0] = view[n:]
         except OSError as exc:
@@ -859,7 +875,7 @@ class HTTPServer:
         parts: list[bytes] = []
         try:
             parts = self._respond(conn)
-        except Exception as exc:  # noqa: BLE001 - the client's problem or the app's; never the worker's
+        except Exception as exc:  # the client's problem or the app's; never the worker's
             log.error("http request error client=%s error=%s", conn.addr, type(exc).__name__,
                       exc_info=not isinstance(exc, OSError))
             try:
@@ -882,28 +898,27 @@ class HTTPServer:
         if conn.close_after:
             headers.append(("Connection", "close"))
         http = conn.http
-        parts = http.send_with_data_passthrough(h11.Response(status_code=int(code), headers=headers,
-                                                             reason=reason.encode("latin-1")))
+        parts = _send(http, h11.Response(status_code=int(code), headers=headers, reason=reason.encode("latin-1")))
         if not head_request:
             for chunk in chunks:
                 if chunk:
-                    parts += http.send_with_data_passthrough(h11.Data(data=chunk))
-        parts += http.send_with_data_passthrough(h11.EndOfMessage())
+                    parts += _send(http, h11.Data(data=chunk))
+        parts += _send(http, h11.EndOfMessage())
         return parts
 
     def _error_response(self, conn: _Conn) -> list[bytes]:
         conn.close_after = True
         body = b"internal error\n"
         http = conn.http
-        parts = http.send_with_data_passthrough(h11.Response(status_code=500, reason=b"Internal Server Error", headers=[
+        parts = _send(http, h11.Response(status_code=500, reason=b"Internal Server Error", headers=[
             ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
             ("Connection", "close")]))
         if conn.request is not None and conn.request.method != b"HEAD":
-            parts += http.send_with_data_passthrough(h11.Data(data=body))
-        return parts + http.send_with_data_passthrough(h11.EndOfMessage())
+            parts += _send(http, h11.Data(data=body))
+        return parts + _send(http, h11.EndOfMessage())
 
 
-def serve(app: Callable, address: str, ssl_context: ssl.SSLContext | None = None,
+def serve(app: WsgiApp, address: str, ssl_context: ssl.SSLContext | None = None,
           limits: Limits | None = None) -> HTTPServer:
     """Bind and start serving in a daemon thread; returns the server (for its port and shutdown)."""
     host, port = parse_listen_address(address)

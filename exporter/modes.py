@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from exporter.client import Client, ScrapeError, Skipped
 from exporter.endpoints import ACCOUNT_CONFIG_CALL

@@ -15,8 +15,9 @@ import logging
 import math
 import re
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from exporter.logs import fields as log_fields
 from exporter.schema import (
@@ -446,7 +447,7 @@ _unknown_lock = threading.Lock()
 def pm_status(raw: Any) -> str | None:
     """A status Binance added without notice is information, not a bad answer: its own state if it
     is a plain upper-case word (at most 32 characters), else OTHER; logged once per process."""
-    if raw is None or raw in PM_ACCOUNT_STATUSES:
+    if raw is None or (isinstance(raw, str) and raw in PM_ACCOUNT_STATUSES):
         return raw
     shown = raw if isinstance(raw, str) and PM_STATUS_RE.fullmatch(raw) else PM_STATUS_OTHER
     with _unknown_lock:

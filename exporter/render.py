@@ -7,13 +7,14 @@ the exposition is stable enough to pin in golden files.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
 
 from exporter import __version__, build_revision
-from exporter.engine import DiscoveryView, HostView, ScrapeResult
+from exporter.discovery import DiscoveryView
+from exporter.engine import HostView, ScrapeResult
 from exporter.schema import (
     ACCOUNT_FAMILIES,
     ACCOUNT_LABELS,

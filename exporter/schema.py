@@ -62,7 +62,7 @@ def _layout(names: str, known: tuple[Field, ...] = (), *, complete: bool = False
     fields = []
     for word in names.split():
         name, _, kind = word.partition(":")
-        fields.append(by_json.pop(name, None) or Field(name, None, kind or "decimal"))
+        fields.append(by_json.pop(name) if name in by_json else Field(name, None, kind or "decimal"))
     if complete and by_json:
         raise ValueError(f"fields left out of the layout: {sorted(by_json)}")
     return tuple(fields)
@@ -260,8 +260,8 @@ USDM_ACCOUNT_POSITION_V3 = _layout(
     "symbol:text positionSide:text positionAmt unrealizedProfit isolatedMargin notional isolatedWallet "
     "initialMargin maintMargin updateTime:millis", POSITION_RISK)
 
-ACCOUNT_CONFIG = _layout("feeTier:int canTrade:bool canDeposit:bool canWithdraw:bool dualSidePosition updateTime:millis "
-                         "multiAssetsMargin tradeGroupId:int", (
+ACCOUNT_CONFIG = _layout("feeTier:int canTrade:bool canDeposit:bool canWithdraw:bool dualSidePosition "
+                         "updateTime:millis multiAssetsMargin tradeGroupId:int", (
     Field("dualSidePosition", "hedge_mode", "bool"),
     Field("multiAssetsMargin", "multi_assets_mode", "bool"),
 ), complete=True)
@@ -388,8 +388,8 @@ SUB_POSITION_RISK = tuple(replace(f, json={"positionAmt": "positionAmount",
                                             "unRealizedProfit": "unrealizedProfit"}.get(f.json, f.json))
                           for f in POSITION_RISK)
 """POSITION_RISK under the sub-account answer's names (positionAmount, unrealizedProfit)."""
-SUB_POSITION_RISK_USDM = _layout("entryPrice leverage maxNotional liquidationPrice markPrice positionAmount symbol:text "
-                                 "unrealizedProfit", SUB_POSITION_RISK)
+SUB_POSITION_RISK_USDM = _layout("entryPrice leverage maxNotional liquidationPrice markPrice positionAmount "
+                                 "symbol:text unrealizedProfit", SUB_POSITION_RISK)
 SUB_POSITION_RISK_COINM = _layout("entryPrice markPrice leverage isolated:text isolatedWallet isolatedMargin "
                                   "isAutoAddMargin:text positionSide:text positionAmount symbol:text unrealizedProfit",
                                   SUB_POSITION_RISK)

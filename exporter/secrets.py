@@ -42,7 +42,7 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("Secret values are not picklable")
 
     def __len__(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import quote, urlencode
 
 from exporter.secrets import Secret
@@ -71,13 +71,14 @@ class KeyPairSigner:
 
     def sign(self, payload: str) -> str:
         data = payload.encode("ascii")
+        # `kind` is the isinstance test of __init__ (cryptography is imported only when a key is used).
         if self.kind == "ed25519":
-            raw = self._key.sign(data)
+            raw = cast("ed25519.Ed25519PrivateKey", self._key).sign(data)
         else:
             from cryptography.hazmat.primitives import hashes
             from cryptography.hazmat.primitives.asymmetric import padding
 
-            raw = self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+            raw = cast("rsa.RSAPrivateKey", self._key).sign(data, padding.PKCS1v15(), hashes.SHA256())
         return quote(base64.b64encode(raw).decode("ascii"), safe="")
 
     def __repr__(self) -> str:
@@ -115,7 +116,7 @@ def load_private_key(pem: bytes, passphrase: bytes | None) -> KeyPairSigner:
         raise ValueError(
             "not a readable PEM private key (wrong passphrase, or not PKCS#8/PKCS#1 PEM)"
         ) from None
-    except Exception:  # cryptography raises UnsupportedAlgorithm and friends
+    except Exception:  # noqa: BLE001 - cryptography raises UnsupportedAlgorithm and friends
         raise ValueError("unsupported private key type") from None
     if not isinstance(key, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)):
         raise ValueError(
@@ -135,7 +136,8 @@ def build_query(params: list[tuple[str, str]]) -> str:
     sub-account's email with it unencoded (`urlencode(...).replace("%40", "@")`); a
     query without "%" also keeps urllib3 off its per-character re-encoding path.
     """
-    return urlencode(params, quote_via=_quote)
+    # typeshed's quote_via must take bytes too; only str parameters come here.
+    return urlencode(params, quote_via=_quote)  # type: ignore[arg-type]
 
 
 def signed_query(params: list[tuple[str, str]], signer: Signer) -> str:

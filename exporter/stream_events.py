@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclasses_replace
-from typing import Any, Mapping
+from typing import Any, TypeVar
 
-from exporter.parsing import (ASSET_RE, POSITION_SIDES, SYMBOL_RE, AssetRow, BadResponse, PositionRow, Snapshot,
-                              parse_decimal)
+from exporter.parsing import (
+    ASSET_RE,
+    POSITION_SIDES,
+    SYMBOL_RE,
+    AssetRow,
+    BadResponse,
+    PositionRow,
+    Snapshot,
+    parse_decimal,
+)
 from exporter.schema import PM_ACCOUNT_STATUSES
 
 # The label values of binance_futures_stream_events_total{event}: a fixed set.
@@ -175,6 +184,16 @@ def _parse(data: Mapping[str, Any]) -> Event:
     return Event("other", time_ms)
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _forget_until(table: dict[_K, tuple[float, _V]], when: float) -> None:
+    """Drop the entries applied at or before `when`."""
+    for key in [k for k, (at, _) in table.items() if at <= when]:
+        del table[key]
+
+
 @dataclass(frozen=True)
 class StreamView:
     """What the renderer reads about one account's stream in one scrape."""
@@ -257,9 +276,11 @@ class StreamState:
         with self.lock:
             if self.connected_at is None or rest_started < self.connected_at:
                 return snapshot  # not trusted until REST has read past the gap
-            for table in (self.assets, self.positions, self.totals, self.modes):
-                for key in [k for k, (at, _) in table.items() if at <= rest_started]:
-                    del table[key]  # the REST answer already has it
+            # The REST answer already has what the stream applied before it started.
+            _forget_until(self.assets, rest_started)
+            _forget_until(self.positions, rest_started)
+            _forget_until(self.totals, rest_started)
+            _forget_until(self.modes, rest_started)
             if self.status is not None and self.status[0] <= rest_started:
                 self.status = None
             assets = {k: v for k, (_, v) in self.assets.items()}

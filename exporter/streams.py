@@ -29,9 +29,10 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -45,6 +46,7 @@ from exporter.targets import Target
 from exporter.transport import Pools
 
 log = logging.getLogger("exporter.streams")
+_T = TypeVar("_T")
 # websockets logs request lines (with the listenKey in the path) at debug: keep it silent.
 WIRE_LOG = logging.getLogger("exporter.streams.wire")
 WIRE_LOG.propagate = False
@@ -110,7 +112,7 @@ def stream_url(base: str, market: str, key: Secret) -> str:
 
 def backoff_delay(failures: int, tuning: Tuning, rng: random.Random) -> float:
     """Exponential back-off with jitter (half fixed, half random), so a fleet does not reconnect in step."""
-    ceiling = min(tuning.backoff_max_s, tuning.backoff_base_s * 2 ** min(failures - 1, 20))
+    ceiling = min(tuning.backoff_max_s, tuning.backoff_base_s * 2.0 ** min(failures - 1, 20))
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
@@ -225,8 +227,13 @@ class StreamManager:
             return
         task = asyncio.create_task(self._run(stream), name=f"stream-{stream.target.alias}")
         self._tasks[stream.target.key] = task
-        task.add_done_callback(lambda done, key=stream.target.key: self._tasks.get(key) is done
-                               and self._tasks.pop(key, None))
+        key = stream.target.key
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(key) is done:
+                self._tasks.pop(key, None)
+
+        task.add_done_callback(forget)
 
     def state(self, key: tuple[str, str]) -> StreamState | None:
         stream = self.streams.get(key)
@@ -277,7 +284,7 @@ class StreamManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- one account's stream ----------------------------------------------------------------
-    async def _rest(self, call: Callable[[], object]) -> object:
+    async def _rest(self, call: Callable[[], _T]) -> _T:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._pool, call)
 
@@ -289,7 +296,7 @@ class StreamManager:
             why = ""
             try:
                 if stream.key is None:
-                    stream.key = await self._rest(stream.keys.create)  # type: ignore[assignment]
+                    stream.key = await self._rest(stream.keys.create)
                 await self._connect_and_read(stream)
                 why = "closed by the server"
             except asyncio.CancelledError:
@@ -314,7 +321,7 @@ class StreamManager:
                     why = f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})"
             except (OSError, TimeoutError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 why = type(exc).__name__  # never str(exc): it may quote the URL
-            except Exception as exc:  # a bug: never let it end the stream for good
+            except Exception as exc:  # noqa: BLE001 - a bug: never let it end the stream for good
                 # No traceback: an exception's text may quote the URL, and the URL holds the listenKey.
                 log.error("user stream: unexpected error", extra=fields(
                     alias=target.alias, market=target.market, error=type(exc).__name__))

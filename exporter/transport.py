@@ -23,8 +23,8 @@ import threading
 import time
 import urllib.request
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 from urllib.parse import urlsplit
 
 import urllib3
@@ -310,7 +310,7 @@ class Transport:
             self._http = manager
         else:
             pool_cls = _HTTPSPool if parts.scheme == "https" else _HTTPPool
-            self._http = pool_cls(parts.hostname, parts.port, maxsize=pool_size, block=True, headers=headers)
+            self._http = pool_cls(parts.hostname or "", parts.port, maxsize=pool_size, block=True, headers=headers)
 
     def close(self) -> None:
         if isinstance(self._http, urllib3.PoolManager):
@@ -335,7 +335,8 @@ class Transport:
         try:
             resp = self._http.urlopen(
                 method, url, headers=dict(headers or {}), retries=False, redirect=False,
-                timeout=urllib3.Timeout(connect=remaining, read=remaining), pool_timeout=remaining,
+                timeout=urllib3.Timeout(connect=remaining, read=remaining),
+                pool_timeout=remaining,  # type: ignore[arg-type]  # urllib3 says int; it is a queue.get timeout
                 preload_content=False, decode_content=False,
             )
             body = _read_body(resp)

@@ -13,11 +13,16 @@ from __future__ import annotations
 import gzip
 import html
 import threading
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from urllib.parse import parse_qs, quote
 
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry
-from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
@@ -25,17 +30,17 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.engine import Engine
 from exporter.exposition import encode_text
-from exporter.httpserver import parse_listen_address, serve
+from exporter.httpserver import Environ, StartResponse, WsgiApp, parse_listen_address, serve
 from exporter.render import families
 from exporter.webconfig import BasicAuth, WebConfig
 
 __all__ = ["make_app", "parse_listen_address", "serve"]  # the last two: re-exported from httpserver
 
-StartResponse = Callable[..., object]
+Rendered = tuple[list[tuple[str, str]], bytes]  # headers and body of one exposition
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 
 
-def scrape_budget(environ: dict) -> float | None:
+def scrape_budget(environ: Environ) -> float | None:
     """Time this scrape may spend fetching, leaving Prometheus a margin to receive it."""
     raw = environ.get(SCRAPE_TIMEOUT_HEADER)
     try:
@@ -130,10 +135,9 @@ class SharedRenders:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._flights: dict[tuple, tuple[threading.Event, list]] = {}
+        self._flights: dict[Hashable, tuple[threading.Event, list[Rendered]]] = {}
 
-    def get(self, key: tuple, render: Callable[[], tuple[list[tuple[str, str]], bytes]],
-            wait: float | None) -> tuple[list[tuple[str, str]], bytes]:
+    def get(self, key: Hashable, render: Callable[[], Rendered], wait: float | None) -> Rendered:
         with self._lock:
             flight = self._flights.get(key)
             if flight is None:
@@ -156,9 +160,10 @@ class SharedRenders:
             done.set()
 
 
-def exposition(make_registry: Callable[[], CollectorRegistry], key: tuple, shared: SharedRenders,
-               environ: dict, start_response: StartResponse) -> list[bytes]:
+def exposition(make_registry: Callable[[], CollectorRegistry], key: tuple[Hashable, ...], shared: SharedRenders,
+               environ: Environ, start_response: StartResponse) -> list[bytes]:
     accept = environ.get("HTTP_ACCEPT", "")
+    encoder: Callable[[CollectorRegistry], bytes]
     if _wants_text(accept):
         encoder, content_type = encode_text, CONTENT_TYPE_PLAIN_0_0_4
     else:
@@ -201,7 +206,7 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
              web: Callable[[], WebConfig] | None = None,
              reload: Callable[[], str | None] | None = None,
              exporter_metrics: Callable[[], Iterable[Metric]] | None = None,
-             ) -> Callable[[dict, StartResponse], Iterable[bytes]]:
+             ) -> WsgiApp:
     """The routes; `headers` (http_server_config.headers of the web config) go on every answer.
 
     `web`: where auth and headers come from instead, read once per request, so a reload swaps
@@ -211,7 +216,7 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
 
     shared = SharedRenders()
 
-    def metrics(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    def metrics(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         def make_registry() -> CollectorRegistry:
             registry = scrape_registry(ScrapeCollector(engine, engine.aliases(), scrape_budget(environ),
                                                        include_exporter=True))
@@ -223,10 +228,11 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
             return registry
         return exposition(make_registry, ("metrics",), shared, environ, start_response)
 
-    def probe(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    def probe(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         targets = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
         if len(targets) != 1 or not targets[0]:
-            return _text(start_response, "400 Bad Request", "exactly one 'target' parameter (an account alias) is required\n")
+            return _text(start_response, "400 Bad Request",
+                         "exactly one 'target' parameter (an account alias) is required\n")
         target = targets[0]
         if not engine.has_alias(target):
             return _text(start_response, "400 Bad Request",
@@ -235,7 +241,7 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
                                                                   include_exporter=False)),
                           ("probe", target), shared, environ, start_response)
 
-    def lifecycle_reload(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    def lifecycle_reload(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         """As Prometheus answers /-/reload, except a failed reload: 400 with the error line (Prometheus: 500)."""
         if environ.get("REQUEST_METHOD") not in ("POST", "PUT"):
             return _text(start_response, "405 Method Not Allowed", "Only POST or PUT requests allowed\n",
@@ -247,13 +253,13 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
             return _text(start_response, "400 Bad Request", error + "\n")
         return _text(start_response, "200 OK", "Reloaded\n")
 
-    def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         current = web() if web is not None else None
         extra_headers = current.headers if current is not None else headers
         if extra_headers:
             plain_start = start_response
 
-            def start_response(status: str, response_headers: list, *exc: object) -> object:  # noqa: F811
+            def start_response(status: str, response_headers: list[tuple[str, str]], *exc: object) -> object:
                 return plain_start(status, [*response_headers, *extra_headers], *exc)
         path = environ.get("PATH_INFO", "/")
         checker = current.auth if current is not None else auth

@@ -21,8 +21,14 @@ import bcrypt
 import yaml
 
 from exporter.config import ConfigError, unknown_key
-from exporter.files import (CERTIFICATE_MAX, PRIVATE_KEY_MAX, WEB_CONFIG_MAX, describe_yaml_error, parse_yaml,
-                            read_regular_file)
+from exporter.files import (
+    CERTIFICATE_MAX,
+    PRIVATE_KEY_MAX,
+    WEB_CONFIG_MAX,
+    describe_yaml_error,
+    parse_yaml,
+    read_regular_file,
+)
 from exporter.secrets import quote_name, quote_path
 
 TOP_KEYS = ("tls_server_config", "basic_auth_users", "http_server_config")
@@ -124,14 +130,14 @@ def _err(source: str, key: str, what: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {what}")
 
 
-def _check_keys(source: str, where: str, data: dict, allowed: tuple[str, ...]) -> None:
+def _check_keys(source: str, where: str, data: dict[str, Any], allowed: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
             prefix = f"{source}: {where}: " if where else f"{source}: "
             raise ConfigError(prefix + unknown_key(key, allowed))
 
 
-def _choice(source: str, key: str, value: Any, choices: dict) -> Any:
+def _choice(source: str, key: str, value: Any, choices: dict[str, Any]) -> Any:
     if not isinstance(value, str) or value not in choices:
         raise _err(source, key, f"must be one of {', '.join(choices)}")
     return choices[value]

@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -23,7 +23,6 @@ from exporter.web import make_app, serve
 from processes import REPO as REPO  # the repository root, for the test modules
 from processes import ManagedProcess
 from testkit import SimAccount, Simulator
-
 
 # The official example row (binance-api.md §2.2) and a second, multi-asset account.
 OFFICIAL_ROW = {"accountAlias": "SgsR", "asset": "USDT", "balance": "122607.35137903",
@@ -138,7 +137,7 @@ class ExporterProcess(ManagedProcess):
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> "ExporterProcess":
+    def start(self, wait: bool = True) -> ExporterProcess:
         super().start()
         if wait:
             self.wait_ready(self._healthy, timeout=20)

@@ -14,7 +14,7 @@ import socket
 import socketserver
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Chunks = list[tuple[bytes, float]]
 Script = Callable[[str], "Chunks | None"]

@@ -18,7 +18,6 @@ from conftest import REPO, one_error_line, run_cli
 from exporter.config import ConfigError, load_config, parse_config, parse_config_text
 from exporter.files import CONFIG_FILE_MAX, SECRET_FILE_MAX, YAML_MAX_DEPTH, YAML_MAX_NODES
 
-
 KEY = "k" * 64
 SECRET = "S3cr3t-" + "x" * 57
 ENV = {"MAIN_KEY": KEY, "MAIN_SECRET": SECRET}

@@ -18,10 +18,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     from pip._vendor import tomli as tomllib
 
+from test_stack_files import stages
+
 import exporter
 from exporter import render
 from stack_helpers import REPO
-from test_stack_files import stages
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 

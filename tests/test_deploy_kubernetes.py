@@ -22,9 +22,10 @@ import os
 import re
 import subprocess
 import sys
-from functools import lru_cache
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -49,7 +50,7 @@ def _id(path: Path) -> str:
     return str(path.relative_to(KUBE))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _build(directory: Path) -> tuple[dict[str, Any], ...]:
     kubectl = require_tool("kubectl", "apt-get install kubectl; it carries kustomize")
     proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
@@ -92,7 +93,7 @@ def _strict(schema: Any) -> Any:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> validator, for every version of every vendored CRD."""
     out = {}
@@ -354,7 +355,7 @@ def test_sharded_overlay_sends_each_account_to_exactly_one_replica() -> None:
     assert [r["modulus"] for r in hashmods] == [replicas], "modulus must equal the number of replicas"
     targets = [relabel(scrape["spec"]["relabelings"], {"__address__": alias, "job": "scrapeConfig/x/y"})
                for alias in static["targets"]]
-    for alias, labels in zip(static["targets"], targets):
+    for alias, labels in zip(static["targets"], targets, strict=True):
         assert labels["__param_target"] == labels["instance"] == alias
         assert labels["__address__"] in replica_addresses
         assert labels["__address__"].startswith(f"{sts['metadata']['name']}-{hashmod(alias, replicas)}.")

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
+from test_e2e_prometheus import PromAPI, poll
 
 from conftest import OFFICIAL_ROW, free_port, write_config
 from stack_helpers import process, require_tool
-from test_e2e_prometheus import PromAPI, poll
 from testkit import SimAccount, Simulator
 
 ALIASES = ["desk-a", "desk-b", "desk-c", "desk-d", "desk-e", "desk-f"]

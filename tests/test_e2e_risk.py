@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import yaml
+from test_e2e_prometheus import PromAPI, poll, short_for_rules
 
 from conftest import write_config
-from stack_helpers import free_port, process, require_tool
-from test_e2e_prometheus import PromAPI, poll, short_for_rules
-from testkit import SimAccount, Simulator
 from exporter.simulator import SimFutures, SimPortfolio, SimPosition, SimSubAccount, balance_row
+from stack_helpers import free_port, process, require_tool
+from testkit import SimAccount, Simulator
 
 DEADLINE_SECONDS = 45
 

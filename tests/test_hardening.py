@@ -333,7 +333,7 @@ def test_requests_go_through_an_http_proxy_from_the_environment(sim: Simulator, 
     seen: list[str] = []
 
     class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        def do_GET(self) -> None:  # http.server's name
             seen.append(self.path.split("?")[0])
             upstream = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             req = urllib.request.Request(self.path, headers={k: v for k, v in self.headers.items()

@@ -16,8 +16,8 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -583,7 +583,7 @@ def test_buffered_answers_are_capped_for_all_slow_clients_together(start) -> Non
         for i in range(n):
             readers.append(slow_reader(server.server_port, "/six-mb"))
             port = readers[-1].getsockname()[1]
-            poll(lambda: port in writing_ports(server), 5, f"reader {i} was not answered")
+            poll(lambda port=port: port in writing_ports(server), 5, f"reader {i} was not answered")
             assert server.buffered_bytes <= cap + size, server.buffered_bytes
         ports = writing_ports(server)
         assert len(ports) <= cap // size + 1, f"{len(ports)} answers of {size} bytes held under a cap of {cap}"

@@ -9,8 +9,16 @@ import requests
 
 from conftest import value, wait_until
 from exporter.parsing import SUB_ACCOUNT_KEYS
-from exporter.schema import (COINM_BALANCE, PM_ACCOUNT, PM_BALANCE, POSITION_RISK, SUB_ACCOUNT_ASSET,
-                             SUB_ACCOUNT_TOTALS, USDM_ACCOUNT_ASSET, USDM_ACCOUNT_TOTALS)
+from exporter.schema import (
+    COINM_BALANCE,
+    PM_ACCOUNT,
+    PM_BALANCE,
+    POSITION_RISK,
+    SUB_ACCOUNT_ASSET,
+    SUB_ACCOUNT_TOTALS,
+    USDM_ACCOUNT_ASSET,
+    USDM_ACCOUNT_TOTALS,
+)
 from exporter.secrets import Secret
 from exporter.signing import HmacSigner, signed_query
 from exporter.simulator import SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, balance_row, pm_row

@@ -27,8 +27,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import (ACCOUNTS, ALL_SECRETS, assert_no_secrets, config_dict, parse_metrics, value, wait_until,
-                      write_config)
+from conftest import (
+    ACCOUNTS,
+    ALL_SECRETS,
+    assert_no_secrets,
+    config_dict,
+    parse_metrics,
+    value,
+    wait_until,
+    write_config,
+)
 from exporter.config import parse_config
 from exporter.engine import Engine, Reconciled
 from exporter.reload import Reloader
@@ -363,7 +371,7 @@ def served_certificate(port: int) -> str:
 def test_a_rotated_tls_certificate_is_served_after_reload(sim: Simulator, tmp_path: Path, run_exporter) -> None:
     cfg = write_config(tmp_path / "config.yaml", config_dict(sim.base_url, ACCOUNTS[:1]))
     crt, key = tmp_path / "server.crt", tmp_path / "server.key"
-    for path, data in zip((crt, key), self_signed("first")):
+    for path, data in zip((crt, key), self_signed("first"), strict=True):
         path.write_bytes(data)
     web = tmp_path / "web.yml"
     web.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}}))
@@ -373,7 +381,7 @@ def test_a_rotated_tls_certificate_is_served_after_reload(sim: Simulator, tmp_pa
     kept = requests.Session()  # a keep-alive connection opened before the rotation
     assert kept.get(exp.url + "/-/healthy", verify=False, timeout=5).status_code == 200
 
-    for path, data in zip((crt, key), self_signed("second")):  # cert-manager rewrites both
+    for path, data in zip((crt, key), self_signed("second"), strict=True):  # cert-manager rewrites both
         path.write_bytes(data)
     assert served_certificate(exp.port) == "first"  # nothing changes until a reload
     resp = requests.post(exp.url + "/-/reload", verify=False, timeout=10)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, config_dict, parse_metrics, value, rows_b
+from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, config_dict, parse_metrics, rows_b, value
 from exporter.client import REASONS
 from testkit import Fault, SimAccount, Simulator
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -14,11 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -32,8 +33,7 @@ from exporter.demo import DEMO_ACCOUNTS, start_demo
 from exporter.schema import USDM_BALANCE
 from exporter.simulator.drift import drift_account, drift_rows
 from exporter.simulator.gate import Credentials
-from testkit import (FAULT_KINDS, Fault, SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount,
-                     Simulator)
+from testkit import FAULT_KINDS, Fault, SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, Simulator
 from testkit.simulator import Simulator as KitSimulator
 
 KEY = "dbefbc809e3e83c283a984c3a1459732ea7db1360ca80c5c2c8867408d28cc83"
@@ -239,7 +239,7 @@ def skew_to_minute_start(sim: Simulator) -> None:
     sim.clock_skew_ms = ((local + sim.clock_skew_ms) // 60_000 + 1) * 60_000 + 200 - local
 
 
-def D(value: Any) -> Decimal:
+def D(value: Any) -> Decimal:  # noqa: N802 - reads as the Decimal it makes
     return Decimal(str(value))
 
 
@@ -1170,7 +1170,7 @@ def test_drift_moves_with_server_time_and_keeps_invariants(sim: Simulator) -> No
     assert len({row["balance"] for row in seen}) == len(seen)
     assert min(float(row["crossUnPnl"]) for row in seen) < 0 < max(float(row["crossUnPnl"]) for row in seen)
     # Smooth: consecutive samples 50 s apart move by well under the 3 % amplitude.
-    for a, b in zip(seen, seen[1:]):
+    for a, b in itertools.pairwise(seen):
         assert abs(float(a["balance"]) - float(b["balance"])) < 10000 * 0.03
 
 

@@ -21,16 +21,27 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from stack_helpers import (DASHBOARD, PROM, REPO, RULE_FILES, demo_exporter, fetch, free_port,
-                           http_get, metric_catalogue, process, require_tool)
+from stack_helpers import (
+    DASHBOARD,
+    PROM,
+    REPO,
+    RULE_FILES,
+    demo_exporter,
+    fetch,
+    free_port,
+    http_get,
+    metric_catalogue,
+    process,
+    require_tool,
+)
 
 PROMTOOL_TESTS = sorted((PROM / "tests").glob("*.yml"))
 DS_PROVISIONING = REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
@@ -434,8 +445,8 @@ def test_alertmanager_inhibition_rules_match_the_alerts_labels():
         for m in matchers:
             label, op, value = re.fullmatch(r'(\w+)(=~|!=|=)"(.*)"', m).groups()
             assert label == "alertname", m
-            test = {"=": lambda n: n == value, "!=": lambda n: n != value,
-                    "=~": lambda n: re.fullmatch(value, n) is not None}[op]
+            test = {"=": lambda n, value=value: n == value, "!=": lambda n, value=value: n != value,
+                    "=~": lambda n, value=value: re.fullmatch(value, n) is not None}[op]
             out = {n for n in out if test(n)}
         return out
 

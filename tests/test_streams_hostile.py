@@ -12,13 +12,13 @@ import asyncio
 import json
 import logging
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+from test_streams import Live, account, account_update, now_ms
 from websockets.asyncio.server import ServerConnection, serve
 
 from conftest import ACCOUNTS, OFFICIAL_ROW, value, wait_until
-from test_streams import Live, account, account_update, now_ms
 from testkit import SimAccount, Simulator
 
 QUIET = logging.getLogger("tests.hostile.wire")  # the hostile side's own errors are the point: not logged
@@ -102,7 +102,7 @@ def test_each_hostile_stream_degrades_alone(hostile: HostileServer) -> None:
     sim = Simulator([SimAccount(api_key=k, api_secret=s, balances=[dict(OFFICIAL_ROW)]) for k, s in creds]
                     + [SimAccount(api_key=healthy.key, api_secret=healthy.secret, balances=[dict(OFFICIAL_ROW)])])
     accounts = [{"alias": mode, "api_key": k, "api_secret": s, "stream_base_url": hostile.url(mode)}
-                for mode, (k, s) in zip(MODES, creds)]
+                for mode, (k, s) in zip(MODES, creds, strict=True)]
     accounts.append({"alias": "mute", "api_key": creds[0][0], "api_secret": creds[0][1],
                      "stream_base_url": f"ws://127.0.0.1:{hostile.raw_port}/private"})
     accounts.append(account(healthy))

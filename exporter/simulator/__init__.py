@@ -27,8 +27,16 @@ Choices where Binance's docs are silent (see /work/shared/binance-api.md §8, §
   MARGIN_CALL, > 1.05 REDUCE_ONLY, else FORCE_LIQUIDATION) unless set.
 """
 
-from .accounts import (SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, balance_row,
-                       format_decimal, pm_row)
+from .accounts import (
+    SimAccount,
+    SimFutures,
+    SimPortfolio,
+    SimPosition,
+    SimSubAccount,
+    balance_row,
+    format_decimal,
+    pm_row,
+)
 from .gate import Reply
 from .server import Request, Simulator
 

@@ -27,18 +27,42 @@ from __future__ import annotations
 import copy
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 
 from exporter.parsing import SUB_ACCOUNT_KEYS
 from exporter.schema import (
-    ACCOUNT_CONFIG, PM_CM_POSITION_RISK, PM_UM_POSITION_RISK, SUB_POSITION_KEYS, SUB_POSITION_RISK_COINM,
-    SUB_POSITION_RISK_USDM, COINM_ACCOUNT, COINM_ACCOUNT_ASSET, COINM_ACCOUNT_POSITION, COINM_BALANCE, COINM_POSITION_RISK, PM_ACCOUNT,
-    PM_BALANCE, PM_BALANCE_ONE, SUB_ACCOUNT_ASSET, SUB_ACCOUNT_COINM, SUB_ACCOUNT_LIST_ENTRY, SUB_ACCOUNT_TOTALS,
-    SUB_ACCOUNT_USDM, USDM_ACCOUNT_ASSET, USDM_ACCOUNT_ASSET_V3, USDM_ACCOUNT_POSITION_V2, USDM_ACCOUNT_POSITION_V3,
-    USDM_ACCOUNT_TOTALS, USDM_ACCOUNT_V2, USDM_ACCOUNT_V3, USDM_BALANCE, USDM_POSITION_RISK_V2, USDM_POSITION_RISK_V3,
+    ACCOUNT_CONFIG,
+    COINM_ACCOUNT,
+    COINM_ACCOUNT_ASSET,
+    COINM_ACCOUNT_POSITION,
+    COINM_BALANCE,
+    COINM_POSITION_RISK,
+    PM_ACCOUNT,
+    PM_BALANCE,
+    PM_BALANCE_ONE,
+    PM_CM_POSITION_RISK,
+    PM_UM_POSITION_RISK,
+    SUB_ACCOUNT_ASSET,
+    SUB_ACCOUNT_COINM,
+    SUB_ACCOUNT_LIST_ENTRY,
+    SUB_ACCOUNT_TOTALS,
+    SUB_ACCOUNT_USDM,
+    SUB_POSITION_KEYS,
+    SUB_POSITION_RISK_COINM,
+    SUB_POSITION_RISK_USDM,
+    USDM_ACCOUNT_ASSET,
+    USDM_ACCOUNT_ASSET_V3,
+    USDM_ACCOUNT_POSITION_V2,
+    USDM_ACCOUNT_POSITION_V3,
+    USDM_ACCOUNT_TOTALS,
+    USDM_ACCOUNT_V2,
+    USDM_ACCOUNT_V3,
+    USDM_BALANCE,
+    USDM_POSITION_RISK_V2,
+    USDM_POSITION_RISK_V3,
     Field,
 )
 
@@ -78,7 +102,7 @@ class SimPosition:
 class SimFutures:
     """One futures account of a sub-account: rows in its balance endpoint's shape, and positions."""
 
-    balances: list[dict] | None = None  # None: the official example of the sub-account endpoint
+    balances: list[dict[str, Any]] | None = None  # None: the official example of the sub-account endpoint
     positions: list[SimPosition] = field(default_factory=list)
 
 
@@ -97,7 +121,7 @@ class SimSubAccount:
 class SimPortfolio:
     """Portfolio Margin: balance rows as /papi/v1/balance lists them, and the account's margins (USD)."""
 
-    balances: list[dict] | None = None  # None: the official example
+    balances: list[dict[str, Any]] | None = None  # None: the official example
     maint_margin: Num = "23.72469206"  # accountMaintMargin
     initial_margin: Num = "23.72469206"  # accountInitialMargin
     collateral_rate: Num = "1"  # accountEquity = actualEquity x this (haircuts)
@@ -114,20 +138,20 @@ class SimAccount:
     api_secret: str | None = field(default=None, repr=False)
     public_key_pem: bytes | None = field(default=None, repr=False)
     account_alias: str = "SgsR"
-    balances: list[dict] | None = None  # USD-M rows as /fapi/v3/balance returns them; None: the example
+    balances: list[dict[str, Any]] | None = None  # USD-M rows as /fapi/v3/balance returns them; None: the example
     drift: bool = False  # demo only: values move smoothly with server time (see drift)
     positions: list[SimPosition] = field(default_factory=list)  # USD-M
     # Multi-Assets mode: every row's availableBalance is the pool's (the sum over rows at price 1), as in
     # Binance's own example; the v2 account answer and accountConfig say so. Single-asset otherwise.
     multi_assets: bool = False
     hedge: bool | None = None  # dualSidePosition; None: hedge mode when a position is LONG or SHORT
-    coinm_balances: list[dict] | None = None  # rows as /dapi/v1/balance returns them; None: the example
+    coinm_balances: list[dict[str, Any]] | None = None  # rows as /dapi/v1/balance returns them; None: the example
     coinm_positions: list[SimPosition] = field(default_factory=list)
     pm: SimPortfolio = field(default_factory=SimPortfolio)
     sub_accounts: list[SimSubAccount] = field(default_factory=list)  # for a master key
 
 
-def _or(rows: list[dict] | None, example: dict) -> list[dict]:
+def _or(rows: list[dict[str, Any]] | None, example: dict[str, Any]) -> list[dict[str, Any]]:
     return [example] if rows is None else rows
 
 
@@ -235,7 +259,7 @@ def _zero_row(layout: tuple[Field, ...], asset: str, alias: str) -> dict[str, An
 
 
 def balance_row(asset: str, balance: Num, available: Num | None = None, *, cross: Num | None = None,
-                pnl: Num = 0, withdraw: Num | None = None, update_time: int = 0, coin: bool = False) -> dict:
+                pnl: Num = 0, withdraw: Num | None = None, update_time: int = 0, coin: bool = False) -> dict[str, Any]:
     """A row in the shape of /fapi/v3/balance (coin=True: /dapi/v1/balance), accountAlias left to the account.
 
     Defaults: crossWalletBalance = balance, availableBalance = crossWalletBalance, max withdraw = available.
@@ -250,11 +274,12 @@ def balance_row(asset: str, balance: Num, available: Num | None = None, *, cross
 
 
 def pm_row(asset: str, um_wallet: Num, um_pnl: Num = 0, *, cm_wallet: Num = 0, cm_pnl: Num | str = "",
-           free: Num = 0, locked: Num = 0, update_time: int = 0) -> dict:
+           free: Num = 0, locked: Num = 0, update_time: int = 0) -> dict[str, Any]:
     """A /papi/v1/balance row; totalWalletBalance = free + locked + UM wallet + CM wallet (the doc's rule)."""
     values = {"asset": asset, "balance": dec(free) + dec(locked) + dec(um_wallet) + dec(cm_wallet),
               "pm_cross_margin_asset": dec(free) + dec(locked), "pm_cross_margin_borrowed": ZERO,
-              "pm_cross_margin_free": dec(free), "pm_cross_margin_interest": ZERO, "pm_cross_margin_locked": dec(locked),
+              "pm_cross_margin_free": dec(free), "pm_cross_margin_interest": ZERO,
+              "pm_cross_margin_locked": dec(locked),
               "pm_um_wallet_balance": dec(um_wallet), "pm_um_unrealized_pnl": dec(um_pnl),
               "pm_cm_wallet_balance": dec(cm_wallet), "pm_cm_unrealized_pnl": cm_pnl if cm_pnl == "" else dec(cm_pnl),
               "balance_update_timestamp_seconds": update_time, "pm_negative_balance": "0"}
@@ -335,7 +360,7 @@ def _position_rows(positions: list[SimPosition], symbols: tuple[str, ...], coin:
     return [_position(p, coin)[0] for p in rows]
 
 
-def _assets(rows: list[dict], positions: list[SimPosition], balance_layout: tuple[Field, ...],
+def _assets(rows: list[dict[str, Any]], positions: list[SimPosition], balance_layout: tuple[Field, ...],
             coin: bool, alias: str = "") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(the balance endpoint's rows, the account endpoints' asset values) of one futures account."""
     adds: dict[str, dict[str, Decimal]] = {}
@@ -348,7 +373,7 @@ def _assets(rows: list[dict], positions: list[SimPosition], balance_layout: tupl
     pnl_json = next(f.json for f in balance_layout if f.metric == "cross_unrealized_pnl")
     served, assets = [], []
     for row in rows:
-        sums, m = adds.get(row.get("asset"), {}), _by_metric(row, balance_layout)
+        sums, m = adds.get(row.get("asset", ""), {}), _by_metric(row, balance_layout)
         own = dec(m["cross_unrealized_pnl"])
         row = {"accountAlias": alias, **row} if "accountAlias" not in row else dict(row)
         if sums:  # otherwise served verbatim: tests may send odd rows on purpose
@@ -380,7 +405,7 @@ def _totals(assets: list[dict[str, Any]], layout: tuple[Field, ...]) -> dict[str
     return out
 
 
-def _usdm_rows(acct: SimAccount) -> tuple[list[dict], Decimal | None]:
+def _usdm_rows(acct: SimAccount) -> tuple[list[dict[str, Any]], Decimal | None]:
     """USD-M balance rows, and in Multi-Assets mode the pool's available balance, which every row shows."""
     rows = acct.balances or []
     if not acct.multi_assets:
@@ -476,8 +501,9 @@ def pm_account(acct: SimAccount, params: dict[str, str]) -> dict[str, Any]:
         actual += dec(m["balance"]) + dec(m["pm_um_unrealized_pnl"]) + dec(m["pm_cm_unrealized_pnl"])
     equity, maint, initial = actual * dec(pm.collateral_rate), dec(pm.maint_margin), dec(pm.initial_margin)
     # Without maintenance margin the ratio is unbounded: "" (no value) rather than a made-up number.
-    uni_mmr = (equity / maint).quantize(Decimal("1e-8")) if maint else ""
-    status = pm.status or next((s for bound, s in PM_LADDER if not maint or uni_mmr > bound), "FORCE_LIQUIDATION")
+    ratio = (equity / maint).quantize(Decimal("1e-8")) if maint else None
+    uni_mmr = ratio if ratio is not None else ""
+    status = pm.status or next((s for bound, s in PM_LADDER if ratio is None or ratio > bound), "FORCE_LIQUIDATION")
     return shape(PM_ACCOUNT, {
         "pm_uni_mmr": uni_mmr, "pm_account_equity": equity, "pm_actual_equity": actual,
         "pm_account_initial_margin": initial, "pm_account_maint_margin": maint, "accountStatus": status,

@@ -49,7 +49,7 @@ def _scaled(value: Any, factor: float) -> Any:
     return value if number == 0 or not isinstance(value, str) else format_decimal(number * Decimal(factor))
 
 
-def drift_rows(rows: list[dict[str, Any]], layout: tuple[Field, ...], key: str, server_ms: int) -> list[dict]:
+def drift_rows(rows: list[dict[str, Any]], layout: tuple[Field, ...], key: str, server_ms: int) -> list[dict[str, Any]]:
     out = []
     for index, row in enumerate(rows):
         name = f"{key}\0{index}\0{row.get('asset', '')}"

@@ -37,10 +37,26 @@ from typing import Any
 from . import accounts as a
 from .accounts import AccountBook, SimAccount, SimSubAccount
 from .drift import drift_account
-from .streams import LISTEN_KEY_FAMILIES, MSG_KEY_GONE, ListenKeyBook, StreamServer, account_update, margin_call
-from .streams import risk_level_change
-from .gate import (MSG_METHOD_NOT_ALLOWED, MSG_NOT_FOUND, MSG_REJECTED_KEY, ApiError, RateLimiter, Reply,
-                   authenticate, banned_msg, too_many_requests_msg)
+from .gate import (
+    MSG_METHOD_NOT_ALLOWED,
+    MSG_NOT_FOUND,
+    MSG_REJECTED_KEY,
+    ApiError,
+    RateLimiter,
+    Reply,
+    authenticate,
+    banned_msg,
+    too_many_requests_msg,
+)
+from .streams import (
+    LISTEN_KEY_FAMILIES,
+    MSG_KEY_GONE,
+    ListenKeyBook,
+    StreamServer,
+    account_update,
+    margin_call,
+    risk_level_change,
+)
 
 IDLE_TIMEOUT_S = 60
 MAX_DRAINED_BODY = 1 << 20
@@ -148,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(reply.body)
 
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET  # noqa: N815 - http.server's names
 
     def _drain_body(self) -> None:
         """Consume any request body so the next request on this connection parses cleanly."""
@@ -281,7 +297,7 @@ class Simulator:
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                       name="binance-simulator", daemon=True)
             thread.start()
-            host, port = server.server_address[:2]
+            host, port = server.socket.getsockname()[:2]
             self._server, self._thread = server, thread
             self._base_url = f"http://{host}:{port}"
             self._streams.start()
@@ -366,7 +382,7 @@ class Simulator:
         while not self._stopping.wait(RISK_TICK_S):
             try:
                 self.check_risk()
-            except Exception:  # never let the demo's ticker die
+            except Exception:  # noqa: BLE001 - never let the demo's ticker die
                 pass
 
     def check_risk(self) -> None:
@@ -416,7 +432,7 @@ class Simulator:
             if event is not None:
                 self.push_event(api_key, market, event)
 
-    def set_balances(self, api_key: str, rows: list[dict]) -> None:
+    def set_balances(self, api_key: str, rows: list[dict[str, Any]]) -> None:
         self.update_account(api_key, balances=rows)
 
     def add_sub_account(self, master_key: str, sub: SimSubAccount) -> None:

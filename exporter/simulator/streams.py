@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import threading
 import time
@@ -29,8 +30,6 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-import logging
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -128,9 +127,8 @@ def _route(path: str) -> tuple[str, str | None, frozenset[str] | None] | None:
     parts = urlsplit(path)
     if parts.path == "/private/ws":
         query = parse_qs(parts.query)
-        events = query.get("events")
-        return "fapi", (query.get("listenKey") or [None])[0], \
-            frozenset(events[0].split("/")) if events else None
+        events, keys = query.get("events"), query.get("listenKey")
+        return "fapi", keys[0] if keys else None, frozenset(events[0].split("/")) if events else None
     if parts.path.startswith("/pm/ws/"):
         return "papi", parts.path[len("/pm/ws/"):], None
     if parts.path.startswith("/ws/"):
@@ -197,6 +195,7 @@ class StreamServer:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None  # set by the handshake, before the handler runs
         route = _route(ws.request.path)
         assert route is not None and route[1] is not None
         key = self.keys.lookup(route[1], route[0])
