@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not args.config_check:  # the limits of the machine it runs on, not of the config
         # In --demo the simulator's end of every pooled connection is in this process too.
-        upstream = engine.pools.connections() * (2 if simulator is not None else 1)
+        upstream = engine.upstream_sockets() * (2 if simulator is not None else 1)
         try:
             fds = fit_open_files(upstream)
         except FdLimitError as exc:

@@ -178,6 +178,10 @@ class Engine:
         self.streams = StreamManager(self._streaming(), self.stream_refresh, config.stream_connections_per_5m,
                                      self.pools, stream_tuning, on_modes=self._modes_changed)
 
+    def upstream_sockets(self) -> int:
+        """Sockets to Binance this config may hold: the hosts' pools and one per user data stream."""
+        return self.pools.connections() + len(self.streams.streams)
+
     def _streaming(self) -> list[Target]:
         """The targets with a user data stream: own-key accounts with `user_stream: true`."""
         with self._cond:
@@ -338,8 +342,10 @@ class Engine:
             pool, self.pool = self.pool, ThreadPoolExecutor(max_workers=config.max_concurrency,
                                                            thread_name_prefix="fetch")
             pool.shutdown(wait=False)  # its fetches in flight finish, then its threads end
+            self.pools.resize(config.max_concurrency)  # as many connections per host as fetch threads
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
+        self.streams.limiter.limit = config.stream_connections_per_5m  # read on the loop; an int is atomic
         self.streams.update(self._streaming())
         if self._started:
             self.streams.start()  # a no-op once running; the first streaming account may be new
@@ -536,7 +542,7 @@ class Engine:
                 state.urgent_at = now
         if wait > 0:  # the host's dispatcher queues it when due: no thread per waiting account
             with self._cond:
-                if self._closed:
+                if self._closed or self.states.get(key) is not state:
                     return
                 queue = self._queue(state.target.host)
                 heapq.heappush(queue.later, (now + wait, next(self._seq), state))
@@ -667,7 +673,9 @@ class Engine:
             state.queued = True
             age = float("-inf") if front or state.admitted_at is None else state.admitted_at
         with self._cond:
-            if self._closed:
+            if self._closed or self.states.get(state.target.key) is not state:
+                # closing, or removed by a reload since the scrape looked at it (its host may be gone:
+                # a queue now would start a dispatcher that waits forever)
                 return
             heapq.heappush(self._queue(host).heap, (age, next(self._seq), state))
             self._cond.notify_all()

@@ -67,7 +67,7 @@ def fit_open_files(upstream: int) -> FdPlan:
     if soft < least:
         shown_hard = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
         raise FdLimitError(
-            f"needs at least {least} open files ({upstream} pooled connections to Binance, "
+            f"needs at least {least} open files ({upstream} connections to Binance, pooled and streams, "
             f"{MIN_FRONT_CONNECTIONS} for scrapes, {FD_RESERVE} reserved) but may open only {soft} "
             f"(hard limit {shown_hard}); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=, "
             f"--ulimit nofile=) or lower max_concurrency")

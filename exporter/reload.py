@@ -94,7 +94,7 @@ class Reloader:
         """Accounts a reload added may need more pooled connections: raise the soft limit again.
         The new config is in force either way; a hard limit too low for it is worth a warning."""
         try:
-            fit_open_files(self.engine.pools.connections())
+            fit_open_files(self.engine.upstream_sockets())
         except FdLimitError as exc:
             log.warning("open files: the hard limit is too low for the reloaded config", extra=fields(
                 file=self.config_file, error=str(exc)))

@@ -8,6 +8,7 @@ several kinds (a proxy, the demo's simulator), all but the first kind get
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from dataclasses import replace as dataclasses_replace
 from urllib.parse import urlsplit
@@ -45,6 +46,11 @@ class Target:
         return sum(call.weight for call in self.calls)
 
 
+# A dropped host's last minute of weight still counts at Binance (the governor's window is
+# 61 s); a pause is kept for as long as it runs.
+RETIRED_KEEP_S = 120.0
+
+
 class Topology:
     """Builds and owns hosts and their clocks; clients and clocks take their host's pool from `pools`.
 
@@ -59,12 +65,21 @@ class Topology:
         self.host_clocks: dict[tuple[str, str], HostClock] = {}
         self._netlocs: dict[tuple[str, str], str] = {}
         self._kinds_by_url = _kinds_by_url(config)
+        # Hosts a reload dropped, kept while Binance still remembers them: (host, clock, when).
+        self._retired: dict[tuple[str, str], tuple[Host, HostClock, float]] = {}
 
     def host(self, account: AccountConfig, kind: str) -> Host:
         base_url = account.base_url_for(kind)
         key = (base_url, kind)
         if key in self.hosts:
             return self.hosts[key]
+        if key in self._retired:  # dropped by a recent reload, back again: its weight and pause still count
+            kept, kept_clock, _ = self._retired.pop(key)
+            self._netlocs[key] = account.host_label or urlsplit(base_url).netloc
+            kept.label = self._label(key)
+            kept.governor.reconfigure(self.config.weight_limit_for(kind), self.config.weight_budget_share)
+            self.hosts[key], self.host_clocks[key] = kept, kept_clock
+            return kept
         if HOST_KINDS[kind].time_path is None:  # Portfolio Margin: sign with the USD-M host's clock
             time_host = self.host(account, "usdm")
             clock, host_clock = time_host.clock, self.host_clocks[(time_host.base_url, "usdm")]
@@ -85,15 +100,21 @@ class Topology:
     def update(self, config: Config) -> list[Host]:
         """Take a reloaded config: hosts it still needs stay, with their governor (weight history),
         back-off and clock; limits and labels follow the config. Returns the hosts it no longer
-        needs, now forgotten (their targets must be gone). Connection pools are shared per
-        base URL and outlive hosts (`Pools`): nothing is closed here."""
+        needs (their targets must be gone). A dropped host is kept aside for a while: a reload
+        that brings it back gets it with its weight history and any 429/418 pause, which
+        Binance still counts. Connection pools are shared per base URL and outlive hosts
+        (`Pools`): nothing is closed here."""
         self.config = config
         self._kinds_by_url = _kinds_by_url(config)
         needed = {(url, kind) for url, kinds in self._kinds_by_url.items() for kind in kinds}
         gone = [key for key in self.hosts if key not in needed]
         dropped = [self.hosts.pop(key) for key in gone]
-        for key in gone:
-            self.host_clocks.pop(key)
+        now = time.monotonic()
+        for key, host in zip(gone, dropped, strict=True):
+            self._retired[key] = (host, self.host_clocks.pop(key), now)
+        for key, (host, _, at) in list(self._retired.items()):
+            if now - at > RETIRED_KEEP_S and host.backoff.remaining()[0] == 0:
+                del self._retired[key]  # its minute has passed and it is not paused: nothing to remember
         for key, host in self.hosts.items():
             host.label = self._label(key)
             host.governor.reconfigure(config.weight_limit_for(host.kind), config.weight_budget_share)

@@ -300,23 +300,38 @@ class Transport:
         # a pool opens a connection only when none is idle, so it never holds more than this.
         self.demand = 0
         self._watchdog = watchdog
-        parts = urlsplit(base_url)
+        self._http = self._pool(pool_size)
+
+    def _pool(self, pool_size: int) -> urllib3.PoolManager | HTTPConnectionPool:
+        parts = urlsplit(self.base_url)
         proxy = urllib.request.getproxies().get(parts.scheme)
         headers = {"User-Agent": USER_AGENT}
-        self._http: urllib3.PoolManager | HTTPConnectionPool
         if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
             manager = urllib3.ProxyManager(proxy, num_pools=1, maxsize=pool_size, block=True, headers=headers)
             manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-            self._http = manager
-        else:
-            pool_cls = _HTTPSPool if parts.scheme == "https" else _HTTPPool
-            self._http = pool_cls(parts.hostname or "", parts.port, maxsize=pool_size, block=True, headers=headers)
+            return manager
+        pool_cls = _HTTPSPool if parts.scheme == "https" else _HTTPPool
+        return pool_cls(parts.hostname or "", parts.port, maxsize=pool_size, block=True, headers=headers)
+
+    def resize(self, pool_size: int) -> None:
+        """A reload changed `max_concurrency`: new requests use a pool of the new size. The old
+        pool's idle connections close now; those in use close when their request ends (urllib3
+        closes a connection handed back to a closed pool)."""
+        if pool_size == self.pool_size:
+            return
+        old, self._http = self._http, self._pool(pool_size)
+        self.pool_size = pool_size
+        self._close(old)
 
     def close(self) -> None:
-        if isinstance(self._http, urllib3.PoolManager):
-            self._http.clear()
+        self._close(self._http)
+
+    @staticmethod
+    def _close(http: urllib3.PoolManager | HTTPConnectionPool) -> None:
+        if isinstance(http, urllib3.PoolManager):
+            http.clear()
         else:
-            self._http.close()
+            http.close()
 
     def get(self, target: str, headers: Mapping[str, str] | None, deadline: float) -> Response:
         """GET `target` (path and query), all of it done by `deadline` (monotonic) or TransportError."""
@@ -399,6 +414,14 @@ class Pools:
                 transport = self._by_url[base_url] = Transport(base_url, self.pool_size, self.watchdog)
             transport.demand += concurrency
             return transport
+
+    def resize(self, pool_size: int) -> None:
+        """A reload changed `max_concurrency`: every host's pool follows."""
+        with self._lock:
+            self.pool_size = pool_size
+            transports = list(self._by_url.values())
+        for transport in transports:
+            transport.resize(pool_size)
 
     def connections(self) -> int:
         """The most upstream connections these pools can hold open at once."""

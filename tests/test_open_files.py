@@ -129,8 +129,8 @@ def test_a_hard_limit_too_low_for_the_config_is_refused_in_one_line(tmp_path: Pa
                            f"--config.file={config}", f"--web.listen-address=127.0.0.1:{free_port()}"],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
     line = one_error_line(proc, config)
-    assert line == (f"error: {config}: max_concurrency: needs at least {least} open files (512 pooled connections "
-                    f"to Binance, {MIN_FRONT_CONNECTIONS} for scrapes, {FD_RESERVE} reserved) but may open only "
+    assert line == (f"error: {config}: max_concurrency: needs at least {least} open files (512 connections "
+                    f"to Binance, pooled and streams, {MIN_FRONT_CONNECTIONS} for scrapes, {FD_RESERVE} reserved) but may open only "
                     f"{least - 1} (hard limit {least - 1}); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=, "
                     "--ulimit nofile=) or lower max_concurrency")
 

@@ -84,8 +84,33 @@ def test_apply_keeps_unchanged_accounts_and_their_host(sim: Simulator) -> None:
         assert host.backoff.remaining()[0] > 0 and host.clock.offset_ms == clock_offset
         assert [p.round_weight for p in engine.budget_plans()] == [10]  # two accounts at weight 5
         assert engine.pool is not pool and engine.pool._max_workers == 8 and pool._shutdown
+        transport = alpha.target.client.transport  # the host's pool follows: 8 connections, not the old 512
+        assert transport.pool_size == 8 and transport._http.pool.maxsize == 8  # type: ignore[union-attr]
         host.backoff.until = 0.0
         assert [v.up for v in engine.scrape(engine.aliases(), 5.0).targets] == [True, True]
+    finally:
+        engine.close()
+
+
+def test_a_host_dropped_and_brought_back_keeps_its_weight_and_pause(sim: Simulator) -> None:
+    """Two reloads a few seconds apart (an account commented out, then back): Binance still counts
+    the host's last minute and its ban, so the host must come back with both."""
+    coinm = config_dict(sim.base_url, ACCOUNTS[:2], coinm_base_url=sim.base_url)
+    coinm["accounts"][1]["markets"] = ["coinm"]
+    engine = engine_for(coinm)
+    try:
+        engine.scrape(engine.aliases(), 5.0)
+        host = engine.states[("bravo", "coinm")].target.host
+        used = host.governor.used_last_minute()
+        host.backoff.note(418, "120", None, time.monotonic())
+        without = config_dict(sim.base_url, ACCOUNTS[:1], coinm_base_url=sim.base_url)
+        engine.apply(parse_config(without, "test.yaml", {}))
+        assert (sim.base_url, "coinm") not in engine.hosts
+        engine.apply(parse_config(coinm, "test.yaml", {}))
+        back = engine.states[("bravo", "coinm")].target.host
+        assert back is host and back.governor.used_last_minute() == used > 0
+        assert back.backoff.remaining()[0] > 100  # the ban goes on: no request until it ends
+        assert [v.up for v in engine.scrape(["bravo"], 2.0).targets] == [False]
     finally:
         engine.close()
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, parse_metrics, value, wait_until
-from exporter.config import ConfigError, parse_config
+from exporter.config import Config, ConfigError, parse_config
 from exporter.engine import Engine
 from exporter.simulator import SimPortfolio, SimPosition, balance_row, pm_row
 from exporter.streams import Tuning
@@ -395,14 +395,17 @@ def test_a_reload_opens_and_closes_streams_and_keeps_the_unchanged_ones(live) ->
     base = sim.base_url
     stream = sim.stream_url
 
-    def cfg(*accounts: dict) -> object:
-        return parse_config({"defaults": {  # as Live's, so that alpha's settings are unchanged
+    def cfg(*accounts: dict, per_5m: int = 150) -> Config:
+        return parse_config({"stream_connections_per_5m": per_5m, "defaults": {  # as Live's: alpha unchanged
             "base_url": base, "coinm_base_url": base, "pm_base_url": base, "timeout_seconds": 8, "cache_seconds": 5,
             "user_stream": True, "stream_base_url": stream + "/private", "coinm_stream_base_url": stream,
             "pm_stream_base_url": stream + "/pm"}, "accounts": list(accounts)}, "test.yaml", {})
 
-    lv.engine.apply(cfg(account(), account(B)))
+    lv.engine.apply(cfg(account(), account(B), per_5m=40))
     lv.settled("bravo")
+    assert lv.engine.streams.limiter.limit == 40  # the new attempt limit is in force
+    # Each stream holds a socket the open-files plan must count, beside the pooled connections.
+    assert lv.engine.upstream_sockets() == lv.engine.pools.connections() + 2
     assert lv.stream("alpha") is alpha and alpha.up  # the same stream, never cut
     assert sim.open_streams(A.key, "usdm") == 1 and sim.open_streams(B.key, "usdm") == 1
     assert sim.stream_connections == connections + 1 and sim.listen_keys.posts == posts + 1
