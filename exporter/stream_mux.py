@@ -291,7 +291,10 @@ class Mux:
         """The only writer: one message per SEND_INTERVAL_S at most (Binance: 10 incoming per second)."""
         while True:
             method, value, ident = await self._outbox.get()
-            await ws.send(json.dumps({"method": method, "params": [value], "id": ident}))
+            try:
+                await ws.send(json.dumps({"method": method, "params": [value], "id": ident}))
+            except ConnectionClosed:
+                return  # the reader sees it too and reconnects
             await asyncio.sleep(SEND_INTERVAL_S)
 
     # ---- reading ---------------------------------------------------------------------------------

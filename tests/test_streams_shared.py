@@ -90,6 +90,18 @@ def test_one_expired_key_renews_only_that_account_on_the_same_connection(live) -
     assert sim.listen_keys.deletes == 0
 
 
+def test_a_refused_subscribe_renews_that_key_and_subscribes_again(live) -> None:
+    sim = sim3()
+    lv = three(live, sim)
+    posts = sim.listen_keys.posts
+    sim.refuse_subscribes(1)
+    sim.expire_listen_key(B.key, "usdm")  # bravo's new key is SUBSCRIBEd: refused once, then accepted
+    wait_until(lambda: lv.stream("bravo").reconnects == 1 and lv.stream("bravo").up, timeout=10)
+    assert sim.listen_keys.posts >= posts + 2  # a new key after the refusal
+    assert sim.stream_requests() >= 2 and sim.stream_connections == 1
+    assert lv.stream("alpha").reconnects == 0 and lv.stream("charlie").reconnects == 0
+
+
 def test_a_gone_key_on_keep_alive_renews_only_that_account(live) -> None:
     sim = sim3()
     lv: Live = live(sim, [account(A), account(B)], top=SHARED,
@@ -115,6 +127,18 @@ def test_a_cut_connection_brings_every_account_back_with_a_refresh_each(live) ->
     sim.latency_s = 1.5
     sim.push_event(C.key, "usdm", account_update("7.25", "7"))
     wait_until(lambda: balance(lv, "charlie") == 7.25, timeout=1.0)
+
+
+def test_a_refused_handshake_renews_the_keys_and_brings_everyone_back(live) -> None:
+    sim = sim3()
+    lv = three(live, sim)
+    key_a = next(k for k, v in sim.listen_keys.by_value.items() if v.api_key == A.key)
+    sim.listen_keys.forget(A.key, "fapi")  # gone without an event; the reconnect's URL names it: refused
+    sim.drop_streams()
+    wait_until(lambda: all(lv.stream(a).reconnects == 1 and lv.stream(a).up for a in ("alpha", "bravo", "charlie")),
+               timeout=10)
+    assert key_a not in lv.listen_keys() and sim.open_streams(market="usdm") == 1
+    assert sim.listen_keys.deletes == 0
 
 
 def test_reload_subscribes_and_unsubscribes_on_the_live_connection(live) -> None:

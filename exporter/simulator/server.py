@@ -361,6 +361,10 @@ class Simulator:
         """listenKeys subscribed over all open connections (shared connections carry several)."""
         return self._streams.subscriptions(api_key, MARKET_FAMILIES[market] if market else None)
 
+    def refuse_subscribes(self, count: int) -> None:
+        """Answer the next `count` SUBSCRIBEs with an error, as Binance does for a key it does not know."""
+        self._streams.refuse_subscribes = count
+
     def stream_requests(self) -> int:
         """SUBSCRIBE / UNSUBSCRIBE messages received on the open stream connections."""
         return self._streams.requests_received()

@@ -173,6 +173,7 @@ class StreamServer:
         self._stopped: asyncio.Event | None = None
         self.url = ""
         self.connections = 0  # accepted handshakes, ever
+        self.refuse_subscribes = 0  # tests: answer this many next SUBSCRIBEs with an error
 
     def start(self) -> str:
         ready = threading.Event()
@@ -261,7 +262,8 @@ class StreamServer:
             await _send(conn.ws, json.dumps({"result": None, "id": ident}))
             return
         found = [(value, self.keys.lookup(value, family)) for value in params]
-        if any(key is None for _, key in found):
+        refused, self.refuse_subscribes = self.refuse_subscribes > 0, max(0, self.refuse_subscribes - 1)
+        if refused or any(key is None for _, key in found):
             await _send(conn.ws, json.dumps({"error": {"code": 2, "msg": "Invalid request: listenKey"},
                                              "id": ident}))
             return
