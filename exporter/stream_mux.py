@@ -131,14 +131,12 @@ class Mux:
                 why = f"handshake refused with HTTP {exc.response.status_code}"
             except _NoKeys:
                 why = "no listenKey"
-            except _Flood as exc:
+            except core._Degraded as exc:
                 why = exc.why
             except ConnectionClosed as exc:
-                if exc.sent is not None and exc.sent.code == core.CLOSE_TOO_BIG:
+                why, too_big = core.closed_why(exc, tuning)
+                if too_big:
                     self._count_all("invalid")
-                    why = f"a message over {tuning.max_message_bytes} bytes"
-                else:
-                    why = f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})"
             except (OSError, TimeoutError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 why = type(exc).__name__  # never str(exc): it may quote the URL
             except Exception as exc:  # noqa: BLE001 - a bug: never let it end the connection for good
@@ -188,7 +186,7 @@ class Mux:
             try:
                 await asyncio.wait_for(self._read(ws), tuning.planned_reconnect_s)
             except (asyncio.TimeoutError, TimeoutError):
-                raise _Flood("planned reconnect") from None
+                raise core._Degraded("planned reconnect") from None
             finally:
                 sender.cancel()
 
@@ -306,12 +304,12 @@ class Mux:
         async for message in ws:
             if not bucket.take():
                 self._count_all("invalid")
-                raise _Flood("flooding")
+                raise core._Degraded("flooding")
             try:
                 stream_name, data = split_envelope(message)
             except BadResponse as exc:
                 self._count_all("invalid")
-                raise _Flood(f"invalid message: {exc}") from None
+                raise core._Degraded(f"invalid message: {exc}") from None
             if stream_name is None:
                 if _is_response(data):
                     self._answer(data)
@@ -342,14 +340,6 @@ class Mux:
 
 class _NoKeys(Exception):
     """No member has a listenKey (or there are no members): nothing to connect."""
-
-
-class _Flood(Exception):
-    """The connection misbehaves (garbage, flooding) or is due for its planned reconnect."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
 
 
 def _is_response(data: Any) -> bool:

@@ -111,6 +111,13 @@ def stream_url(base: str, market: str, key: Secret) -> str:
     return f"{base}/ws/{key.reveal()}"
 
 
+def closed_why(exc: ConnectionClosed, tuning: Tuning) -> tuple[str, bool]:
+    """Why a connection closed, and whether it was our close for a message over the size limit."""
+    if exc.sent is not None and exc.sent.code == CLOSE_TOO_BIG:
+        return f"a message over {tuning.max_message_bytes} bytes", True
+    return f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})", False
+
+
 def backoff_delay(failures: int, tuning: Tuning, rng: random.Random) -> float:
     """Exponential back-off with jitter (half fixed, half random), so a fleet does not reconnect in step."""
     ceiling = min(tuning.backoff_max_s, tuning.backoff_base_s * 2.0 ** min(failures - 1, 20))
@@ -358,11 +365,9 @@ class StreamManager:
             except _Degraded as exc:
                 why = exc.why
             except ConnectionClosed as exc:
-                if exc.sent is not None and exc.sent.code == CLOSE_TOO_BIG:
+                why, too_big = closed_why(exc, self.tuning)
+                if too_big:
                     stream.state.count("invalid")
-                    why = f"a message over {self.tuning.max_message_bytes} bytes"
-                else:
-                    why = f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})"
             except (OSError, TimeoutError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 why = type(exc).__name__  # never str(exc): it may quote the URL
             except Exception as exc:  # noqa: BLE001 - a bug: never let it end the stream for good
