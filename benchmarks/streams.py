@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS / "streams.json")
     parser.add_argument("--connect-only", action="store_true", help="only the connection comparison")
     parser.add_argument("--keys-per-connection", type=int, default=100, help="the shared run's setting")
+    parser.add_argument("--skip-unshared", action="store_true",
+                        help="connection comparison: only the shared run (the other takes 5 minutes at N=300)")
     parser.add_argument("--connect-limit", type=int, default=150,
                         help="stream_connections_per_5m of the connection comparison (the exporter's default)")
     args = parser.parse_args(argv)
@@ -134,7 +136,7 @@ def connect_runs(sim: SimProcess, stream_url: str, tmp: Path, session: requests.
                  log: Any) -> list[dict[str, Any]]:
     """Time until all N streams are up, and connections used, without and with sharing."""
     n, runs = args.accounts, []
-    for keys in (1, args.keys_per_connection):
+    for keys in ((args.keys_per_connection,) if args.skip_unshared else (1, args.keys_per_connection)):
         before = sim.command({"op": "streams"})["handshakes"]
         exp = ExporterProcess(config(sim.base_url, stream_url, n, True, args.interval, args.connect_limit, keys),
                               Path(tmp), name=f"connect-{keys}", log_level="warn").start()

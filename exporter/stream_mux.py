@@ -5,7 +5,8 @@ on one connection ("Important WebSocket Change Notice"):
 
   {stream_base_url}/stream?listenKey=<k1>&events=E1/E2&listenKey=<k2>&events=E1/E2
 
-and accepts JSON `SUBSCRIBE` / `UNSUBSCRIBE` of listenKeys on a live connection
+(the exporter names as many keys as fit in MAX_URL_CHARS there) and accepts
+JSON `SUBSCRIBE` / `UNSUBSCRIBE` of listenKeys on a live connection
 (the official SDK sends `{"method": "SUBSCRIBE", "params": [<listenKey>], "id": ...}`
 to `/private/stream`, 0.5 s apart). Every event then arrives in the
 combined-stream envelope `{"stream": <listenKey>, "data": {...}}`, which says
@@ -54,14 +55,25 @@ if TYPE_CHECKING:
     from exporter.streams import StreamManager, _Stream
 
 log = logging.getLogger("exporter.streams")
+# A request line much over a few KiB is refused by common servers (HTTP 414; websockets' own
+# limit is 8 KiB) and Binance documents none: the connect URL names the keys that fit in this,
+# and the rest are SUBSCRIBEd on the open connection (about 27 keys of 64 characters fit).
+MAX_URL_CHARS = 4096
 SEND_INTERVAL_S = 0.5  # the official SDK's pause between SUBSCRIBE messages; Binance allows 10 messages/s
 RESPONSE_TIMEOUT_S = 10.0  # a SUBSCRIBE unanswered this long counts as refused
 
 
-def shared_url(base: str, keys: list[str], events: tuple[str, ...]) -> str:
-    """Binance's stream-mode URL of several listenKeys, each with the events wanted."""
+def shared_url(base: str, keys: list[str], events: tuple[str, ...]) -> tuple[str, int]:
+    """Binance's stream-mode URL of the first listenKeys (each with the events wanted) that fit in
+    MAX_URL_CHARS (at least one), and how many it names."""
     wanted = "/".join(events)
-    return f"{base}/stream?" + "&".join(f"listenKey={key}&events={wanted}" for key in keys)
+    url, count = f"{base}/stream?", 0
+    for key in keys:
+        part = f"{'&' if count else ''}listenKey={key}&events={wanted}"
+        if count and len(url) + len(part) > MAX_URL_CHARS:
+            break
+        url, count = url + part, count + 1
+    return url, count
 
 
 class Mux:
@@ -126,8 +138,9 @@ class Mux:
                 self._down()
                 raise
             except InvalidStatus as exc:  # refused: some key may be invalid, which one is not said
-                for stream in self.members.values():
-                    stream.key = None  # a POST returns a still active key unchanged: harmless
+                if exc.response.status_code != 414:  # (URI too long says nothing about the keys)
+                    for stream in self.members.values():
+                        stream.key = None  # a POST returns a still active key unchanged: harmless
                 why = f"handshake refused with HTTP {exc.response.status_code}"
             except _NoKeys:
                 why = "no listenKey"
@@ -165,7 +178,8 @@ class Mux:
         if not keyed:
             raise _NoKeys
         await manager.limiter.acquire()
-        url = shared_url(self.base, [m.key.reveal() for m in keyed if m.key is not None], core.USDM_EVENTS)
+        url, named = shared_url(self.base, [m.key.reveal() for m in keyed if m.key is not None], core.USDM_EVENTS)
+        keyed = keyed[:named]  # the others are SUBSCRIBEd once the connection is open
         async with connect(url, open_timeout=tuning.handshake_timeout_s, ping_interval=tuning.ping_interval_s,
                            ping_timeout=tuning.ping_timeout_s, close_timeout=1.0, max_size=tuning.max_message_bytes,
                            max_queue=core.MAX_QUEUE, compression=None, logger=core.WIRE_LOG,

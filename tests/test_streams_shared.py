@@ -15,6 +15,7 @@ import test_streams
 from test_streams import FAST, A, B, Live, account, account_update, now_ms
 
 from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, value, wait_until
+from exporter import stream_mux
 from exporter.config import ConfigError, parse_config
 from exporter.streams import Tuning
 from testkit import SimAccount, Simulator
@@ -196,6 +197,20 @@ def test_hostile_envelopes_are_attributed_or_dropped(live, caplog) -> None:
     text = caplog.text + repr(lv.engine.streams.streams)
     for secret in ALL_SECRETS + lv.listen_keys() + [key_a]:
         assert secret not in text
+
+
+def test_keys_past_what_fits_in_the_url_are_subscribed_once_connected(live, monkeypatch) -> None:
+    url, named = stream_mux.shared_url("wss://x/private", ["k" * 64] * 100, ("ACCOUNT_UPDATE", "MARGIN_CALL"))
+    assert len(url) <= stream_mux.MAX_URL_CHARS and 20 < named < 100 and url.count("listenKey=") == named
+    assert stream_mux.shared_url("ws://x", ["k" * 9000], ("A",))[1] == 1  # at least one key, however long
+    monkeypatch.setattr(stream_mux, "MAX_URL_CHARS", 200)  # room for one key in the URL
+    sim = sim3()
+    lv = three(live, sim)
+    assert sim.stream_connections == 1 and sim.stream_subscriptions(market="usdm") == 3
+    assert sim.stream_requests() == 2  # two SUBSCRIBEs
+    sim.latency_s = 1.5
+    sim.push_event(C.key, "usdm", account_update("8.5", "8"))
+    wait_until(lambda: balance(lv, "charlie") == 8.5, timeout=1.0)
 
 
 def test_connections_fill_up_to_the_configured_number_of_keys(live) -> None:
