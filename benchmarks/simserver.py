@@ -17,7 +17,9 @@ per stdin line with one JSON line on stdout:
     {"op": "pump", "rate": 100, "seconds": 60}    -> in the background, `rate` marks a second, accounts
                                                  in turn, each value the time it was set (Unix seconds)
     {"op": "pump_stop"}                      -> stop the pump
-    {"op": "streams"}                        -> {"open": open user data stream connections}
+    {"op": "streams"}                        -> {"open": open user data stream connections,
+                                                 "handshakes": accepted since start,
+                                                 "subscriptions": listenKeys on the open connections}
 
 and stops when stdin closes (so it never outlives the driver). Accounts use
 `procstats.credentials(i, seed)`, with `--assets` non-zero balance rows each
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                     stop_pump.set()
                     reply = {"ok": True}
                 elif op == "streams":
-                    reply = {"open": sim.open_streams()}
+                    reply = {"open": sim.open_streams(), "handshakes": sim.stream_connections,
+                             "subscriptions": sim.stream_subscriptions()}
                 elif op == "faults":
                     for key, spec in cmd["faults"].items():
                         sim.set_fault(key, None if spec is None else Fault(**spec))

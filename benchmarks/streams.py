@@ -2,6 +2,12 @@
 
     python -m benchmarks.streams              # N=300, 60 s phases
     python -m benchmarks.streams --quick      # N=20, short phases (smoke)
+    python -m benchmarks.streams --connect-only   # only the connection comparison below
+
+First, connecting: N accounts' USD-M streams at the default attempt limit
+(`stream_connections_per_5m: 150`), once with one connection per account
+(`stream_keys_per_connection: 1`) and once sharing (`--keys-per-connection`,
+default 100): connections used and time until every stream is up.
 
 Phases, one exporter process with `user_stream: true` for every account
 (weight_limit 2400, the default budget share, scrape every 15 s like Prometheus):
@@ -69,14 +75,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-samples", type=int)
     parser.add_argument("--interval", type=float, default=15.0, help="scrape interval")
     parser.add_argument("--output", type=Path, default=RESULTS / "streams.json")
+    parser.add_argument("--connect-only", action="store_true", help="only the connection comparison")
+    parser.add_argument("--keys-per-connection", type=int, default=100, help="the shared run's setting")
+    parser.add_argument("--skip-unshared", action="store_true",
+                        help="connection comparison: only the shared run (the other takes 5 minutes at N=300)")
+    parser.add_argument("--connect-limit", type=int, default=150,
+                        help="stream_connections_per_5m of the connection comparison (the exporter's default)")
     args = parser.parse_args(argv)
     fill_defaults(args, accounts=(20, 300), phase_seconds=(8.0, 60.0), latency_samples=(20, 200))
     return args
 
 
-def config(base_url: str, stream_url: str, n: int, streams: bool, interval: float) -> dict:
+def config(base_url: str, stream_url: str, n: int, streams: bool, interval: float, connect_limit: int = 300,
+           keys_per_connection: int = 1) -> dict:
     cfg = exporter_config(base_url, n, max_concurrency=None, timeout_seconds=None, cache_seconds=None,
-                          weight_limit=2400, scrape_interval_seconds=interval, stream_connections_per_5m=300)
+                          weight_limit=2400, scrape_interval_seconds=interval,
+                          stream_connections_per_5m=connect_limit, stream_keys_per_connection=keys_per_connection)
     if streams:
         cfg["defaults"].update(user_stream=True, stream_base_url=stream_url + "/private")
     return cfg
@@ -118,6 +132,41 @@ def phase(exp: ExporterProcess, session: requests.Session, seconds: float, inter
             "fds": end["fds"]}
 
 
+def connect_runs(sim: SimProcess, stream_url: str, tmp: Path, session: requests.Session, args: argparse.Namespace,
+                 log: Any) -> list[dict[str, Any]]:
+    """Time until all N streams are up, and connections used, without and with sharing."""
+    n, runs = args.accounts, []
+    for keys in ((args.keys_per_connection,) if args.skip_unshared else (1, args.keys_per_connection)):
+        before = sim.command({"op": "streams"})["handshakes"]
+        exp = ExporterProcess(config(sim.base_url, stream_url, n, True, args.interval, args.connect_limit, keys),
+                              Path(tmp), name=f"connect-{keys}", log_level="warn").start()
+        try:
+            t0 = time.monotonic()
+            while (up := streams_up(session, exp.base_url)) < n:
+                if time.monotonic() - t0 > 900:
+                    raise RuntimeError(f"only {up} of {n} streams up after 900 s")
+                time.sleep(0.25)
+            elapsed = time.monotonic() - t0
+            streams = sim.command({"op": "streams"})
+        finally:
+            exp.stop()
+        runs.append({"keys_per_connection": keys, "connections": streams["open"],
+                     "handshakes": streams["handshakes"] - before, "subscriptions": streams["subscriptions"],
+                     "all_up_s": round(elapsed, 2)})
+        log(f"connect, {keys} key(s) per connection: {runs[-1]}")
+        deadline = time.monotonic() + 10  # the closed exporter's connections go before the next run
+        while sim.command({"op": "streams"})["open"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return runs
+
+
+def print_connect(runs: list[dict[str, Any]], n: int, limit: int) -> None:
+    print(f"Connecting {n} USD-M streams at stream_connections_per_5m: {limit}\n")
+    print(md_table(["stream_keys_per_connection", "connections", "handshakes", "all streams up (s)"],
+                   [[r["keys_per_connection"], r["connections"], r["handshakes"], r["all_up_s"]] for r in runs]))
+    print()
+
+
 def streams_up(session: requests.Session, url: str) -> int:
     body = session.get(f"{url}/metrics", timeout=30).content
     return int(sum(v for _n, _l, v in metric_samples(body, "binance_futures_stream_up")))
@@ -156,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             SimProcess(n, 5, request_log=True) as sim:
         stream_url = sim.command({"op": "stream_url"})["url"]
         session = requests.Session()
+        report["connect"] = connect_runs(sim, stream_url, Path(tmp), session, args, log)
+        if args.connect_only:
+            report["duration_s"] = round(time.monotonic() - started, 1)
+            write_json(args.output, report)
+            print_connect(report["connect"], n, args.connect_limit)
+            return 0
         # ---- with streams
         exp = ExporterProcess(config(sim.base_url, stream_url, n, True, args.interval), Path(tmp), name="streams",
                               log_level="warn").start()
@@ -200,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.output, report)
     m = report["machine"]
     print(f"## User data streams: {m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, {m['date']}\n")
+    print_connect(report["connect"], n, args.connect_limit)
     print(f"{n} accounts, one USD-M stream each; scrape every {args.interval:g} s; phases of "
           f"{args.phase_seconds:g} s; all streams up in {report['connect_s']} s\n")
     rows = []

@@ -95,7 +95,12 @@ TOP_KEYS = (
     "weight_budget_share",
     "skip_zero_balances",
     "stream_connections_per_5m",
+    "stream_keys_per_connection",
 )
+# Binance: at most 1024 streams per connection, and 10 incoming messages per second per connection
+# (SUBSCRIBE included). 200 keys keep a shared connection's events well inside what one socket
+# reads, and a reconnect's REST refreshes (one per key) inside one host's weight budget.
+MAX_KEYS_PER_CONNECTION = 200
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
 ASSET_RE = re.compile(r"^[A-Za-z0-9]{1,20}$")
 # `$$`, `${NAME}`, or a `${` that is neither (unclosed, or not a name): refused, never used literally.
@@ -175,6 +180,10 @@ class Config:
     # Binance allows 300 WebSocket connection attempts per 5 minutes and IP; the exporter
     # keeps to half of that by default (like weight_budget_share), its users' bots need the rest.
     stream_connections_per_5m: int = 150
+    # USD-M listenKeys one private WebSocket connection carries (Binance's "stream mode", several
+    # listenKeys per connection). 1: one connection per account, the form every official connector
+    # uses. Opt-in: Binance documents the form by example only (see docs/configuration.md).
+    stream_keys_per_connection: int = 1
     warnings: tuple[str, ...] = ()
 
     def weight_limit_for(self, kind: str) -> int:
@@ -669,6 +678,11 @@ def parse_config(data: Any, source: str = "config.yaml",
         globals_["stream_connections_per_5m"] = _number(top, "stream_connections_per_5m",
                                                         data["stream_connections_per_5m"], env,
                                                         minimum=1, maximum=300, integer=True)
+    if "stream_keys_per_connection" in data:
+        globals_["stream_keys_per_connection"] = _number(top, "stream_keys_per_connection",
+                                                         data["stream_keys_per_connection"], env,
+                                                         minimum=1, maximum=MAX_KEYS_PER_CONNECTION,
+                                                         integer=True)
     if "skip_zero_balances" in data:
         globals_["skip_zero_balances"] = _boolean(top, "skip_zero_balances", data["skip_zero_balances"])
     return Config(source=source, accounts=tuple(accounts), warnings=tuple(warnings), **globals_)

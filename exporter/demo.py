@@ -100,6 +100,7 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 DEMO_CONCURRENCY = 32
+DEMO_KEYS_PER_CONNECTION = 10
 
 
 def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
@@ -119,5 +120,7 @@ def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
             host_label=DEMO_HOST, **{"min_available_balance": DEFAULT_THRESHOLDS, **urls, **streams, **settings}))
     # A handful of accounts and sub-accounts: 32 fetches at once is plenty, and keeps the pool (whose
     # both ends are in this process) within a container's usual 1,024 open files.
+    # The demo's USD-M streams share one private connection (stream_keys_per_connection), so the
+    # shared form is what --demo shows; the simulator serves it like Binance's stream mode.
     return sim, Config(source="--demo", accounts=tuple(accounts), weight_limit=weight_limit,
-                       max_concurrency=DEMO_CONCURRENCY)
+                       max_concurrency=DEMO_CONCURRENCY, stream_keys_per_connection=DEMO_KEYS_PER_CONNECTION)

@@ -176,7 +176,8 @@ class Engine:
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
         self.streams = StreamManager(self._streaming(), self.stream_refresh, config.stream_connections_per_5m,
-                                     self.pools, stream_tuning, on_modes=self._modes_changed)
+                                     self.pools, stream_tuning, on_modes=self._modes_changed,
+                                     keys_per_connection=config.stream_keys_per_connection)
 
     def upstream_sockets(self) -> int:
         """Sockets to Binance this config may hold: the hosts' pools and one per user data stream."""
@@ -346,7 +347,7 @@ class Engine:
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
         self.plan_budgets()
         self.streams.limiter.limit = config.stream_connections_per_5m  # read on the loop; an int is atomic
-        self.streams.update(self._streaming())
+        self.streams.update(self._streaming(), config.stream_keys_per_connection)
         if self._started:
             self.streams.start()  # a no-op once running; the first streaming account may be new
             deadline = time.monotonic() + STARTUP_SYNC_S

@@ -143,10 +143,13 @@ def _config_update(data: Mapping[str, Any], time_ms: int) -> Event:
     return Event("ACCOUNT_CONFIG_UPDATE", time_ms, modes=modes)
 
 
-def parse_event(text: str | bytes) -> Event:
-    """One message of a user data stream; BadResponse when it is not a sane event.
+def split_envelope(text: str | bytes) -> tuple[str | None, Any]:
+    """(the envelope's "stream", its "data") of one message; (None, the message) when unwrapped.
 
-    The combined-stream envelope {"stream": ..., "data": {...}} is unwrapped.
+    A shared connection (several listenKeys, Binance's combined-stream form) wraps every
+    event as {"stream": <listenKey>, "data": {...}}: the stream names whose event it is.
+    A "stream" that is not a string comes back as "" (names no key). BadResponse for
+    binary frames, invalid JSON and anything but a JSON object.
     """
     if not isinstance(text, str):
         raise BadResponse("binary frame")
@@ -155,12 +158,24 @@ def parse_event(text: str | bytes) -> Event:
     except (ValueError, RecursionError) as exc:
         raise BadResponse(f"message is not valid JSON ({type(exc).__name__})") from None
     data = _object(data, "message")
-    stream = None
     if "data" in data and "stream" in data:
-        stream = data["stream"] if isinstance(data["stream"], str) else ""
-        data = _object(data["data"], "data")
-    event = _parse(data)
+        return (data["stream"] if isinstance(data["stream"], str) else ""), data["data"]
+    return None, data
+
+
+def parse_data(data: Any, stream: str | None = None) -> Event:
+    """One event (an envelope's data, or an unwrapped message); BadResponse when it is not sane."""
+    event = _parse(_object(data, "data" if stream is not None else "message"))
     return dataclasses_replace(event, stream=stream) if stream is not None else event
+
+
+def parse_event(text: str | bytes) -> Event:
+    """One message of a user data stream; BadResponse when it is not a sane event.
+
+    The combined-stream envelope {"stream": ..., "data": {...}} is unwrapped.
+    """
+    stream, data = split_envelope(text)
+    return parse_data(data, stream)
 
 
 def _parse(data: Mapping[str, Any]) -> Event:

@@ -37,11 +37,12 @@ from typing import TypeVar
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from exporter import stream_mux
 from exporter.listenkey import ListenKeyError, ListenKeys
 from exporter.logs import fields
 from exporter.parsing import BadResponse
 from exporter.secrets import Secret
-from exporter.stream_events import StreamState, parse_event
+from exporter.stream_events import Event, StreamState, parse_event
 from exporter.targets import Target
 from exporter.transport import Pools
 
@@ -110,6 +111,13 @@ def stream_url(base: str, market: str, key: Secret) -> str:
     return f"{base}/ws/{key.reveal()}"
 
 
+def closed_why(exc: ConnectionClosed, tuning: Tuning) -> tuple[str, bool]:
+    """Why a connection closed, and whether it was our close for a message over the size limit."""
+    if exc.sent is not None and exc.sent.code == CLOSE_TOO_BIG:
+        return f"a message over {tuning.max_message_bytes} bytes", True
+    return f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})", False
+
+
 def backoff_delay(failures: int, tuning: Tuning, rng: random.Random) -> float:
     """Exponential back-off with jitter (half fixed, half random), so a fleet does not reconnect in step."""
     ceiling = min(tuning.backoff_max_s, tuning.backoff_base_s * 2.0 ** min(failures - 1, 20))
@@ -168,14 +176,18 @@ class StreamManager:
 
     def __init__(self, targets: Iterable[Target], on_event: Callable[[tuple[str, str], bool], None],
                  connections_per_5m: int, pools: Pools, tuning: Tuning | None = None,
-                 on_modes: Callable[[tuple[str, str]], None] | None = None) -> None:
+                 on_modes: Callable[[tuple[str, str]], None] | None = None, keys_per_connection: int = 1) -> None:
         """`on_event(key, gap)`: an event (or a gap, then True) asks for a REST refresh of the account.
-        `on_modes(key)`: ACCOUNT_CONFIG_UPDATE changed the account's modes (re-read them by REST)."""
+        `on_modes(key)`: ACCOUNT_CONFIG_UPDATE changed the account's modes (re-read them by REST).
+        `keys_per_connection` > 1: USD-M accounts share private connections (see stream_mux)."""
         self.tuning = tuning or Tuning()
         self._on_event = on_event
         self._on_modes = on_modes
         self.limiter = AttemptLimiter(connections_per_5m)
-        self._rng = random.Random()
+        self.keys_per_connection = keys_per_connection
+        self.muxes: list[stream_mux.Mux] = []  # shared connections, on the loop
+        self._mux_of: dict[tuple[str, str], stream_mux.Mux] = {}
+        self.rng = random.Random()
         self._pools = pools  # listenKey calls share each host's pool with the REST refreshes
         self._lock = threading.Lock()
         self.streams: dict[tuple[str, str], _Stream] = {}
@@ -193,9 +205,12 @@ class StreamManager:
                           target.account.timeout_seconds)
         return _Stream(target, keys, StreamState())
 
-    def update(self, targets: Iterable[Target]) -> None:
+    def update(self, targets: Iterable[Target], keys_per_connection: int | None = None) -> None:
         """A reloaded config: streams of targets that are gone or replaced close (their listenKey
-        is left alone, never DELETEd), new targets' streams open; unchanged ones carry on."""
+        is left alone, never DELETEd), new targets' streams open; unchanged ones carry on.
+        A changed `keys_per_connection` applies to the streams opened from now on."""
+        if keys_per_connection is not None:
+            self.keys_per_connection = keys_per_connection
         wanted = {target.key: target for target in targets}
         with self._lock:
             gone = [key for key, stream in self.streams.items()
@@ -218,10 +233,22 @@ class StreamManager:
             task = self._tasks.pop(key, None)
             if task is not None:
                 task.cancel()
+            mux = self._mux_of.pop(key, None)
+            if mux is not None:
+                mux.remove(key)  # UNSUBSCRIBEd on the live connection
+                if not mux.members and mux.task is not None:
+                    mux.task.cancel()
+                    self.muxes.remove(mux)
         for stream in added:
             self._spawn(stream)
 
+    def _shares(self, stream: _Stream) -> bool:
+        return self.keys_per_connection > 1 and stream.target.market == "usdm"
+
     def _spawn(self, stream: _Stream) -> None:
+        if self._shares(stream):
+            self._join_mux(stream)
+            return
         running = self._tasks.get(stream.target.key)
         if running is not None and not running.done():  # started by _main and by an update
             return
@@ -234,6 +261,30 @@ class StreamManager:
                 self._tasks.pop(key, None)
 
         task.add_done_callback(forget)
+
+    def _join_mux(self, stream: _Stream) -> None:
+        """Put a USD-M stream on a shared connection with room (same base URL), or open a new one."""
+        key = stream.target.key
+        if key in self._mux_of:
+            return
+        base = stream.target.account.stream_url_for(stream.target.market)
+        mux = next((m for m in self.muxes if m.base == base and not m.full), None)
+        if mux is None:
+            mux = stream_mux.Mux(self, base)
+            self.muxes.append(mux)
+            mux.add(stream)
+            mux.task = asyncio.create_task(mux.run(), name=f"stream-shared-{len(self.muxes)}")
+        else:
+            mux.add(stream)
+        self._mux_of[key] = mux
+
+    def connections(self) -> int:
+        """Connections the streams use (open or being opened): one per unshared stream, one per Mux."""
+        return len(self._tasks) + len(self.muxes)
+
+    def gap(self, stream: _Stream) -> None:
+        """The account's stream (re)started: refresh it by REST before trusting its events."""
+        self._on_event(stream.target.key, True)
 
     def state(self, key: tuple[str, str]) -> StreamState | None:
         stream = self.streams.get(key)
@@ -278,13 +329,13 @@ class StreamManager:
         for stream in streams:
             self._spawn(stream)
         await self._stop.wait()
-        tasks = list(self._tasks.values())
+        tasks = list(self._tasks.values()) + [m.task for m in self.muxes if m.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- one account's stream ----------------------------------------------------------------
-    async def _rest(self, call: Callable[[], _T]) -> _T:
+    async def rest(self, call: Callable[[], _T]) -> _T:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._pool, call)
 
@@ -296,7 +347,7 @@ class StreamManager:
             why = ""
             try:
                 if stream.key is None:
-                    stream.key = await self._rest(stream.keys.create)
+                    stream.key = await self.rest(stream.keys.create)
                 await self._connect_and_read(stream)
                 why = "closed by the server"
             except asyncio.CancelledError:
@@ -314,11 +365,9 @@ class StreamManager:
             except _Degraded as exc:
                 why = exc.why
             except ConnectionClosed as exc:
-                if exc.sent is not None and exc.sent.code == CLOSE_TOO_BIG:
+                why, too_big = closed_why(exc, self.tuning)
+                if too_big:
                     stream.state.count("invalid")
-                    why = f"a message over {self.tuning.max_message_bytes} bytes"
-                else:
-                    why = f"connection closed (code {exc.rcvd.code if exc.rcvd else 'none'})"
             except (OSError, TimeoutError, InvalidHandshake, asyncio.TimeoutError) as exc:
                 why = type(exc).__name__  # never str(exc): it may quote the URL
             except Exception as exc:  # noqa: BLE001 - a bug: never let it end the stream for good
@@ -329,7 +378,7 @@ class StreamManager:
             stream.state.disconnected()
             failures = 1 if time.monotonic() - started >= STABLE_AFTER_S and stream.connected_once \
                 else failures + 1
-            delay = 0.0 if why == "planned reconnect" else backoff_delay(failures, self.tuning, self._rng)
+            delay = 0.0 if why == "planned reconnect" else backoff_delay(failures, self.tuning, self.rng)
             (log.info if why == "planned reconnect" else log.warning)(
                 "user stream down", extra=fields(alias=target.alias, market=target.market, reason=why,
                                                  retry_in_s=round(delay, 1)))
@@ -350,7 +399,7 @@ class StreamManager:
             stream.connected_once = True
             stream.state.connected(time.monotonic())
             log.info("user stream connected", extra=fields(alias=target.alias, market=target.market))
-            self._on_event(target.key, True)  # a gap: refresh by REST before trusting the stream
+            self.gap(stream)  # refresh by REST before trusting the stream
             keepalive = asyncio.create_task(self._keepalive(stream, ws))
             try:
                 await asyncio.wait_for(self._read(stream, ws), tuning.planned_reconnect_s)
@@ -375,20 +424,28 @@ class StreamManager:
             if event.stream is not None and event.stream != mine:
                 state.count("invalid")  # an envelope naming another listenKey: another account's event
                 continue
-            if event.kind == "ACCOUNT_UPDATE" and stream.target.market == "pm":
-                # Portfolio Margin's wallet rows are totals over UM, CM and margin: its events' UM
-                # wallet balances are not those figures. Counted, and the account refreshed.
-                event = dataclasses.replace(event, assets={}, positions={})
-            if event.kind == "listenKeyExpired":
-                if event.listen_key is not None and event.listen_key != mine:
-                    state.count("invalid")  # about another account's key: not ours to act on
-                    continue
-                state.apply(event, time.monotonic(), time.time())
+            if self.deliver(stream, event):
                 raise _Renew("listenKeyExpired")
-            if state.apply(event, time.monotonic(), time.time()) and event.kind not in ("other",):
-                if event.modes and self._on_modes is not None:
-                    self._on_modes(stream.target.key)
-                self._on_event(stream.target.key, False)
+
+    def deliver(self, stream: _Stream, event: Event) -> bool:
+        """Apply one of the account's events (E order, refresh, modes); True: its key expired, renew it."""
+        state = stream.state
+        if event.kind == "ACCOUNT_UPDATE" and stream.target.market == "pm":
+            # Portfolio Margin's wallet rows are totals over UM, CM and margin: its events' UM
+            # wallet balances are not those figures. Counted, and the account refreshed.
+            event = dataclasses.replace(event, assets={}, positions={})
+        if event.kind == "listenKeyExpired":
+            mine = stream.key.reveal() if stream.key is not None else None
+            if event.listen_key is not None and event.listen_key != mine:
+                state.count("invalid")  # about another account's key: not ours to act on
+                return False
+            state.apply(event, time.monotonic(), time.time())
+            return True
+        if state.apply(event, time.monotonic(), time.time()) and event.kind not in ("other",):
+            if event.modes and self._on_modes is not None:
+                self._on_modes(stream.target.key)
+            self._on_event(stream.target.key, False)
+        return False
 
     async def _keepalive(self, stream: _Stream, ws: ClientConnection) -> None:
         """PUT every 30 minutes; a key Binance no longer knows closes the connection for a new one."""
@@ -396,7 +453,7 @@ class StreamManager:
         while True:
             await asyncio.sleep(delay)
             try:
-                await self._rest(stream.keys.keepalive)
+                await self.rest(stream.keys.keepalive)
                 delay = self.tuning.keepalive_s
             except ListenKeyError as exc:
                 if exc.gone:

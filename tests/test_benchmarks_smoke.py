@@ -124,6 +124,8 @@ def test_streams_quick(tmp_path: Path) -> None:
     assert report["latency"]["samples"] == 5
     for phase in ("idle", "load", "polling"):
         assert {"rss_mb", "threads", "cpu_pct", "weight_per_min"} <= report[phase].keys()
+    alone, shared = report["connect"]  # one connection per account, then shared ones
+    assert (alone["connections"], shared["connections"]) == (5, 1) and shared["subscriptions"] == 5
 
 
 def test_slowreaders_quick(tmp_path: Path) -> None:

@@ -33,14 +33,15 @@ def now_ms() -> int:
 class Live:
     """A simulator, an engine streaming its accounts, and the HTTP front."""
 
-    def __init__(self, sim: Simulator, accounts: list[dict], tuning: Tuning = FAST, **defaults: object) -> None:
+    def __init__(self, sim: Simulator, accounts: list[dict], tuning: Tuning = FAST, top: dict | None = None,
+                 **defaults: object) -> None:
         self.sim = sim
         base = sim.start()
         stream = sim.stream_url
         data = {"defaults": {"base_url": base, "coinm_base_url": base, "pm_base_url": base, "timeout_seconds": 8,
                              "cache_seconds": 5, "user_stream": True, "stream_base_url": stream + "/private",
                              "coinm_stream_base_url": stream, "pm_stream_base_url": stream + "/pm", **defaults},
-                "accounts": accounts}
+                "accounts": accounts, **(top or {})}
         self.engine = Engine(parse_config(data, "test.yaml", {}), tuning)
         self.engine.start()
         self.server = serve(make_app(self.engine), "127.0.0.1:0")

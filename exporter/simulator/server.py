@@ -354,7 +354,20 @@ class Simulator:
         self._streams.drop(api_key)
 
     def open_streams(self, api_key: str | None = None, market: str | None = None) -> int:
+        """Open stream connections carrying a listenKey of the account (of any account)."""
         return self._streams.open_streams(api_key, MARKET_FAMILIES[market] if market else None)
+
+    def stream_subscriptions(self, api_key: str | None = None, market: str | None = None) -> int:
+        """listenKeys subscribed over all open connections (shared connections carry several)."""
+        return self._streams.subscriptions(api_key, MARKET_FAMILIES[market] if market else None)
+
+    def refuse_subscribes(self, count: int) -> None:
+        """Answer the next `count` SUBSCRIBEs with an error, as Binance does for a key it does not know."""
+        self._streams.refuse_subscribes = count
+
+    def stream_requests(self) -> int:
+        """SUBSCRIBE / UNSUBSCRIBE messages received on the open stream connections."""
+        return self._streams.requests_received()
 
     @property
     def stream_connections(self) -> int:

@@ -9,7 +9,16 @@ assert the exporter never sends one).
 WebSocket paths on the simulator's stream port (its `stream_url`):
 
 * `/private/ws?listenKey=<key>&events=E1/E2` (USD-M): delivers only the
-  events named (all of them when `events` is absent);
+  events named (all of them when `events` is absent), unwrapped;
+* `/private/stream?listenKey=<k1>&events=E1/E2&listenKey=<k2>&events=E1`
+  (USD-M, Binance's "stream mode": several listenKeys on one connection, each
+  with the events listed after it): every event arrives in the combined-stream
+  envelope `{"stream": <listenKey>, "data": {...}}`. JSON
+  `{"method": "SUBSCRIBE" | "UNSUBSCRIBE", "params": [<listenKey>, ...], "id": n}`
+  adds or removes keys on a live connection (a key added this way gets every
+  event: Binance documents no per-key event list for SUBSCRIBE); the answer is
+  `{"result": null, "id": n}`, or `{"error": {"code": 2, "msg": ...}, "id": n}`
+  when a key is unknown or expired (then nothing changes);
 * `/ws/<key>` (COIN-M) and `/pm/ws/<key>` (Portfolio Margin).
 
 An unknown or expired key is refused at the handshake (HTTP 400). One thread
@@ -29,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -53,9 +62,14 @@ class _Key:
 @dataclass(eq=False)  # kept in a set, by identity
 class _Conn:
     ws: ServerConnection
-    key: _Key
-    events: frozenset[str] | None  # None: every event
+    keys: dict[str, tuple[_Key, frozenset[str] | None]]  # listenKey -> (key, events; None: every event)
+    enveloped: bool  # /private/stream: {"stream": <listenKey>, "data": event}
     sent: int = 0
+    requests: int = 0  # SUBSCRIBE / UNSUBSCRIBE / other JSON messages received
+
+    def carries(self, api_key: str | None, family: str | None) -> bool:
+        return any((api_key is None or k.api_key == api_key) and (family is None or k.family == family)
+                   for k, _ in self.keys.values())
 
 
 @dataclass
@@ -122,17 +136,27 @@ class ListenKeyBook:
             return key
 
 
-def _route(path: str) -> tuple[str, str | None, frozenset[str] | None] | None:
-    """(family, listenKey, events) of a WebSocket request path; None if it is not a user stream."""
+Route = tuple[str, list[tuple[str, frozenset[str] | None]], bool]
+
+
+def _route(path: str) -> Route | None:
+    """(family, [(listenKey, events)], enveloped) of a WebSocket request path; None if not a user stream."""
     parts = urlsplit(path)
-    if parts.path == "/private/ws":
-        query = parse_qs(parts.query)
-        events, keys = query.get("events"), query.get("listenKey")
-        return "fapi", keys[0] if keys else None, frozenset(events[0].split("/")) if events else None
+    if parts.path in ("/private/ws", "/private/stream"):
+        pairs: list[tuple[str, frozenset[str] | None]] = []
+        for name, value in parse_qsl(parts.query):  # in order: each events= belongs to the key before it
+            if name == "listenKey":
+                pairs.append((value, None))
+            elif name == "events" and pairs:
+                pairs[-1] = (pairs[-1][0], frozenset(value.split("/")))
+        stream = parts.path == "/private/stream"
+        if not stream and len(pairs) > 1:
+            return "fapi", [], False  # ws mode carries one key
+        return "fapi", pairs, stream
     if parts.path.startswith("/pm/ws/"):
-        return "papi", parts.path[len("/pm/ws/"):], None
+        return "papi", [(parts.path[len("/pm/ws/"):], None)], False
     if parts.path.startswith("/ws/"):
-        return "dapi", parts.path[len("/ws/"):], None
+        return "dapi", [(parts.path[len("/ws/"):], None)], False
     return None
 
 
@@ -149,6 +173,7 @@ class StreamServer:
         self._stopped: asyncio.Event | None = None
         self.url = ""
         self.connections = 0  # accepted handshakes, ever
+        self.refuse_subscribes = 0  # tests: answer this many next SUBSCRIBEs with an error
 
     def start(self) -> str:
         ready = threading.Event()
@@ -189,33 +214,77 @@ class StreamServer:
         route = _route(request.path)
         if route is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "not a user data stream\n")
-        family, value, _ = route
-        if not value or self.keys.lookup(value, family) is None:
+        family, pairs, stream = route
+        if not pairs and not stream:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "invalid listenKey\n")
+        if any(not value or self.keys.lookup(value, family) is None for value, _ in pairs):
             return connection.respond(HTTPStatus.BAD_REQUEST, "invalid listenKey\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert ws.request is not None  # set by the handshake, before the handler runs
         route = _route(ws.request.path)
-        assert route is not None and route[1] is not None
-        key = self.keys.lookup(route[1], route[0])
-        if key is None:
-            return
-        conn = _Conn(ws, key, route[2])
+        assert route is not None
+        family, pairs, stream = route
+        keys: dict[str, tuple[_Key, frozenset[str] | None]] = {}
+        for value, events in pairs:
+            key = self.keys.lookup(value, family)
+            if key is None:
+                return
+            keys[value] = (key, events)
+        conn = _Conn(ws, keys, stream)
         self._conns.add(conn)
         self.connections += 1
         try:
-            async for _ in ws:  # clients send nothing we act on
-                pass
+            async for message in ws:
+                if stream:
+                    await self._request(conn, family, message)
         except ConnectionClosed:
             pass
         finally:
             self._conns.discard(conn)
 
+    async def _request(self, conn: _Conn, family: str, message: str | bytes) -> None:
+        """SUBSCRIBE / UNSUBSCRIBE of listenKeys on a stream-mode connection, answered like Binance."""
+        conn.requests += 1
+        try:
+            request = json.loads(message)
+            method, params, ident = request["method"], request["params"], request["id"]
+            if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list) \
+                    or not all(isinstance(p, str) for p in params):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            await _send(conn.ws, json.dumps({"error": {"code": 3, "msg": "Invalid JSON"}, "id": None}))
+            return
+        if method == "UNSUBSCRIBE":
+            for value in params:
+                conn.keys.pop(value, None)
+            await _send(conn.ws, json.dumps({"result": None, "id": ident}))
+            return
+        found = [(value, self.keys.lookup(value, family)) for value in params]
+        refused, self.refuse_subscribes = self.refuse_subscribes > 0, max(0, self.refuse_subscribes - 1)
+        if refused or any(key is None for _, key in found):
+            await _send(conn.ws, json.dumps({"error": {"code": 2, "msg": "Invalid request: listenKey"},
+                                             "id": ident}))
+            return
+        for value, key in found:
+            assert key is not None
+            conn.keys[value] = (key, None)
+        await _send(conn.ws, json.dumps({"result": None, "id": ident}))
+
     # ---- pushing -------------------------------------------------------------------------------
     def open_streams(self, api_key: str | None = None, family: str | None = None) -> int:
-        return sum(1 for c in list(self._conns)
-                   if (api_key is None or c.key.api_key == api_key) and (family is None or c.key.family == family))
+        """Open connections carrying a key of the account (any account) in the family (any)."""
+        return sum(1 for c in list(self._conns) if c.carries(api_key, family))
+
+    def subscriptions(self, api_key: str | None = None, family: str | None = None) -> int:
+        """Subscribed listenKeys over all open connections (a key on two connections counts twice)."""
+        return sum(1 for c in list(self._conns) for k, _ in list(c.keys.values())
+                   if (api_key is None or k.api_key == api_key) and (family is None or k.family == family))
+
+    def requests_received(self) -> int:
+        """JSON messages (SUBSCRIBE, UNSUBSCRIBE, anything else) clients sent, on open connections."""
+        return sum(c.requests for c in list(self._conns))
 
     def push(self, api_key: str, family: str, event: dict[str, Any] | str | bytes) -> None:
         """Send an event (a dict, or raw text/bytes for hostile tests) to the account's connections."""
@@ -225,16 +294,18 @@ class StreamServer:
 
     def _push(self, api_key: str, family: str, event: dict[str, Any] | str | bytes) -> None:
         for conn in list(self._conns):
-            if conn.key.api_key != api_key or conn.key.family != family:
-                continue
-            if isinstance(event, dict):
-                if conn.events is not None and event.get("e") not in conn.events:
+            for value, (key, events) in list(conn.keys.items()):
+                if key.api_key != api_key or key.family != family:
                     continue
-                message: str | bytes = json.dumps(event, separators=(",", ":"))
-            else:
-                message = event
-            conn.sent += 1
-            asyncio.ensure_future(_send(conn.ws, message))
+                if isinstance(event, dict):
+                    if events is not None and event.get("e") not in events:
+                        continue
+                    body = {"stream": value, "data": event} if conn.enveloped else event
+                    message: str | bytes = json.dumps(body, separators=(",", ":"))
+                else:
+                    message = event
+                conn.sent += 1
+                asyncio.ensure_future(_send(conn.ws, message))
 
     def expire(self, api_key: str, family: str) -> None:
         """Binance's listenKeyExpired: pushed on the key's connections, then the key is gone."""
@@ -250,7 +321,7 @@ class StreamServer:
 
         def cut() -> None:
             for conn in list(self._conns):
-                if api_key is None or conn.key.api_key == api_key:
+                if conn.carries(api_key, None):
                     conn.ws.transport.abort()
 
         self._loop.call_soon_threadsafe(cut)
