@@ -40,6 +40,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from exporter import stream_mux
 from exporter.listenkey import ListenKeyError, ListenKeys
 from exporter.logs import fields
+from exporter.loopthread import LoopThread
 from exporter.parsing import BadResponse
 from exporter.secrets import Secret
 from exporter.stream_events import Event, StreamState, parse_event
@@ -195,9 +196,7 @@ class StreamManager:
         for target in targets:
             self.streams[target.key] = self._stream(target)
         self._pool = ThreadPoolExecutor(max_workers=REST_THREADS, thread_name_prefix="listenkey")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop: asyncio.Event | None = None
+        self._loop = LoopThread("user-streams")
 
     def _stream(self, target: Target) -> _Stream:
         transport = self._pools.get(target.host.base_url)
@@ -220,12 +219,7 @@ class StreamManager:
             added = [self._stream(target) for key, target in wanted.items() if key not in self.streams]
             for stream in added:
                 self.streams[stream.target.key] = stream
-            loop = self._loop
-        if loop is not None and not loop.is_closed():  # else start() opens them all
-            try:
-                loop.call_soon_threadsafe(self._respawn, gone, added)
-            except RuntimeError:  # the loop is closing: nothing to update
-                pass
+        self._loop.call(self._respawn, gone, added)  # not running yet: start() opens them all
 
     def _respawn(self, gone: list[tuple[str, str]], added: list[_Stream]) -> None:
         """On the loop: cancel the tasks of streams that are gone, start the new ones."""
@@ -292,43 +286,20 @@ class StreamManager:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        if not self.streams or self._thread is not None:
-            return
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            self._stop = asyncio.Event()
-            ready.set()
-            try:
-                loop.run_until_complete(self._main())
-            finally:
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="user-streams", daemon=True)
-        self._thread.start()
-        ready.wait()
+        if self.streams and not self._loop.started:
+            self._loop.start(self._main)
 
     def close(self, timeout: float = 2.0) -> None:
         """Close every connection (never DELETE a listenKey: the user's bots may share it)."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _main(self) -> None:
-        assert self._stop is not None
+    async def _main(self, stop: asyncio.Event) -> None:
         with self._lock:
             streams = list(self.streams.values())
         for stream in streams:
             self._spawn(stream)
-        await self._stop.wait()
+        await stop.wait()
         tasks = list(self._tasks.values()) + [m.task for m in self.muxes if m.task is not None]
         for task in tasks:
             task.cancel()
@@ -336,8 +307,7 @@ class StreamManager:
 
     # ---- one account's stream ----------------------------------------------------------------
     async def rest(self, call: Callable[[], _T]) -> _T:
-        assert self._loop is not None
-        return await self._loop.run_in_executor(self._pool, call)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def _run(self, stream: _Stream) -> None:
         target = stream.target

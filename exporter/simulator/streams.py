@@ -43,6 +43,8 @@ from urllib.parse import parse_qsl, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from exporter.loopthread import LoopThread
+
 KEY_TTL_S = 3600.0
 LISTEN_KEY_FAMILIES = {"/fapi/v1/listenKey": "fapi", "/dapi/v1/listenKey": "dapi", "/papi/v1/listenKey": "papi"}
 MSG_KEY_GONE = "This listenKey does not exist."
@@ -167,48 +169,30 @@ class StreamServer:
         self.keys = keys
         self.host = host
         self._conns: set[_Conn] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = LoopThread("simulator-streams")
         self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped: asyncio.Event | None = None
         self.url = ""
         self.connections = 0  # accepted handshakes, ever
         self.refuse_subscribes = 0  # tests: answer this many next SUBSCRIBEs with an error
 
     def start(self) -> str:
         ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self._main(ready))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="simulator-streams", daemon=True)
-        self._thread.start()
+        self._loop.start(lambda stop: self._main(ready, stop))
         ready.wait(5)
         return self.url
 
-    async def _main(self, ready: threading.Event) -> None:
-        self._stopped = asyncio.Event()
+    async def _main(self, ready: threading.Event, stop: asyncio.Event) -> None:
         async with serve(self._handle, self.host, 0, process_request=self._check, max_size=1 << 16,
                          ping_interval=None, logger=QUIET) as server:
             self._server = server
             port = server.sockets[0].getsockname()[1]
             self.url = f"ws://{self.host}:{port}"
             ready.set()
-            await self._stopped.wait()
+            await stop.wait()
             server.close()
 
     def stop(self) -> None:
-        loop, stopped = self._loop, self._stopped
-        if loop is not None and stopped is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(stopped.set)
-            except RuntimeError:
-                pass
-        if self._thread is not None:
-            self._thread.join(2.0)
+        self._loop.stop()
 
     def _check(self, connection: ServerConnection, request: Any) -> Any:
         route = _route(request.path)
@@ -288,9 +272,7 @@ class StreamServer:
 
     def push(self, api_key: str, family: str, event: dict[str, Any] | str | bytes) -> None:
         """Send an event (a dict, or raw text/bytes for hostile tests) to the account's connections."""
-        if self._loop is None:
-            return
-        self._loop.call_soon_threadsafe(self._push, api_key, family, event)
+        self._loop.call(self._push, api_key, family, event)
 
     def _push(self, api_key: str, family: str, event: dict[str, Any] | str | bytes) -> None:
         for conn in list(self._conns):
@@ -316,15 +298,12 @@ class StreamServer:
 
     def drop(self, api_key: str | None = None) -> None:
         """Cut connections (all, or one account's) without a close frame: a network failure."""
-        if self._loop is None:
-            return
-
         def cut() -> None:
             for conn in list(self._conns):
                 if conn.carries(api_key, None):
                     conn.ws.transport.abort()
 
-        self._loop.call_soon_threadsafe(cut)
+        self._loop.call(cut)
 
 
 async def _send(ws: ServerConnection, message: str | bytes) -> None:
