@@ -1,66 +1,9 @@
-"""The HTTP/1.1 server under the WSGI app: bounded in connections, threads, time and memory.
-
-Why not socketserver's ThreadingMixIn + wsgiref (what we had first): it gives
-every accepted connection a thread that blocks in readline() for as long as
-the client likes. 2,000 idle sockets cost 2,000 threads (84 MB) and were never
-closed; bytes without a newline (a TLS ClientHello on the plain port) were
-never answered; the listen backlog was 5. waitress bounds connections and
-threads but has no TLS; cheroot runs the TLS handshake on its accept thread
-(cheroot#748). So this is stdlib selectors and ssl, with h11 (no I/O of its
-own) parsing each request head and framing each response per RFC 9112.
-
-How a connection flows:
-
-1. One thread (the poller) owns the listening socket and every connection that
-   is *waiting*: for its TLS handshake, for the bytes of a request head, idle
-   between keep-alive requests, or being written to. They are non-blocking
-   sockets in a selector, so waiting costs an fd and a few hundred bytes, never
-   a thread. The TLS handshake runs here too, non-blocking, so it cannot stall
-   accept(); at most MAX_HANDSHAKES run at once (OpenSSL holds ~60 KB for
-   one that stalled after its ClientHello), past that the oldest is closed.
-2. Each state has a deadline (HANDSHAKE_TIMEOUT, HEADER_TIMEOUT from accept or
-   from a keep-alive request's first byte, IDLE_TIMEOUT between requests).
-   A slow sender (slowloris) is cut when its deadline passes, with a 408 if it
-   had sent part of a request. Bytes that cannot start an HTTP request (a TLS
-   ClientHello on the plain port) get a 400 and a close at once.
-3. A complete request head (at most MAX_HEADER_BYTES) goes to h11. Framing
-   that a proxy in front could read differently (repeated or conflicting
-   Content-Length, whitespace before a colon, Transfer-Encoding with
-   Content-Length, a missing Host) is answered 400 and closed, so no bytes are
-   ever taken for a second request that a proxy did not see. Empty lines
-   before a request are ignored (RFC 9112 2.2). The request goes to a bounded
-   pool of MAX_WORKERS threads; /-/healthy and /-/ready (PRIORITY_PATHS) go
-   to a pool of their own, so they answer whatever the other requests do.
-4. The worker runs the WSGI app and hands the response bytes back to the
-   poller, which writes them as the client reads. A slow reader therefore
-   holds no thread, only a reference to its body (concurrent scrapes share
-   one body, see web.py). The write must finish within WRITE_TIMEOUT, must
-   not stall longer than WRITE_STALL_TIMEOUT, and must keep MIN_SEND_RATE;
-   the bodies waiting for slow readers together stay under
-   MAX_BUFFERED_BYTES (past it, the writes that have progressed least
-   recently are cut). Large bodies get memory mappings of their own, and
-   after a burst the poller hands freed heap back to the OS (glibc keeps it
-   otherwise).
-5. At most MAX_CONNECTIONS are open (also capped below RLIMIT_NOFILE). Past
-   that, the connection that has waited longest in the poller is closed to
-   make room, so a fresh scrape always gets in; if all are busy with
-   requests, accepting pauses and new ones wait in the BACKLOG.
-
-Requests are GET/HEAD-sized: the body of a request is never read (the app
-has no use for one), so a request that announces a body gets its response and
-a close instead of keep-alive. HEAD responses carry the app's headers and no
-body, whatever the app returns. A connection closed after a response is
-shut down for writing and drained briefly (LINGER_TIMEOUT) before the close,
-so the client reads its answer instead of a reset.
-"""
+"""The poller: one thread that owns the listening socket and every connection not running a request
+(see the package docstring for how a connection flows, state.py for its states)."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import email.utils
 import errno
-import io
 import logging
 import queue
 import re
@@ -68,16 +11,27 @@ import selectors
 import socket
 import ssl
 import struct
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote
 
 import h11
+
+from exporter.httpserver.heap import Trimmer
+from exporter.httpserver.limits import (
+    ACCEPT_BATCH,
+    DRAIN_MAX,
+    FD_RESERVE,
+    PRIORITY_PATHS,
+    RECV_CHUNK,
+    TLS_RECORD,
+    WRITE_SLICE,
+    Limits,
+)
+from exporter.httpserver.state import BUSY, CLOSED, HANDSHAKE, HEAD, IDLE, LINGER, WAITING, WRITE, Conn, State
+from exporter.httpserver.wsgi import WsgiApp, error_response, respond
 
 try:
     import resource
@@ -86,118 +40,14 @@ except ImportError:  # not on Windows
 
 log = logging.getLogger("exporter.http")
 
-# WSGI (PEP 3333), as this server calls an app and as exporter.web writes one.
-Environ = dict[str, Any]
-StartResponse = Callable[..., object]
-WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-# A connect burst of this many is queued by the kernel instead of dropped
-# (the kernel caps it at net.core.somaxconn, 4096 on current Linux).
-BACKLOG = 1024
-# Open client connections. Idle ones cost no thread, only an fd and ~1 KB, so
-# this can be generous; it bounds memory under a connection flood (at worst
-# every one holds a partial head: 4096 x MAX_HEADER_BYTES = 64 MB).
-MAX_CONNECTIONS = 4096
-# TLS handshakes in progress. One that stalled after its ClientHello holds
-# OpenSSL's handshake state and buffers; a flood of them took 240 MB.
-MAX_HANDSHAKES = 256
-# Threads running requests. A scrape thread mostly waits on Binance (or its
-# deadline); more than this many concurrent scrapes wait their turn, in order.
-MAX_WORKERS = 64
-# Threads for PRIORITY_PATHS only: cheap answers that must not queue behind scrapes.
-PRIORITY_WORKERS = 2
-PRIORITY_PATHS = ("/-/healthy", "/-/ready")
-# From accept (plain) or from the first byte of a keep-alive request until the
-# head is complete. Prometheus sends its request at once; 10 s is for slow links.
-HEADER_TIMEOUT = 10.0
-# From accept until the TLS handshake is done (mTLS included).
-HANDSHAKE_TIMEOUT = 10.0
-# A keep-alive connection with no request in flight. Above Prometheus' default
-# 1 m scrape interval (like nginx's 75 s), so the scrape connection is reused.
-IDLE_TIMEOUT = 75.0
-# A whole response, from the first byte written to the last.
-WRITE_TIMEOUT = 30.0
-# A response none of whose bytes the client took for this long is cut.
-WRITE_STALL_TIMEOUT = 5.0
-# After WRITE_STALL_TIMEOUT, a response must have gone at this average rate at least
-# (a 3 MB /metrics at this rate takes 12 s; Prometheus reads it in milliseconds).
-MIN_SEND_RATE = 256 * 1024
-# Response bytes waiting in the poller for every client together (bodies shared
-# by several clients count once).
-MAX_BUFFERED_BYTES = 64 << 20
-# Request line + headers. Prometheus sends < 1 KB; bearer tokens fit easily.
-MAX_HEADER_BYTES = 16384
-# After the last response of a connection: how long its unread input is drained.
-LINGER_TIMEOUT = 2.0
-# File descriptors kept free for everything that is not an HTTP client (logs,
-# urllib3 pools to Binance, cert files) when the connection cap meets RLIMIT_NOFILE.
-FD_RESERVE = 256
-
-_ACCEPT_BATCH = 64
-_RECV_CHUNK = 8192
-_TLS_RECORD = 16384  # one TLS record per SSL_write: a retry after WANT_WRITE passes the same bytes
-# At most this much per connection per turn of the poller: the kernel takes megabytes at once
-# from a client that does not read (loopback send buffers grow to 4 MB), and 70 of those in a
-# row kept the poller (and /-/healthy) waiting; in slices, connections take turns.
-_WRITE_SLICE = 256 * 1024
 _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and drops unsent data
-_DRAIN_MAX = 1 << 20  # bytes a lingering close reads and discards at most
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length[ \t]*:", re.IGNORECASE)
 # RFC 9110 token characters: how any request line starts.
 _REQUEST_START = frozenset(b"!#$%&'*+-.^_`|~0123456789"
                            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Heap handed back to the OS after this much response data or this many closed connections.
-_TRIM_AFTER_BYTES = 32 << 20
-_TRIM_AFTER_CLOSES = 256
-_TRIM_EVERY = 2.0
 
-_HANDSHAKE, _HEAD, _IDLE, _LINGER, _BUSY, _WRITE = "handshake", "head", "idle", "linger", "busy", "write"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """All bounds of one server; tests pass small ones, production uses the constants."""
-
-    backlog: int = BACKLOG
-    max_connections: int = MAX_CONNECTIONS
-    max_handshakes: int = MAX_HANDSHAKES
-    max_workers: int = MAX_WORKERS
-    priority_workers: int = PRIORITY_WORKERS
-    header_timeout: float = HEADER_TIMEOUT
-    handshake_timeout: float = HANDSHAKE_TIMEOUT
-    idle_timeout: float = IDLE_TIMEOUT
-    write_timeout: float = WRITE_TIMEOUT
-    write_stall_timeout: float = WRITE_STALL_TIMEOUT
-    min_send_rate: float = MIN_SEND_RATE
-    max_buffered_bytes: int = MAX_BUFFERED_BYTES
-    max_header_bytes: int = MAX_HEADER_BYTES
-    linger_timeout: float = LINGER_TIMEOUT
-
-
-class _Conn:
-    """One client connection; owned by the poller while waiting or writing, by one worker while busy."""
-
-    __slots__ = ("sock", "addr", "tls", "buf", "http", "request", "close_after", "state", "since", "deadline",
-                 "events", "out", "sent", "write_start", "progress", "drained")
-
-    def __init__(self, sock: socket.socket, addr: object, tls: bool, max_head: int) -> None:
-        self.sock = sock
-        self.addr = addr
-        self.tls = tls
-        self.buf = bytearray()
-        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head + 64)
-        self.request: h11.Request | None = None
-        self.close_after = False  # the request announced a body, or the server is stopping
-        self.state = _BUSY
-        self.since = 0.0
-        self.deadline = 0.0
-        self.events = 0
-        self.out: deque[memoryview] = deque()
-        self.sent = 0
-        self.write_start = 0.0
-        self.progress = 0.0
-        self.drained = 0
+_DEFAULTS = Limits()
 
 
 def _reply(status: str, text: str) -> bytes:
@@ -221,43 +71,9 @@ def _close(sock: socket.socket) -> None:
         pass
 
 
-# Allocations from this size up get pages of their own, given back to the OS when freed.
-MMAP_THRESHOLD = 256 * 1024
-
-
-def _glibc_heap() -> tuple[Callable[[], None], Callable[[], None]]:
-    """(trim, tune): glibc's malloc_trim(0) and a fixed mmap threshold. Elsewhere (musl, macOS): no-ops.
-
-    glibc raises its mmap threshold each time a large block is freed, up to
-    32 MB: after the first few, 3 MB bodies came from the arenas of the worker
-    threads, and a freed arena top is kept, so RSS stayed near its peak after
-    slow readers were gone (+45 MB for 40 of them; malloc_trim cannot return
-    an arena's top). A fixed threshold (mallopt) keeps every body in its own
-    mapping. What stays in the heaps (OpenSSL's state of a handshake flood,
-    Python's objects) is given back by malloc_trim.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim, mallopt = libc.malloc_trim, libc.mallopt
-    except (OSError, AttributeError):
-        return (lambda: None), (lambda: None)
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    m_mmap_threshold = -3
-    return (lambda: trim(0)), (lambda: mallopt(m_mmap_threshold, MMAP_THRESHOLD))
-
-
-trim_heap, tune_heap = _glibc_heap()
-
-
 def _part(view: memoryview) -> bytes:
     """The response part a view of conn.out was cut from (every one is a view of bytes)."""
     return cast(bytes, view.obj)
-
-
-def _send(http: h11.Connection, event: h11.Event) -> list[bytes]:
-    """h11's bytes for `event`; h11 answers None only for ConnectionClosed, which is never sent here."""
-    return http.send_with_data_passthrough(event) or []
 
 
 class _Buffered:
@@ -293,11 +109,11 @@ class _Workers:
     scrape in flight would delay SIGTERM; the old server's threads were daemons too.
     """
 
-    def __init__(self, limit: int, run: Callable[[_Conn], None], name: str) -> None:
+    def __init__(self, limit: int, run: Callable[[Conn], None], name: str) -> None:
         self._limit = max(1, limit)
         self._run = run
         self._name = name
-        self._queue: queue.SimpleQueue[_Conn | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Conn | None] = queue.SimpleQueue()
         self.started = 0
 
     def start(self) -> None:
@@ -308,7 +124,7 @@ class _Workers:
             self.started += 1
             threading.Thread(target=self._loop, name=f"{self._name}-{self.started}", daemon=True).start()
 
-    def submit(self, conn: _Conn) -> None:
+    def submit(self, conn: Conn) -> None:
         self._queue.put(conn)
 
     def _loop(self) -> None:
@@ -339,61 +155,11 @@ def _fd_soft_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def wsgi_environ(base: Environ, request: h11.Request, addr: object, tls: bool) -> Environ:
-    """The WSGI environ of one request, as wsgiref builds it (minus os.environ: ours holds API secrets)."""
-    target = request.target.decode("latin-1")
-    path, _, query = target.partition("?")
-    env = dict(base)
-    env.update({
-        "REQUEST_METHOD": request.method.decode("ascii"), "PATH_INFO": unquote(path, "iso-8859-1"),
-        "QUERY_STRING": query, "SERVER_PROTOCOL": "HTTP/" + request.http_version.decode("ascii"),
-        "REMOTE_ADDR": addr[0] if isinstance(addr, tuple) else "",
-        "wsgi.version": (1, 0), "wsgi.url_scheme": "https" if tls else "http", "wsgi.input": io.BytesIO(b""),
-        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
-    })
-    if tls:
-        env["HTTPS"] = "on"
-    for name, value in request.headers:
-        key = name.decode("ascii").upper().replace("-", "_")
-        if "_" in name.decode("ascii"):
-            continue  # X_Scrape_Timeout would pass for X-Scrape-Timeout; wsgiref drops these too
-        text = value.decode("latin-1")
-        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            env[key] = text
-            continue
-        key = "HTTP_" + key
-        env[key] = f"{env[key]},{text}" if key in env else text
-    return env
-
-
-def run_app(app: WsgiApp, env: Environ) -> tuple[str, list[tuple[str, str]], list[bytes]]:
-    """Call a WSGI app; (status, headers, body chunks). Bodies here are small lists of bytes."""
-    response: list[Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Callable[[bytes], None]:
-        if response and not exc_info:
-            raise AssertionError("start_response called twice")
-        response[:] = [status, list(headers)]
-        return chunks.append
-
-    chunks: list[bytes] = []
-    result = app(env, start_response)
-    try:
-        chunks.extend(bytes(c) if not isinstance(c, bytes) else c for c in result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    if not response:
-        raise AssertionError("the app did not call start_response")
-    return response[0], response[1], chunks
-
-
 class HTTPServer:
     """A listening socket, its poller thread and its worker pools (see the module docstring)."""
 
     def __init__(self, app: WsgiApp, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-                 limits: Limits = Limits(), priority_paths: tuple[str, ...] = PRIORITY_PATHS) -> None:
+                 limits: Limits = _DEFAULTS, priority_paths: tuple[str, ...] = PRIORITY_PATHS) -> None:
         self.app = app
         self.ssl_context = ssl_context
         self.limits = limits
@@ -421,18 +187,14 @@ class HTTPServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._returned: deque[tuple[_Conn, list[bytes]]] = deque()
-        self._waiting: dict[str, OrderedDict[_Conn, None]] = {
-            s: OrderedDict() for s in (_HANDSHAKE, _HEAD, _IDLE, _LINGER)}
-        self._writing: dict[_Conn, None] = {}
+        self._returned: deque[tuple[Conn, list[bytes]]] = deque()
+        self._waiting: dict[State, OrderedDict[Conn, None]] = {s: OrderedDict() for s in WAITING}
+        self._writing: dict[Conn, None] = {}
         self._buffered = _Buffered()
         self._busy = 0
         self._listening = False
         self._fd_pause_until = 0.0
-        self._since_trim_bytes = 0
-        self._since_trim_closes = 0
-        self._last_trim = 0.0
-        self._trim_due = False
+        self._trimmer = Trimmer()
         self._workers = _Workers(limits.max_workers, self._serve_one, "http-worker")
         self._priority = _Workers(limits.priority_workers, self._serve_one, "http-priority")
         self._thread = threading.Thread(target=self._poll_loop, name="http", daemon=True)
@@ -490,7 +252,7 @@ class HTTPServer:
             while True:
                 if self.stopping:
                     stop_by = stop_by or time.monotonic() + 4.0
-                    for state in (_HANDSHAKE, _HEAD, _IDLE):
+                    for state in (HANDSHAKE, HEAD, IDLE):
                         for conn in list(self._waiting[state]):
                             self._drop(conn)
                     if not (self._busy or self._writing) or time.monotonic() > stop_by:
@@ -527,7 +289,7 @@ class HTTPServer:
         self._take_returned()
         now = time.monotonic()
         self._expire(now)
-        self._maybe_trim(now)
+        self._trimmer.maybe_trim(now, bool(self._buffered.total or self._busy or self._waiting[HANDSHAKE]))
 
     def _update_listening(self, now: float) -> None:
         if self._fd_pause_until and now >= self._fd_pause_until:
@@ -545,7 +307,7 @@ class HTTPServer:
         return any(self._waiting.values())
 
     def _accept(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(ACCEPT_BATCH):
             if self.open_connections >= self.max_connections and not self._evictable():
                 return  # all busy with requests: the rest wait in the backlog (_update_listening pauses)
             try:
@@ -572,33 +334,38 @@ class HTTPServer:
                 continue
             if self.open_connections >= self.max_connections:
                 self._evict_one()
-            conn = _Conn(sock, addr, ssl_context is not None, self.limits.max_header_bytes)
+            conn = Conn(sock, addr, ssl_context is not None, self.limits.max_header_bytes)
             if conn.tls:
-                handshakes = self._waiting[_HANDSHAKE]
+                handshakes = self._waiting[HANDSHAKE]
                 if len(handshakes) >= self.limits.max_handshakes:
                     self._drop(next(iter(handshakes)), why="too many TLS handshakes")
-                self._park(conn, _HANDSHAKE, self.limits.handshake_timeout)
+                self._park(conn, HANDSHAKE, self.limits.handshake_timeout)
             else:
-                self._park(conn, _HEAD, self.limits.header_timeout)
+                self._park(conn, HEAD, self.limits.header_timeout)
             self._advance(conn)
 
-    def _park(self, conn: _Conn, state: str, timeout: float) -> None:
+    def _park(self, conn: Conn, state: State, timeout: float) -> None:
         """Put a connection in a waiting state with a fresh deadline. Within one state
         every wait has the same length, so each OrderedDict is in deadline order."""
         self._unpark(conn)
+        conn.to(state)
         now = time.monotonic()
-        conn.state, conn.since, conn.deadline = state, now, now + timeout
+        conn.since, conn.deadline = now, now + timeout
         self._waiting[state][conn] = None
 
-    def _unpark(self, conn: _Conn) -> None:
+    def _unpark(self, conn: Conn) -> None:
+        """Take a connection out of the poller's queues (its state stays until the caller moves it)."""
         if conn.state in self._waiting:
-            del self._waiting[conn.state][conn]
-        elif conn.state == _WRITE:
-            del self._writing[conn]
+            self._waiting[conn.state].pop(conn, None)
+        elif conn.state is WRITE and self._writing.pop(conn, 0) is None:
             self._buffered.remove(_part(v) for v in conn.out)
             conn.out.clear()
 
-    def _want(self, conn: _Conn, events: int) -> None:
+    def _close_conn(self, conn: Conn) -> None:
+        conn.to(CLOSED)
+        _close(conn.sock)
+
+    def _want(self, conn: Conn, events: int) -> None:
         if conn.events == events:
             return
         if conn.events:
@@ -607,7 +374,7 @@ class HTTPServer:
             self._selector.register(conn.sock, events, conn)
         conn.events = events
 
-    def _unregister(self, conn: _Conn) -> None:
+    def _unregister(self, conn: Conn) -> None:
         if conn.events:
             try:
                 self._selector.unregister(conn.sock)
@@ -615,32 +382,31 @@ class HTTPServer:
                 pass
             conn.events = 0
 
-    def _drop(self, conn: _Conn, reply: bytes = b"", why: str = "") -> None:
+    def _drop(self, conn: Conn, reply: bytes = b"", why: str = "") -> None:
         """Close a connection the poller holds; with a reply, that is sent first and the close lingers."""
         if why:
             log.debug("http closing connection client=%s reason=%s", conn.addr, why)
         self._unpark(conn)
         self._unregister(conn)
-        conn.state = _BUSY  # no longer waiting anywhere
-        self._since_trim_closes += 1
+        self._trimmer.since_closes += 1
         if reply and not self.stopping:
             try:
                 conn.sock.send(reply)  # best effort, non-blocking: small enough for any socket buffer
             except OSError:
                 pass
             return self._linger(conn)
-        _close(conn.sock)
+        self._close_conn(conn)
 
-    def _linger(self, conn: _Conn) -> None:
+    def _linger(self, conn: Conn) -> None:
         """Shut down our side, then read and discard what the client still sends for a moment: a close
         with unread input sends a reset, which can destroy the answer before the client reads it."""
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            _close(conn.sock)
+            self._close_conn(conn)
             return
         conn.drained = 0
-        self._park(conn, _LINGER, self.limits.linger_timeout)
+        self._park(conn, LINGER, self.limits.linger_timeout)
         self._want(conn, selectors.EVENT_READ)
 
     def _evict_one(self) -> bool:
@@ -662,7 +428,7 @@ class HTTPServer:
                 conn = next(iter(waiting))
                 if conn.deadline > now:
                     break
-                partial = state == _HEAD and bool(conn.buf)
+                partial = state is HEAD and bool(conn.buf)
                 self._drop(conn, _TIMEOUT if partial else b"", f"{state} timeout")
         limits = self.limits
         for conn in list(self._writing):
@@ -675,7 +441,7 @@ class HTTPServer:
                   and conn.sent < limits.min_send_rate * (elapsed - limits.write_stall_timeout)):
                 self._cut(conn, "write too slow")
 
-    def _cut(self, conn: _Conn, why: str) -> None:
+    def _cut(self, conn: Conn, why: str) -> None:
         """Abandon an answer: a reset, so the kernel drops what it still holds for that client
         too (a plain close would keep megabytes queued for as long as TCP keeps probing)."""
         try:
@@ -684,38 +450,26 @@ class HTTPServer:
             pass
         self._drop(conn, why=why)
 
-    def _maybe_trim(self, now: float) -> None:
-        """After a burst, trim every _TRIM_EVERY until the memory it held is free (the last
-        trim comes after the last answer is gone: that is when the heap has most to give back)."""
-        if self._since_trim_bytes >= _TRIM_AFTER_BYTES or self._since_trim_closes >= _TRIM_AFTER_CLOSES:
-            self._trim_due = True
-            self._since_trim_bytes = self._since_trim_closes = 0
-        if not self._trim_due or now - self._last_trim < _TRIM_EVERY:
-            return
-        self._last_trim = now
-        self._trim_due = bool(self._buffered.total or self._busy or self._waiting[_HANDSHAKE])
-        trim_heap()
-
-    def _advance(self, conn: _Conn) -> None:
+    def _advance(self, conn: Conn) -> None:
         """Make whatever progress the socket allows without blocking."""
         try:
-            if conn.state == _WRITE:
+            if conn.state is WRITE:
                 return self._write(conn)
-            if conn.state == _LINGER:
+            if conn.state is LINGER:
                 return self._drain(conn)
-            if conn.state == _HANDSHAKE:
+            if conn.state is HANDSHAKE:
                 try:
                     conn.sock.do_handshake()  # type: ignore[attr-defined]
                 except ssl.SSLWantReadError:
                     return self._want(conn, selectors.EVENT_READ)
                 except ssl.SSLWantWriteError:
                     return self._want(conn, selectors.EVENT_WRITE)
-                self._park(conn, _HEAD, self.limits.header_timeout)
+                self._park(conn, HEAD, self.limits.header_timeout)
             self._read_head(conn)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             self._drop(conn, why=f"{conn.state} error {type(exc).__name__}")
 
-    def _read_head(self, conn: _Conn) -> None:
+    def _read_head(self, conn: Conn) -> None:
         limit = self.limits.max_header_bytes
         scanned = 0
         while True:
@@ -732,19 +486,19 @@ class HTTPServer:
                 return self._drop(conn, _TOO_BIG, "request head too large")
             scanned = len(conn.buf)
             try:
-                chunk = conn.sock.recv(_RECV_CHUNK)
+                chunk = conn.sock.recv(RECV_CHUNK)
             except (BlockingIOError, ssl.SSLWantReadError):
                 break
             except ssl.SSLWantWriteError:
                 return self._want(conn, selectors.EVENT_WRITE)
             if not chunk:
                 return self._drop(conn)  # the client closed
-            if conn.state == _IDLE:
-                self._park(conn, _HEAD, self.limits.header_timeout)  # a request began: its head has a deadline
+            if conn.state is IDLE:
+                self._park(conn, HEAD, self.limits.header_timeout)  # a request began: its head has a deadline
             conn.buf += chunk
         self._want(conn, selectors.EVENT_READ)
 
-    def _dispatch(self, conn: _Conn, end: int) -> None:
+    def _dispatch(self, conn: Conn, end: int) -> None:
         """A whole head: let h11 parse it; refuse what a proxy could frame differently; hand it to a worker."""
         head = bytes(conn.buf[:end])
         del conn.buf[:end]  # whatever follows (a pipelined request) waits for its turn
@@ -770,7 +524,7 @@ class HTTPServer:
         conn.close_after = not isinstance(after, h11.EndOfMessage) or self.stopping
         self._unpark(conn)
         self._unregister(conn)
-        conn.state = _BUSY
+        conn.to(BUSY)
         self._busy += 1
         path = request.target.partition(b"?")[0]
         (self._priority if path in self.priority_paths else self._workers).submit(conn)
@@ -780,24 +534,25 @@ class HTTPServer:
             conn, parts = self._returned.popleft()
             self._busy -= 1
             if not parts:
-                _close(conn.sock)  # the worker could not answer at all
-                self._since_trim_closes += 1
+                self._close_conn(conn)  # the worker could not answer at all
+                self._trimmer.since_closes += 1
                 continue
             self._start_write(conn, parts)
 
-    def _start_write(self, conn: _Conn, parts: list[bytes]) -> None:
+    def _start_write(self, conn: Conn, parts: list[bytes]) -> None:
         conn.out = deque(memoryview(p) for p in parts if len(p))
         self._buffered.add(_part(v) for v in conn.out)
-        self._since_trim_bytes += sum(len(v) for v in conn.out)
+        self._trimmer.since_bytes += sum(len(v) for v in conn.out)
         now = time.monotonic()
-        conn.state, conn.sent, conn.write_start, conn.progress = _WRITE, 0, now, now
+        conn.to(WRITE)
+        conn.sent, conn.write_start, conn.progress = 0, now, now
         conn.deadline = now + self.limits.write_timeout
         self._writing[conn] = None
         self._write(conn)
-        if conn.state == _WRITE and self._buffered.total > self.limits.max_buffered_bytes:
+        if conn.state is WRITE and self._buffered.total > self.limits.max_buffered_bytes:
             self._shed(conn)
 
-    def _shed(self, keep: _Conn) -> None:
+    def _shed(self, keep: Conn) -> None:
         """Over the cap on buffered response bytes: cut the writes that progressed least recently."""
         for conn in sorted(self._writing, key=lambda c: c.progress):
             if self._buffered.total <= self.limits.max_buffered_bytes:
@@ -805,16 +560,16 @@ class HTTPServer:
             if conn is not keep:
                 self._cut(conn, "response buffer cap")
 
-    def _write(self, conn: _Conn) -> None:
+    def _write(self, conn: Conn) -> None:
         """Send what the socket takes now; at the end, the next request or a (lingering) close."""
         out = conn.out
-        budget = _WRITE_SLICE
+        budget = WRITE_SLICE
         try:
             while out:
                 if budget <= 0:
                     return self._want(conn, selectors.EVENT_WRITE)  # its next turn: select says writable
                 view = out[0]
-                chunk = view[:_TLS_RECORD] if conn.tls else view[:budget]
+                chunk = view[:TLS_RECORD] if conn.tls else view[:budget]
                 try:
                     n = conn.sock.send(chunk)
                 except (BlockingIOError, ssl.SSLWantWriteError):
@@ -832,27 +587,26 @@ class HTTPServer:
                     out[0] = view[n:]
         except OSError as exc:
             return self._drop(conn, why=f"write error {type(exc).__name__}")
-        del self._writing[conn]
-        conn.state = _BUSY
+        del self._writing[conn]  # the answer is out: from here the connection is in WRITE but queued nowhere
         http = conn.http
         if conn.close_after or self.stopping or http.our_state is not h11.DONE or http.their_state is not h11.DONE:
             self._unregister(conn)
-            self._since_trim_closes += 1
+            self._trimmer.since_closes += 1
             return self._linger(conn)
         http.start_next_cycle()
         if conn.buf:
-            self._park(conn, _HEAD, self.limits.header_timeout)
+            self._park(conn, HEAD, self.limits.header_timeout)
         else:
-            self._park(conn, _IDLE, self.limits.idle_timeout)
+            self._park(conn, IDLE, self.limits.idle_timeout)
         self._read_head(conn)
 
-    def _drain(self, conn: _Conn) -> None:
+    def _drain(self, conn: Conn) -> None:
         while True:
             try:
                 data = conn.sock.recv(65536)
             except (BlockingIOError, ssl.SSLWantReadError):
                 return
-            if not data or conn.drained + len(data) > _DRAIN_MAX:
+            if not data or conn.drained + len(data) > DRAIN_MAX:
                 return self._drop(conn)
             conn.drained += len(data)
 
@@ -870,59 +624,17 @@ class HTTPServer:
 
     # --- a worker thread ---
 
-    def _serve_one(self, conn: _Conn) -> None:
+    def _serve_one(self, conn: Conn) -> None:
         """Run the app for one request and frame its answer with h11; the poller writes it."""
         parts: list[bytes] = []
         try:
-            parts = self._respond(conn)
+            parts = respond(self.app, self.base_environ, conn)
         except Exception as exc:  # the client's problem or the app's; never the worker's
             log.error("http request error client=%s error=%s", conn.addr, type(exc).__name__,
                       exc_info=not isinstance(exc, OSError))
             try:
-                parts = self._error_response(conn)
+                parts = error_response(conn)
             except h11.LocalProtocolError:
                 parts = []  # the response had begun: only a close tells the client it is cut
         self._returned.append((conn, parts))
         self._wake()
-
-    def _respond(self, conn: _Conn) -> list[bytes]:
-        request = conn.request
-        assert request is not None
-        env = wsgi_environ(self.base_environ, request, conn.addr, conn.tls)
-        status, headers, chunks = run_app(self.app, env)
-        code, _, reason = status.partition(" ")
-        head_request = request.method == b"HEAD"
-        if not any(name.lower() == "content-length" for name, _ in headers):
-            headers.append(("Content-Length", str(sum(len(c) for c in chunks))))
-        headers.append(("Date", email.utils.formatdate(usegmt=True)))
-        if conn.close_after:
-            headers.append(("Connection", "close"))
-        http = conn.http
-        parts = _send(http, h11.Response(status_code=int(code), headers=headers, reason=reason.encode("latin-1")))
-        if not head_request:
-            for chunk in chunks:
-                if chunk:
-                    parts += _send(http, h11.Data(data=chunk))
-        parts += _send(http, h11.EndOfMessage())
-        return parts
-
-    def _error_response(self, conn: _Conn) -> list[bytes]:
-        conn.close_after = True
-        body = b"internal error\n"
-        http = conn.http
-        parts = _send(http, h11.Response(status_code=500, reason=b"Internal Server Error", headers=[
-            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
-            ("Connection", "close")]))
-        if conn.request is not None and conn.request.method != b"HEAD":
-            parts += _send(http, h11.Data(data=body))
-        return parts + _send(http, h11.EndOfMessage())
-
-
-def serve(app: WsgiApp, address: str, ssl_context: ssl.SSLContext | None = None,
-          limits: Limits | None = None) -> HTTPServer:
-    """Bind and start serving in a daemon thread; returns the server (for its port and shutdown)."""
-    host, port = parse_listen_address(address)
-    tune_heap()  # process-wide, once the exporter is about to serve (see _glibc_heap)
-    server = HTTPServer(app, host, port, ssl_context, limits or Limits())
-    server.start()
-    return server
