@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
+.PHONY: test lint venv golden docs prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: venv
 # Rewrite tests/golden/ from the current output (review the diff, then commit it).
 golden: venv
 	UPDATE_GOLDEN=1 $(VPY) -m pytest -q tests/test_golden.py
+
+# Rewrite the generated parts of docs/ (the config key reference) from their declaration in
+# the code (the test suite fails while they disagree).
+docs: venv
+	$(VPY) docs/generate.py
 
 # Rewrite deploy/kubernetes/base/prometheusrule.yaml from prometheus/rules.yml and alerts.yml
 # (the test suite fails while the two disagree).

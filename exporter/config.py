@@ -21,6 +21,7 @@ from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
+from exporter.configkeys import Declared, Key, Rule, checked, key, keys, names
 from exporter.files import (
     CONFIG_FILE_MAX,
     PRIVATE_KEY_MAX,
@@ -51,52 +52,6 @@ MAX_RECV_WINDOW_MS = 60000
 # an HA pair (or /metrics and /probe) then costs the weight of one scraper.
 REFRESH_SHARE = 0.8
 
-# Keys an account may set, that `defaults` may also set.
-SHARED_KEYS = (
-    "base_url",
-    "api_version",
-    "recv_window_ms",
-    "timeout_seconds",
-    "cache_seconds",
-    "max_data_age_seconds",
-    "min_available_balance",
-    "min_account_available_balance",
-    "markets",
-    "endpoint",
-    "positions",
-    "coinm_base_url",
-    "pm_base_url",
-    "sapi_base_url",
-    "max_margin_ratio",
-    "min_liquidation_distance",
-    "min_uni_mmr",
-    "user_stream",
-) + STREAM_URL_KEYS
-CREDENTIAL_KEYS = (
-    "api_key",
-    "api_key_file",
-    "api_secret",
-    "api_secret_file",
-    "private_key_file",
-    "private_key_passphrase",
-    "private_key_passphrase_file",
-)
-ACCOUNT_KEYS = ("alias",) + CREDENTIAL_KEYS + SHARED_KEYS + ("sub_accounts",)
-SUB_ACCOUNT_KEYS = ("include", "exclude", "aliases", "markets", "discovery_interval_seconds")
-TOP_KEYS = (
-    "defaults",
-    "accounts",
-    "max_concurrency",
-    "weight_limit",
-    "coinm_weight_limit",
-    "pm_weight_limit",
-    "sapi_weight_limit",
-    "scrape_interval_seconds",
-    "weight_budget_share",
-    "skip_zero_balances",
-    "stream_connections_per_5m",
-    "stream_keys_per_connection",
-)
 # Binance: at most 1024 streams per connection, and 10 incoming messages per second per connection
 # (SUBSCRIBE included). 200 keys keep a shared connection's events well inside what one socket
 # reads, and a reconnect's REST refreshes (one per key) inside one host's weight budget.
@@ -109,94 +64,6 @@ ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|(\$\{)")
 
 class ConfigError(Exception):
     """A config problem, phrased as one line a user can act on."""
-
-
-@dataclass(frozen=True)
-class SubAccounts:
-    """`sub_accounts:` of a master account: which sub-accounts to discover and how to name them."""
-
-    include: tuple[str, ...] = ("*",)  # email globs
-    exclude: tuple[str, ...] = ()
-    aliases: Mapping[str, str] = field(default_factory=dict)  # email -> alias
-    markets: tuple[str, ...] = ("usdm",)
-    discovery_interval_seconds: float = 600.0
-
-
-@dataclass(frozen=True)
-class AccountConfig:
-    alias: str
-    api_key: Secret = field(repr=False)
-    signer: Signer = field(repr=False)
-    base_url: str = DEFAULT_BASE_URL
-    api_version: str = "v3"
-    recv_window_ms: int = 5000
-    timeout_seconds: float = 5.0
-    cache_seconds: float | None = None  # None: derived from scrape_interval_seconds
-    max_data_age_seconds: float = 300.0
-    min_available_balance: Mapping[str, float] = field(default_factory=dict)
-    # USD value of a Multi-Assets mode account's pool (USD-M): the account-level low-balance threshold.
-    min_account_available_balance: float | None = None
-    markets: tuple[str, ...] = ("usdm",)
-    endpoint: str = "balance"
-    positions: bool = False
-    coinm_base_url: str = DEFAULT_COINM_BASE_URL
-    pm_base_url: str = DEFAULT_PM_BASE_URL
-    sapi_base_url: str = DEFAULT_SAPI_BASE_URL
-    max_margin_ratio: float | None = None
-    min_liquidation_distance: float | None = None
-    # Binance liquidates a Portfolio Margin account below uniMMR 1.05 and sends margin-call
-    # reminders from 1.5 down (its PM Pro table): alert while there is still room to act.
-    min_uni_mmr: float | None = 1.5
-    sub_accounts: SubAccounts | None = None
-    user_stream: bool = False
-    stream_base_url: str = DEFAULT_STREAM_BASE_URL
-    coinm_stream_base_url: str = DEFAULT_COINM_STREAM_BASE_URL
-    pm_stream_base_url: str = DEFAULT_PM_STREAM_BASE_URL
-    host_label: str = ""  # not a config key: lets --demo keep one `host` across restarts
-
-    def stream_url_for(self, market: str) -> str:
-        """The WebSocket base of a market's user data stream."""
-        return {"usdm": self.stream_base_url, "coinm": self.coinm_stream_base_url,
-                "pm": self.pm_stream_base_url}[market]
-
-    def base_url_for(self, market: str) -> str:
-        """The API host of a market ("sapi" for the sub-account endpoints)."""
-        return {"usdm": self.base_url, "coinm": self.coinm_base_url, "pm": self.pm_base_url,
-                "sapi": self.sapi_base_url}[market]
-
-
-@dataclass(frozen=True)
-class Config:
-    source: str
-    accounts: tuple[AccountConfig, ...]
-    max_concurrency: int = 512
-    weight_limit: int = 2400
-    coinm_weight_limit: int = 2400
-    pm_weight_limit: int = 6000
-    sapi_weight_limit: int = 12000
-    scrape_interval_seconds: float = 15.0
-    weight_budget_share: float = 0.5
-    skip_zero_balances: bool = True
-    # Binance allows 300 WebSocket connection attempts per 5 minutes and IP; the exporter
-    # keeps to half of that by default (like weight_budget_share), its users' bots need the rest.
-    stream_connections_per_5m: int = 150
-    # USD-M listenKeys one private WebSocket connection carries (Binance's "stream mode", several
-    # listenKeys per connection). 1: one connection per account, the form every official connector
-    # uses. Opt-in: Binance documents the form by example only (see docs/configuration.md).
-    stream_keys_per_connection: int = 1
-    warnings: tuple[str, ...] = ()
-
-    def weight_limit_for(self, kind: str) -> int:
-        """Binance's request-weight limit per minute and IP on a kind of host."""
-        return {"usdm": self.weight_limit, "coinm": self.coinm_weight_limit, "pm": self.pm_weight_limit,
-                "sapi": self.sapi_weight_limit}[kind]
-
-    def refresh_after(self, account: AccountConfig) -> float:
-        """How old an account's data may be before a scrape asks for a new fetch."""
-        if account.cache_seconds is not None:
-            return account.cache_seconds
-        return REFRESH_SHARE * self.scrape_interval_seconds
-
 
 
 class _Ctx:
@@ -227,9 +94,9 @@ def unknown_key(key: object, allowed: tuple[str, ...]) -> str:
 
 
 def _check_keys(ctx: _Ctx, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if not isinstance(key, str) or key not in allowed:
-            raise ctx.error(None, unknown_key(key, allowed))
+    for name in data:
+        if not isinstance(name, str) or name not in allowed:
+            raise ctx.error(None, unknown_key(name, allowed))
 
 
 def _uses_env(value: str) -> bool:
@@ -294,12 +161,6 @@ def _number(
     return int(value) if integer else float(value)
 
 
-def _boolean(ctx: _Ctx, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ctx.error(key, f"must be true or false, got {_type_name(value)}")
-    return value
-
-
 def _base_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
     # The URL is never quoted back: it may carry user:password@, or be a
     # secret pasted into the wrong key. The netloc becomes the `host` label.
@@ -357,7 +218,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _thresholds(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str]) -> dict[str, float]:
+def _thresholds(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> dict[str, float]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -491,114 +352,282 @@ def _credentials(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str],
     return Secret(api_key), signer
 
 
-def _shared(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str], warnings: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if "base_url" in raw:
-        out["base_url"] = _base_url(ctx, "base_url", raw["base_url"], environ, warnings)
-    if "api_version" in raw:
-        version = raw["api_version"]
-        if not isinstance(version, str):
-            raise ctx.error("api_version", f"must be v3 or v2, got {_type_name(version)}")
-        expanded = _expand_env(ctx, "api_version", version, environ).strip()
-        if expanded not in API_VERSIONS:
-            got = "the value from the environment (not shown)" if _uses_env(version) else quote_value(expanded)
-            raise ctx.error("api_version", f"must be v3 or v2, got {got}")
-        version = expanded
-        out["api_version"] = version
-    if "recv_window_ms" in raw:
-        out["recv_window_ms"] = _number(ctx, "recv_window_ms", raw["recv_window_ms"], environ,
-                                        minimum=1, maximum=MAX_RECV_WINDOW_MS, integer=True)
-    if "timeout_seconds" in raw:
-        out["timeout_seconds"] = _number(ctx, "timeout_seconds", raw["timeout_seconds"], environ,
-                                         minimum=0, maximum=300, exclusive_min=True)
-    if "cache_seconds" in raw:
-        out["cache_seconds"] = _number(ctx, "cache_seconds", raw["cache_seconds"], environ,
-                                       minimum=0, maximum=3600)
-    if "max_data_age_seconds" in raw:
-        out["max_data_age_seconds"] = _number(ctx, "max_data_age_seconds", raw["max_data_age_seconds"], environ,
-                                              minimum=1, maximum=86400)
-    if "min_available_balance" in raw:
-        out["min_available_balance"] = _thresholds(ctx, "min_available_balance", raw["min_available_balance"], environ)
-    if "min_account_available_balance" in raw:
-        out["min_account_available_balance"] = _number(ctx, "min_account_available_balance",
-                                                       raw["min_account_available_balance"], environ,
-                                                       minimum=0, maximum=1e15)
-    if "markets" in raw:
-        out["markets"] = _choices(ctx, "markets", raw["markets"], MARKETS, allow_empty=True)
-    if "endpoint" in raw:
-        endpoint = raw["endpoint"]
-        if endpoint not in ENDPOINTS:
-            raise ctx.error("endpoint", f"must be balance or account, got {_type_name(endpoint)}"
-                            if not isinstance(endpoint, str) else "must be balance or account")
-        out["endpoint"] = endpoint
-    if "positions" in raw:
-        out["positions"] = _boolean(ctx, "positions", raw["positions"])
-    for key in ("coinm_base_url", "pm_base_url", "sapi_base_url"):
-        if key in raw:
-            out[key] = _base_url(ctx, key, raw[key], environ, warnings)
-    if "user_stream" in raw:
-        out["user_stream"] = _boolean(ctx, "user_stream", raw["user_stream"])
-    for key in STREAM_URL_KEYS:
-        if key in raw:
-            out[key] = _stream_url(ctx, key, raw[key], environ, warnings)
-    for key, low, high in (("max_margin_ratio", 0, 1), ("min_liquidation_distance", 0, 1), ("min_uni_mmr", 0, 1000)):
-        if key in raw:
-            out[key] = _number(ctx, key, raw[key], environ, minimum=low, maximum=high, exclusive_min=True)
-    return out
+# --- the rules a key's value is checked by (configkeys.Rule: the check and how the reference says it) ---
 
 
-def _choices(ctx: _Ctx, key: str, value: Any, allowed: tuple[str, ...], allow_empty: bool = False) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ctx.error(key, f"must be a list of {', '.join(allowed)}, got {_type_name(value)}")
-    unknown = [v for v in value if v not in allowed]
-    if unknown:
-        raise ctx.error(key, f"must only hold {', '.join(allowed)}")
-    if len(set(value)) != len(value):
-        raise ctx.error(key, "lists a market twice")
-    if not value and not allow_empty:
-        raise ctx.error(key, "must not be empty")
-    return tuple(value)
+def _shown(bound: float) -> str:
+    """A bound as the reference writes it: 60000, 0.5, 1e15."""
+    return str(int(bound)) if bound < 1e7 and float(bound).is_integer() else f"{bound:g}".replace("e+", "e")
 
 
-def _globs(ctx: _Ctx, key: str, value: Any) -> tuple[str, ...]:
+def number(minimum: float, maximum: float, *, integer: bool = False, exclusive_min: bool = False) -> Rule:
+    """A number within bounds; a string is read as one after ${VAR} expansion."""
+    def parse(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> float:
+        return _number(ctx, key, value, environ, minimum=minimum, maximum=maximum, integer=integer,
+                       exclusive_min=exclusive_min)
+    low, high = _shown(minimum), _shown(maximum)
+    bounds = f"more than {low}, at most {high}" if exclusive_min else f"{low} to {high}"
+    return Rule(parse, f"{'whole number' if integer else 'number'}, {bounds}")
+
+
+def _boolean(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.error(key, f"must be true or false, got {_type_name(value)}")
+    return value
+
+
+def choices(allowed: tuple[str, ...], *, allow_empty: bool = False) -> Rule:
+    """A list of distinct values out of `allowed`."""
+    def parse(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ctx.error(key, f"must be a list of {', '.join(allowed)}, got {_type_name(value)}")
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            raise ctx.error(key, f"must only hold {', '.join(allowed)}")
+        if len(set(value)) != len(value):
+            raise ctx.error(key, "lists a market twice")
+        if not value and not allow_empty:
+            raise ctx.error(key, "must not be empty")
+        return tuple(value)
+    listed = ", ".join(f"`{v}`" for v in allowed)
+    return Rule(parse, f"list of {listed}" + (" (may be empty)" if allow_empty else ""))
+
+
+def _api_version(ctx: _Ctx, key: str, version: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
+    if not isinstance(version, str):
+        raise ctx.error(key, f"must be v3 or v2, got {_type_name(version)}")
+    expanded = _expand_env(ctx, key, version, environ).strip()
+    if expanded not in API_VERSIONS:
+        got = "the value from the environment (not shown)" if _uses_env(version) else quote_value(expanded)
+        raise ctx.error(key, f"must be v3 or v2, got {got}")
+    return expanded
+
+
+def _endpoint(ctx: _Ctx, key: str, endpoint: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
+    if endpoint not in ENDPOINTS:
+        raise ctx.error(key, f"must be balance or account, got {_type_name(endpoint)}"
+                        if not isinstance(endpoint, str) else "must be balance or account")
+    return str(endpoint)
+
+
+def _globs(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise ctx.error(key, "must be a non-empty list of email patterns like '*@example.com'")
     return tuple(value)
 
 
-def _sub_accounts(ctx: _Ctx, value: Any, environ: Mapping[str, str]) -> SubAccounts:
+def _aliases(ctx: _Ctx, key: str, aliases: Any, environ: Mapping[str, str], warnings: list[str]) -> dict[str, str]:
+    if not isinstance(aliases, dict):
+        raise ctx.error(key, f"must be a mapping of email to alias, got {_type_name(aliases)}")
+    for email, alias in aliases.items():
+        if not isinstance(email, str) or "@" not in email:
+            raise ctx.error(key, "keys must be sub-account emails")
+        if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
+            got = quote_value(alias) if isinstance(alias, str) else _type_name(alias)
+            raise ctx.error(key, "aliases must be 1-64 characters of letters, digits and _ . : @ -, "
+                            f"got {got} for {quote_value(email)}")
+    if len(set(aliases.values())) != len(aliases):
+        raise ctx.error(key, "gives two sub-accounts the same alias")
+    return dict(aliases)
+
+
+BOOLEAN = Rule(_boolean, "`true` or `false`")
+BASE_URL = Rule(_base_url, "`https://` URL, scheme and host only")
+STREAM_URL = Rule(_stream_url, "`wss://` (or `ws://`) URL, a path allowed, no credentials, query or fragment")
+THRESHOLDS = Rule(_thresholds, "`{ASSET: amount}`")
+API_VERSION = Rule(_api_version, "`v3` or `v2`")
+ENDPOINT = Rule(_endpoint, "`balance` or `account`")
+GLOBS = Rule(_globs, "non-empty list of email globs")
+ALIASES = Rule(_aliases, "`{email: alias}`")
+RATIO = number(0, 1, exclusive_min=True)
+WEIGHT_LIMIT = number(1, 1_000_000, integer=True)
+
+
+# --- the config: each key declared once, on the field it fills (see configkeys) ---
+
+
+@dataclass(frozen=True)
+class SubAccounts:
+    """`sub_accounts:` of a master account: which sub-accounts to discover and how to name them."""
+
+    include: tuple[str, ...] = key(("*",), GLOBS, "Sub-accounts to export, by email (case-insensitive globs).")
+    exclude: tuple[str, ...] = key((), GLOBS, "Sub-accounts to leave out, by email.")
+    aliases: Mapping[str, str] = key(rule=ALIASES, factory=dict, default_doc="the email",
+                                     help="Aliases for sub-accounts, by email.")
+    markets: tuple[str, ...] = key(("usdm",), choices(SUB_ACCOUNT_MARKETS),
+                                   "Markets of each sub-account (futuresType 1 and 2).")
+    discovery_interval_seconds: float = key(600.0, number(1, 86400),
+                                            "How often the master's sub-accounts are listed again.")
+
+
+_ONE_SIGNER = "one of `api_secret`, `api_secret_file`, `private_key_file`"
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    alias: str = field(metadata=keys(Key(None, "Unique name. Becomes the `alias` label and the `/probe` target. "
+                                              "Letters, digits, `_ . : @ -`, at most 64 characters.")))
+    api_key: Secret = field(repr=False, metadata=keys(
+        Key(None, "The API key. A read-only key is all the exporter needs.", "api_key",
+            default_doc="required (or `api_key_file`)"),
+        Key(None, "A file holding the API key.", "api_key_file", default_doc="required (or `api_key`)")))
+    signer: Signer = field(repr=False, metadata=keys(
+        Key(None, "The HMAC secret.", "api_secret", default_doc=_ONE_SIGNER),
+        Key(None, "A file holding the HMAC secret.", "api_secret_file", default_doc=_ONE_SIGNER),
+        Key(None, "PEM private key (Ed25519 or RSA, PKCS#8 or PKCS#1) for Binance's self-generated keys.",
+            "private_key_file", default_doc=_ONE_SIGNER),
+        Key(None, "Passphrase, if the PEM is encrypted.", "private_key_passphrase", default_doc="none"),
+        Key(None, "A file holding the passphrase.", "private_key_passphrase_file", default_doc="none")))
+    base_url: str = key(DEFAULT_BASE_URL, BASE_URL, shared=True, help=(
+        "USDⓈ-M host. The testnet is `https://demo-fapi.binance.com`."))
+    api_version: str = key("v3", API_VERSION, shared=True, help=(
+        "USDⓈ-M: `v3` calls `/fapi/v3/…`; `v2` calls `/fapi/v2/…` (deprecated by Binance, counted at its "
+        "announced weight of 10; see [the v2 weight](#the-weight-of-v2))."))
+    recv_window_ms: int = key(5000, number(1, MAX_RECV_WINDOW_MS, integer=True), shared=True, help=(
+        "How long a signed request stays valid."))
+    timeout_seconds: float = key(5.0, number(0, 300, exclusive_min=True), shared=True, help=(
+        "Total time for one request, whatever the server does; also capped by Prometheus' scrape timeout."))
+    cache_seconds: float | None = key(None, number(0, 3600), shared=True,  # None: from scrape_interval_seconds
+                                      default_doc="0.8 × `scrape_interval_seconds`", help=(
+        "Data this young serves a scrape without a new request."))
+    max_data_age_seconds: float = key(300.0, number(1, 86400), shared=True, help=(
+        "While an account waits for budget or a back-off, its last values are exported this long; older, "
+        "it shows `up 0` and no values."))
+    min_available_balance: Mapping[str, float] = key(rule=THRESHOLDS, factory=dict, shared=True, merge=True, help=(
+        "Low-balance thresholds, exported as `binance_futures_min_available_balance`. An account's map is "
+        "merged per asset with the defaults' map."))
+    # USD value of a Multi-Assets mode account's pool (USD-M): the account-level low-balance threshold.
+    min_account_available_balance: float | None = key(None, number(0, 1e15), shared=True, help=(
+        "USDⓈ-M accounts in Multi-Assets mode: low-balance threshold for the whole margin pool's available "
+        "balance, in USD, exported as `binance_futures_min_account_available_balance`. Without it, such an "
+        "account's USD stablecoin threshold of `min_available_balance` (USDT, USDC, FDUSD, BUSD; the highest) "
+        "is read as USD. See [Margin modes](../README.md#margin-modes-and-what-each-ratio-means)."))
+    markets: tuple[str, ...] = key(("usdm",), choices(MARKETS, allow_empty=True), shared=True, help=(
+        "Each market is its own fetch, with its own `up`, errors and host budget. `[]` only with "
+        "`sub_accounts`."))
+    endpoint: str = key("balance", ENDPOINT, shared=True, help=(
+        "The account endpoint adds margins and account totals at the same weight (see "
+        "[Account kinds](#account-kinds-markets-and-sub-accounts))."))
+    positions: bool = key(False, BOOLEAN, shared=True, help=(
+        "Also read positions at each refresh: `positionRisk` (USD-M, COIN-M), Portfolio Margin's UM and CM "
+        "`positionRisk`, and for a master's sub-accounts `/sapi/v2/sub-account/futures/positionRisk`."))
+    coinm_base_url: str = key(DEFAULT_COINM_BASE_URL, BASE_URL, "COIN-M host.", shared=True)
+    pm_base_url: str = key(DEFAULT_PM_BASE_URL, BASE_URL, "Portfolio Margin host.", shared=True)
+    sapi_base_url: str = key(DEFAULT_SAPI_BASE_URL, BASE_URL, "Host of the sub-account endpoints.", shared=True)
+    user_stream: bool = key(False, BOOLEAN, shared=True, help=(
+        "Keep the account's user data streams open (one per market): margin calls and balance changes within "
+        "a second, at no request weight (see [User data streams]"
+        "(../README.md#user-data-streams-margin-calls-within-a-second)). `--demo` turns it on. Sub-accounts "
+        "found through a master key cannot stream."))
+    stream_base_url: str = key(DEFAULT_STREAM_BASE_URL, STREAM_URL, "USDⓈ-M user data WebSocket base.",
+                               shared=True)
+    coinm_stream_base_url: str = key(DEFAULT_COINM_STREAM_BASE_URL, STREAM_URL,
+                                     "COIN-M user data WebSocket base.", shared=True)
+    pm_stream_base_url: str = key(DEFAULT_PM_STREAM_BASE_URL, STREAM_URL,
+                                  "Portfolio Margin user data WebSocket base.", shared=True)
+    max_margin_ratio: float | None = key(None, RATIO, shared=True, help=(
+        "Alert threshold for Binance's margin ratio (maintenance margin ÷ margin balance of the cross pool, "
+        "and of each isolated position; Binance liquidates at 1), exported as "
+        "`binance_futures_max_margin_ratio`."))
+    min_liquidation_distance: float | None = key(None, RATIO, shared=True, help=(
+        "Alert when a position's mark price is closer to its liquidation price than this fraction of the mark "
+        "price, exported as `binance_futures_min_liquidation_distance`."))
+    # Binance liquidates a Portfolio Margin account below uniMMR 1.05 and sends margin-call
+    # reminders from 1.5 down (its PM Pro table): alert while there is still room to act.
+    min_uni_mmr: float | None = key(1.5, number(0, 1000, exclusive_min=True), shared=True, help=(
+        "Portfolio Margin: alert when uniMMR falls below this, exported as `binance_futures_min_uni_mmr`."))
+    sub_accounts: SubAccounts | None = key(None, help=(
+        "Discover this master account's sub-accounts through its key (see "
+        "[Sub-accounts](#sub-accounts-from-a-master-key) and the `sub_accounts` keys below)."))
+    host_label: str = ""  # not a config key: lets --demo keep one `host` across restarts
+
+    def stream_url_for(self, market: str) -> str:
+        """The WebSocket base of a market's user data stream."""
+        return {"usdm": self.stream_base_url, "coinm": self.coinm_stream_base_url,
+                "pm": self.pm_stream_base_url}[market]
+
+    def base_url_for(self, market: str) -> str:
+        """The API host of a market ("sapi" for the sub-account endpoints)."""
+        return {"usdm": self.base_url, "coinm": self.coinm_base_url, "pm": self.pm_base_url,
+                "sapi": self.sapi_base_url}[market]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    accounts: tuple[AccountConfig, ...] = field(metadata=keys(
+        Key(None, "Keys every account inherits unless it sets its own (the `defaults/account` keys).",
+            "defaults", default_doc="none"),
+        Key(None, "The accounts: a non-empty list of mappings of the `account` and `defaults/account` keys.",
+            "accounts")))
+    max_concurrency: int = key(512, number(1, 1024, integer=True), help=(
+        "How many fetches run at once (one thread each, started as needed): a whole round of up to 512 "
+        "accounts or sub-accounts takes one round trip. It also caps each Binance host's keep-alive pool, "
+        "shared by all accounts on it: the open files the exporter needs (raised at start up to the hard "
+        "limit) follow from it, not from the number of accounts past it. See [docs/performance.md]"
+        "(performance.md)."))
+    weight_limit: int = key(2400, WEIGHT_LIMIT, "Binance's request weight per minute per IP on the USDⓈ-M host.")
+    coinm_weight_limit: int = key(2400, WEIGHT_LIMIT, "The same for the COIN-M host.")
+    pm_weight_limit: int = key(6000, WEIGHT_LIMIT, "The same for the Portfolio Margin host.")
+    sapi_weight_limit: int = key(12000, WEIGHT_LIMIT, "The same for the `/sapi` host.")
+    scrape_interval_seconds: float = key(15.0, number(1, 86400), help=(
+        "Your Prometheus scrape interval: sets the default `cache_seconds` and the freshness the start-up "
+        "message reports."))
+    weight_budget_share: float = key(0.5, RATIO, help=(
+        "The exporter sends at most this share of a host's limit per rolling minute: the rest is your bots'."))
+    # Binance allows 300 WebSocket connection attempts per 5 minutes and IP; the exporter
+    # keeps to half of that by default (like weight_budget_share), its users' bots need the rest.
+    stream_connections_per_5m: int = key(150, number(1, 300, integer=True), help=(
+        "User data stream connection attempts per rolling 5 minutes, for the whole exporter (Binance allows "
+        "300 per IP)."))
+    # USD-M listenKeys one private WebSocket connection carries (Binance's "stream mode", several
+    # listenKeys per connection). 1: one connection per account, the form every official connector
+    # uses. Opt-in: Binance documents the form by example only (see docs/configuration.md).
+    stream_keys_per_connection: int = key(1, number(1, MAX_KEYS_PER_CONNECTION, integer=True), help=(
+        "USDⓈ-M listenKeys one private connection carries. `1`: one connection per account, as before. More: "
+        "accounts share connections (Binance's \"stream mode\", see [Sharing connections]"
+        "(#sharing-connections)), so 300 accounts need 3 connection attempts at `100` instead of 300. Opt-in. "
+        "COIN-M and Portfolio Margin always use one connection per account."))
+    skip_zero_balances: bool = key(True, BOOLEAN, help=(
+        "Drop assets whose amounts are all zero. Assets with a threshold are always kept."))
+    warnings: tuple[str, ...] = ()
+
+    def weight_limit_for(self, kind: str) -> int:
+        """Binance's request-weight limit per minute and IP on a kind of host."""
+        return {"usdm": self.weight_limit, "coinm": self.coinm_weight_limit, "pm": self.pm_weight_limit,
+                "sapi": self.sapi_weight_limit}[kind]
+
+    def refresh_after(self, account: AccountConfig) -> float:
+        """How old an account's data may be before a scrape asks for a new fetch."""
+        if account.cache_seconds is not None:
+            return account.cache_seconds
+        return REFRESH_SHARE * self.scrape_interval_seconds
+
+
+# The reference's sections: (class, where its keys go, where its shared keys go).
+SECTIONS = ((AccountConfig, "account", "defaults/account"), (Config, "top", "top"),
+            (SubAccounts, "sub_accounts", "sub_accounts"))
+TOP_KEYS = names(Config)
+ACCOUNT_KEYS = names(AccountConfig)
+SHARED_KEYS = names(AccountConfig, shared=True)
+SUB_ACCOUNT_KEYS = names(SubAccounts)
+
+
+def _read(ctx: _Ctx, raw: Mapping[str, Any], declared: tuple[Declared, ...], environ: Mapping[str, str],
+          warnings: list[str]) -> dict[str, Any]:
+    """The checked values of the declared keys `raw` sets, checked in declaration order."""
+    return {d.name: d.key.rule.parse(ctx, d.name, raw[d.name], environ, warnings)
+            for d in declared if d.key.rule is not None and d.name in raw}
+
+
+def _sub_accounts(ctx: _Ctx, value: Any, environ: Mapping[str, str], warnings: list[str]) -> SubAccounts:
     if value is None:
         return SubAccounts()
     if not isinstance(value, dict):
-        raise ctx.error("sub_accounts", f"must be a mapping (include, exclude, aliases, markets, "
-                        f"discovery_interval_seconds), got {_type_name(value)}")
+        raise ctx.error("sub_accounts", f"must be a mapping ({', '.join(SUB_ACCOUNT_KEYS)}), got {_type_name(value)}")
     sub = _Ctx(ctx.source, f"{ctx.where}: sub_accounts")
     _check_keys(sub, value, SUB_ACCOUNT_KEYS)
-    out: dict[str, Any] = {}
-    for key in ("include", "exclude"):
-        if key in value:
-            out[key] = _globs(sub, key, value[key])
-    if "markets" in value:
-        out["markets"] = _choices(sub, "markets", value["markets"], SUB_ACCOUNT_MARKETS)
-    if "discovery_interval_seconds" in value:
-        out["discovery_interval_seconds"] = _number(sub, "discovery_interval_seconds",
-                                                    value["discovery_interval_seconds"], environ,
-                                                    minimum=1, maximum=86400)
-    if "aliases" in value:
-        aliases = value["aliases"]
-        if not isinstance(aliases, dict):
-            raise sub.error("aliases", f"must be a mapping of email to alias, got {_type_name(aliases)}")
-        for email, alias in aliases.items():
-            if not isinstance(email, str) or "@" not in email:
-                raise sub.error("aliases", "keys must be sub-account emails")
-            if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
-                got = quote_value(alias) if isinstance(alias, str) else _type_name(alias)
-                raise sub.error("aliases", "aliases must be 1-64 characters of letters, digits and _ . : @ -, "
-                                f"got {got} for {quote_value(email)}")
-        if len(set(aliases.values())) != len(aliases):
-            raise sub.error("aliases", "gives two sub-accounts the same alias")
-        out["aliases"] = dict(aliases)
-    return SubAccounts(**out)
+    return SubAccounts(**_read(sub, value, checked(SubAccounts), environ, warnings))
 
 
 def parse_config(data: Any, source: str = "config.yaml",
@@ -618,7 +647,7 @@ def parse_config(data: Any, source: str = "config.yaml",
     if not isinstance(defaults_raw, dict):
         raise dctx.error(None, f"must be a mapping, got {_type_name(defaults_raw)}")
     _check_keys(dctx, defaults_raw, SHARED_KEYS)
-    defaults = _shared(dctx, defaults_raw, env, warnings)
+    defaults = _read(dctx, defaults_raw, checked(AccountConfig, shared=True), env, warnings)
 
     accounts_raw = data.get("accounts")
     if not isinstance(accounts_raw, list) or not accounts_raw:
@@ -644,14 +673,13 @@ def parse_config(data: Any, source: str = "config.yaml",
             raise ctx.error("alias", f"duplicate alias {alias!r} (also accounts[{seen[alias]}])")
         seen[alias] = index
         api_key, signer = _credentials(ctx, raw, env, warnings)
-        settings = {**defaults, **_shared(ctx, raw, env, warnings)}
-        if "min_available_balance" in raw and "min_available_balance" in defaults:
-            # Per-asset merge: an account adding BNB keeps the default USDT threshold.
-            settings["min_available_balance"] = {
-                **defaults["min_available_balance"], **settings["min_available_balance"]
-            }
+        settings = {**defaults, **_read(ctx, raw, checked(AccountConfig), env, warnings)}
+        for d in checked(AccountConfig):
+            if d.key.merge and d.name in raw and d.name in defaults:
+                # Per-entry merge: an account adding BNB keeps the default USDT threshold.
+                settings[d.name] = {**defaults[d.name], **settings[d.name]}
         if "sub_accounts" in raw:
-            settings["sub_accounts"] = _sub_accounts(ctx, raw["sub_accounts"], env)
+            settings["sub_accounts"] = _sub_accounts(ctx, raw["sub_accounts"], env, warnings)
         elif not settings.get("markets", ("usdm",)):
             raise ctx.error("markets", "must not be empty (an empty list only makes sense with sub_accounts)")
         if settings.get("user_stream") and "sub_accounts" in settings:
@@ -660,31 +688,7 @@ def parse_config(data: Any, source: str = "config.yaml",
                             "sub-account's own API key): they are polled only")
         accounts.append(AccountConfig(alias=alias, api_key=api_key, signer=signer, **settings))
 
-    globals_: dict[str, Any] = {}
-    if "max_concurrency" in data:
-        globals_["max_concurrency"] = _number(top, "max_concurrency", data["max_concurrency"], env,
-                                              minimum=1, maximum=1024, integer=True)
-    for key in ("weight_limit", "coinm_weight_limit", "pm_weight_limit", "sapi_weight_limit"):
-        if key in data:
-            globals_[key] = _number(top, key, data[key], env, minimum=1, maximum=1_000_000, integer=True)
-    if "scrape_interval_seconds" in data:
-        globals_["scrape_interval_seconds"] = _number(top, "scrape_interval_seconds",
-                                                      data["scrape_interval_seconds"], env,
-                                                      minimum=1, maximum=86400)
-    if "weight_budget_share" in data:
-        globals_["weight_budget_share"] = _number(top, "weight_budget_share", data["weight_budget_share"],
-                                                  env, minimum=0, maximum=1, exclusive_min=True)
-    if "stream_connections_per_5m" in data:
-        globals_["stream_connections_per_5m"] = _number(top, "stream_connections_per_5m",
-                                                        data["stream_connections_per_5m"], env,
-                                                        minimum=1, maximum=300, integer=True)
-    if "stream_keys_per_connection" in data:
-        globals_["stream_keys_per_connection"] = _number(top, "stream_keys_per_connection",
-                                                         data["stream_keys_per_connection"], env,
-                                                         minimum=1, maximum=MAX_KEYS_PER_CONNECTION,
-                                                         integer=True)
-    if "skip_zero_balances" in data:
-        globals_["skip_zero_balances"] = _boolean(top, "skip_zero_balances", data["skip_zero_balances"])
+    globals_ = _read(top, data, checked(Config), env, warnings)
     return Config(source=source, accounts=tuple(accounts), warnings=tuple(warnings), **globals_)
 
 
