@@ -3,9 +3,8 @@
 /metrics and /probe each build a fresh registry bound to that request's
 deadline (Prometheus' X-Prometheus-Scrape-Timeout-Seconds), rendered by
 prometheus_client's encoders (`exposition` below picks the format and gzips).
-The server under it (connections, threads, timeouts, TLS) is
-exporter/httpserver.py; `serve` and `parse_listen_address` are re-exported
-here for the code that imported them from this module.
+The server under it (connections, threads, timeouts, TLS) is the
+exporter.httpserver package.
 """
 
 from __future__ import annotations
@@ -30,11 +29,9 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.engine import Engine
 from exporter.exposition import encode_text
-from exporter.httpserver import Environ, StartResponse, WsgiApp, parse_listen_address, serve
+from exporter.httpserver import Environ, StartResponse, WsgiApp
 from exporter.render import families
 from exporter.webconfig import BasicAuth, WebConfig
-
-__all__ = ["make_app", "parse_listen_address", "serve"]  # the last two: re-exported from httpserver
 
 Rendered = tuple[list[tuple[str, str]], bytes]  # headers and body of one exposition
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"

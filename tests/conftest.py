@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import parse_config
 from exporter.engine import Engine
-from exporter.web import make_app, serve
+from exporter.httpserver import serve
+from exporter.web import make_app
 from processes import REPO as REPO  # the repository root, for the test modules
 from processes import ManagedProcess
 from testkit import SimAccount, Simulator

@@ -63,9 +63,10 @@ import requests
 from conftest import wait_until
 from exporter.config import parse_config
 from exporter.engine import Engine
+from exporter.httpserver import serve
 from exporter.reload import Reloader
 from exporter.simulator import SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, balance_row, pm_row
-from exporter.web import make_app, serve
+from exporter.web import make_app
 from exporter.webconfig import WebConfig
 from stack_helpers import metric_catalogue, require_tool
 from testkit import Simulator

@@ -16,9 +16,10 @@ import requests
 from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, parse_metrics, value, wait_until
 from exporter.config import Config, ConfigError, parse_config
 from exporter.engine import Engine
+from exporter.httpserver import serve
 from exporter.simulator import SimPortfolio, SimPosition, balance_row, pm_row
 from exporter.streams import Tuning
-from exporter.web import make_app, serve
+from exporter.web import make_app
 from testkit import SimAccount, Simulator
 
 FAST = Tuning(backoff_base_s=0.05, backoff_max_s=0.2, handshake_timeout_s=1.0, ping_interval_s=0.5,
