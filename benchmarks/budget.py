@@ -51,9 +51,10 @@ import requests
 
 from benchmarks.procstats import (
     MB,
-    RESULTS,
+    BenchParser,
     ExporterProcess,
     SimProcess,
+    exit_code,
     exporter_config,
     fetch,
     fill_defaults,
@@ -63,6 +64,7 @@ from benchmarks.procstats import (
     metric_samples,
     peak_rss,
     percentile,
+    progress_log,
     report_head,
     rolling_max,
     rolling_windows,
@@ -81,8 +83,7 @@ METRICS = ("binance_futures_up", "binance_futures_last_success_timestamp_seconds
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.budget", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchParser("budget", __doc__, "budget.json", "budget-quick.json")
     p.add_argument("--accounts", type=int, help="accounts (default 300; quick 10)")
     p.add_argument("--latency-ms", type=float, help="simulated latency per signed request (default 300; quick 20)")
     p.add_argument("--weight-limit", type=int, default=2400,
@@ -95,13 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--assets", type=int, default=5, help="non-zero balance rows per account")
     p.add_argument("--target-refresh", type=float, default=TARGET_REFRESH_S,
                    help=f"each account refreshed at least this often, seconds (default {TARGET_REFRESH_S:g})")
-    p.add_argument("--quick", action="store_true", help="smoke mode: small, fast, writes budget-quick.json")
-    p.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/budget.json)")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
-    args = p.parse_args(argv)
+    args = p.parse(argv)
     fill_defaults(args, accounts=(10, 300), latency_ms=(20.0, 300.0), interval=(1.0, 15.0), duration=(5.0, 180.0))
-    if args.output is None:
-        args.output = RESULTS / ("budget-quick.json" if args.quick else "budget.json")
     if args.accounts < 1 or args.interval <= 0 or args.duration < 0:
         p.error("--accounts, --interval must be positive, --duration >= 0")
     return args
@@ -303,9 +299,7 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    log = progress_log(started)
 
     scrapes: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-budget-") as tmp:
@@ -384,8 +378,7 @@ def main(argv: list[str] | None = None) -> int:
           f"latency {args.latency_ms:g} ms\n")
     print(render(report, args))
     print(f"JSON: {args.output}  (total {report['duration_s']:.0f}s)")
-    failed = [t for t in report["targets"] if t["result"] == "FAIL"]
-    return 1 if failed and args.strict else 0
+    return exit_code(report["targets"], args.strict)
 
 
 if __name__ == "__main__":

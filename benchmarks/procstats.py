@@ -5,6 +5,7 @@ Nothing here needs more than the exporter's own dependencies plus psutil.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import hashlib
 import json
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,44 @@ def machine_info() -> dict[str, Any]:
         "git_commit": _git_commit(),
         "git_uncommitted_exporter_files": _git_dirty(),
     }
+
+
+class BenchParser(argparse.ArgumentParser):
+    """The command line every benchmark starts from.
+
+    Its name and docstring, `--output` (a JSON file, by default benchmarks/results/<output>, or
+    <quick_output> with `--quick`), `--quick` (smoke mode: small and fast) when it has one, and
+    `--strict` (exit 1 when a target fails) when it checks targets.
+    """
+
+    def __init__(self, name: str, doc: str | None, output: str, quick_output: str | None = None,
+                 strict: bool = True) -> None:
+        super().__init__(prog=f"python -m benchmarks.{name}", description=doc,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.outputs = (output, quick_output or output)
+        if quick_output is not None:
+            self.add_argument("--quick", action="store_true", help=f"smoke mode: small, fast, writes {quick_output}")
+        self.add_argument("--output", type=Path, help=f"JSON file (default benchmarks/results/{output})")
+        if strict:
+            self.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
+
+    def parse(self, argv: list[str] | None) -> argparse.Namespace:
+        args = self.parse_args(argv)
+        if args.output is None:
+            args.output = RESULTS / self.outputs[1 if getattr(args, "quick", False) else 0]
+        return args
+
+
+def progress_log(started: float) -> Callable[[str], None]:
+    """`log(msg)`: one progress line on stderr, stamped with the seconds since `started`."""
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    return log
+
+
+def exit_code(targets: Iterable[dict[str, Any]], strict: bool) -> int:
+    """What a benchmark exits with: 1 under --strict when a target FAILed, else 0."""
+    return 1 if strict and any(t["result"] == "FAIL" for t in targets) else 0
 
 
 def fill_defaults(args: Any, **defaults: tuple[Any, Any]) -> None:

@@ -64,9 +64,11 @@ from benchmarks.procstats import (
     MB,
     PROMETHEUS_ACCEPT,
     RESULTS,
+    BenchParser,
     ExporterProcess,
     LoadMeter,
     SimProcess,
+    exit_code,
     exporter_config,
     fetch,
     fill_defaults,
@@ -75,6 +77,7 @@ from benchmarks.procstats import (
     median,
     peak_rss,
     percentile,
+    progress_log,
     py_spy,
     report_head,
     sample,
@@ -94,8 +97,7 @@ RSS_TARGET_ASSETS = 5
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.scrape", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchParser("scrape", __doc__, "latest.json", "quick.json")
     p.add_argument("--accounts", help="comma-separated account counts (default 1,10,100,300; quick 1,5)")
     p.add_argument("--latency-ms", type=float, help="simulated latency per balance request (default 300; quick 50)")
     p.add_argument("--scrapes", type=int, help="timed scrapes per N after one warm-up (default 20; quick 3)")
@@ -116,18 +118,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", choices=("auto", "on", "off"), default="auto",
                    help="py-spy profile at the largest N (auto = if py-spy is on PATH and not --quick)")
     p.add_argument("--profile-scrapes", type=int, default=20)
-    p.add_argument("--quick", action="store_true", help="smoke mode: small, fast, writes quick.json")
-    p.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/latest.json or quick.json)")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
-    args = p.parse_args(argv)
+    args = p.parse(argv)
     q = args.quick
     args.accounts = [int(x) for x in (args.accounts or ("1,5" if q else "1,10,100,300")).split(",") if x.strip()]
     if not args.accounts or min(args.accounts) < 1:
         p.error("--accounts needs positive integers")
     fill_defaults(args, latency_ms=(50.0, 300.0), scrapes=(3, 20), memory_scrapes=(0, RSS_TARGET_SCRAPES))
     args.accept = PROMETHEUS_ACCEPT if args.format == "prometheus" else "text/plain;version=0.0.4"
-    if args.output is None:
-        args.output = RESULTS / ("quick.json" if q else "latest.json")
     if args.profile == "auto":
         args.profile = "off" if q or py_spy() is None else "on"
     if args.profile == "on" and py_spy() is None:
@@ -461,9 +458,7 @@ def render(runs: list[dict[str, Any]], targets: list[dict[str, Any]], profile: d
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    log = progress_log(started)
 
     largest = max(args.accounts)
     runs: list[dict[str, Any]] = []
@@ -507,8 +502,7 @@ def main(argv: list[str] | None = None) -> int:
           f"parallel max_concurrency {args.max_concurrency}\n")
     print(render(runs, targets, profile))
     print(f"JSON: {args.output}  (total {report['duration_s']:.0f}s)")
-    failed = [t for t in targets if t["result"] == "FAIL"]
-    return 1 if failed and args.strict else 0
+    return exit_code(targets, args.strict)
 
 
 if __name__ == "__main__":

@@ -57,15 +57,17 @@ import requests
 
 from benchmarks.procstats import (
     MB,
-    RESULTS,
+    BenchParser,
     ExporterProcess,
     SimProcess,
     credentials,
+    exit_code,
     fill_defaults,
     fmt,
     md_table,
     peak_rss,
     percentile,
+    progress_log,
     report_head,
     write_json,
 )
@@ -82,8 +84,7 @@ PEAK_RSS_TARGET_MB = 200.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.slowreaders", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchParser("slowreaders", __doc__, "slowreaders.json", "slowreaders-quick.json")
     p.add_argument("--sub-accounts", type=int, help="sub-accounts of the master (default 500; quick 50)")
     p.add_argument("--assets", type=int, default=5, help="non-zero balance rows per sub-account")
     p.add_argument("--slow-readers", type=int, help="clients that never read (default 70; quick 20)")
@@ -93,14 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--probes", type=int, default=10, help="baseline /-/healthy probes and scrapes")
     p.add_argument("--floods", type=int, help="TLS handshake floods (default 3; quick 1; 0 = skip)")
     p.add_argument("--flood-size", type=int, help="stalled handshakes per flood (default 3000; quick 300)")
-    p.add_argument("--quick", action="store_true", help="smoke mode: small, fast, writes slowreaders-quick.json")
-    p.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/slowreaders.json)")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
-    args = p.parse_args(argv)
+    args = p.parse(argv)
     fill_defaults(args, sub_accounts=(50, 500), slow_readers=(20, 70), attack_seconds=(6.0, 40.0),
                   settle_seconds=(3.0, 15.0), floods=(1, 3), flood_size=(300, 3000))
-    if args.output is None:
-        args.output = RESULTS / ("slowreaders-quick.json" if args.quick else "slowreaders.json")
     return args
 
 
@@ -362,9 +358,7 @@ def render(slow: dict, tls: dict | None, targets: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    log = progress_log(started)
 
     raise_fd_limit(2 * args.flood_size + args.slow_readers + 512)
     report = report_head("slowreaders", argv, args)
@@ -381,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                    "duration_s": time.monotonic() - started})
     write_json(args.output, report)
     print(render(slow, tls, targets))
-    return 1 if args.strict and any(t["result"] == "FAIL" for t in targets) else 0
+    return exit_code(targets, args.strict)
 
 
 if __name__ == "__main__":

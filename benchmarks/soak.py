@@ -45,16 +45,18 @@ import requests
 
 from benchmarks.procstats import (
     MB,
-    RESULTS,
+    BenchParser,
     ExporterProcess,
     SimProcess,
     alias,
     credentials,
+    exit_code,
     exporter_config,
     fetch,
     md_table,
     metric_samples,
     percentile,
+    progress_log,
     report_head,
     sample,
     slope_per_minute,
@@ -93,8 +95,7 @@ class WorkerStats:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchParser("soak", __doc__, "soak.json")
     p.add_argument("--seconds", type=float, default=60.0, help="scraping time (default 60)")
     p.add_argument("--accounts", type=int, default=20)
     p.add_argument("--workers", type=int, default=8, help="concurrent scraper threads")
@@ -107,9 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="seconds excluded from the flatness check (default 15%%, >= 2 s)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--output", type=Path, default=RESULTS / "soak.json")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any check FAILs")
-    args = p.parse_args(argv)
+    args = p.parse(argv)
     if args.warmup is None:
         args.warmup = max(2.0, 0.15 * args.seconds)
     args.warmup = min(args.warmup, args.seconds * 0.5)
@@ -211,9 +210,7 @@ def summarize(series: list[dict[str, float]], key: str, warm_t: float, scale: fl
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    log = progress_log(t0)
 
     secrets = secrets_regex(args.accounts, args.seed)
     workers = [WorkerStats() for _ in range(args.workers)]
@@ -378,8 +375,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k}={v:g}" for k, v in sorted(errors_by_reason.items())) + "\n")
     print(md_table(["result", "check", "measured"], [[t["result"], t["target"], t["detail"]] for t in targets]))
     print(f"\nJSON: {args.output}")
-    failed = [t for t in targets if t["result"] == "FAIL"]
-    return 1 if failed and args.strict else 0
+    return exit_code(targets, args.strict)
 
 
 if __name__ == "__main__":

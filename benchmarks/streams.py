@@ -45,6 +45,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.procstats import (
+    MB,
+    BenchParser,
     ExporterProcess,
     SimProcess,
     alias,
@@ -55,33 +57,29 @@ from benchmarks.procstats import (
     median,
     metric_samples,
     percentile,
+    progress_log,
     report_head,
     sample,
     write_json,
 )
 
-MB = 1024 * 1024
-RESULTS = Path(__file__).resolve().parent / "results"
 BALANCE_WEIGHT = 5  # /fapi/v3/balance
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.streams", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
+    parser = BenchParser("streams", __doc__, "streams.json", "streams.json", strict=False)
     parser.add_argument("--accounts", type=int)
     parser.add_argument("--phase-seconds", type=float)
     parser.add_argument("--rate", type=float, default=100.0, help="events a second in the load phase")
     parser.add_argument("--latency-samples", type=int)
     parser.add_argument("--interval", type=float, default=15.0, help="scrape interval")
-    parser.add_argument("--output", type=Path, default=RESULTS / "streams.json")
     parser.add_argument("--connect-only", action="store_true", help="only the connection comparison")
     parser.add_argument("--keys-per-connection", type=int, default=100, help="the shared run's setting")
     parser.add_argument("--skip-unshared", action="store_true",
                         help="connection comparison: only the shared run (the other takes 5 minutes at N=300)")
     parser.add_argument("--connect-limit", type=int, default=150,
                         help="stream_connections_per_5m of the connection comparison (the exporter's default)")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     fill_defaults(args, accounts=(20, 300), phase_seconds=(8.0, 60.0), latency_samples=(20, 200))
     return args
 
@@ -195,9 +193,7 @@ def latency(sim: SimProcess, session: requests.Session, url: str, n: int, sample
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    log = progress_log(started)
 
     n = args.accounts
     report: dict[str, Any] = report_head("streams", argv, args)

@@ -59,11 +59,12 @@ import requests
 
 from benchmarks.procstats import (
     MB,
-    RESULTS,
+    BenchParser,
     ExporterProcess,
     LoadMeter,
     SimProcess,
     credentials,
+    exit_code,
     fetch,
     fill_defaults,
     fmt,
@@ -72,6 +73,7 @@ from benchmarks.procstats import (
     metric_samples,
     peak_rss,
     percentile,
+    progress_log,
     py_spy,
     report_head,
     rolling_max,
@@ -93,8 +95,7 @@ METRICS = ("binance_futures_up", "binance_futures_sub_accounts", "binance_future
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.subaccounts", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchParser("subaccounts", __doc__, "subaccounts.json", "subaccounts-quick.json")
     p.add_argument("--sub-accounts", type=int, help="sub-accounts of the master (default 500; quick 20)")
     p.add_argument("--latency-ms", type=float, help="simulated latency per signed request (default 300; quick 20)")
     p.add_argument("--scrapes", type=int, help="timed scrapes of each exporter (default 20; quick 3)")
@@ -106,15 +107,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", choices=("auto", "on", "off"), default="auto",
                    help="py-spy profile of a separate master run (auto = if py-spy is found and not --quick)")
     p.add_argument("--profile-scrapes", type=int, default=10)
-    p.add_argument("--quick", action="store_true", help="smoke mode: small, fast, writes subaccounts-quick.json")
-    p.add_argument("--output", type=Path, help="JSON file (default benchmarks/results/subaccounts.json)")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
-    args = p.parse_args(argv)
+    args = p.parse(argv)
     q = args.quick
     fill_defaults(args, sub_accounts=(20, 500), latency_ms=(20.0, 300.0), scrapes=(3, 20), interval=(0.5, 7.5),
                   baseline_interval=(0.2, 1.0))
-    if args.output is None:
-        args.output = RESULTS / ("subaccounts-quick.json" if q else "subaccounts.json")
     if args.profile == "auto":
         args.profile = "off" if q or py_spy() is None else "on"
     if args.profile == "on" and py_spy() is None:
@@ -378,9 +374,7 @@ def render(single: dict[str, Any], master: dict[str, Any], targets: list[dict[st
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    log = progress_log(started)
 
     profile = None
     with tempfile.TemporaryDirectory(prefix="bench-subaccounts-") as tmp:
@@ -413,8 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.sub_accounts} sub-accounts x {args.assets} assets, latency {args.latency_ms:g} ms\n")
     print(render(single, master, targets, profile))
     print(f"JSON: {args.output}  (total {report['duration_s']:.0f}s)")
-    failed = [t for t in targets if t["result"] == "FAIL"]
-    return 1 if failed and args.strict else 0
+    return exit_code(targets, args.strict)
 
 
 if __name__ == "__main__":
