@@ -1,7 +1,8 @@
 """Write the generated parts of docs/ from their one declaration in the code.
 
 docs/configuration.md's key reference comes from the config dataclasses (each key declared on
-its field, see exporter/configkeys.py). The generated part sits between two marker lines; the
+its field, see exporter/configkeys.py), docs/metrics.md's tables from the metric catalogue
+(exporter/catalogue.py). The generated part sits between two marker lines; the
 rest of the page is written by hand. `make docs` rewrites it; `--check` (run by the test suite)
 fails when a page is not what the code gives today.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from exporter import config, configkeys  # noqa: E402  (the repository, whether installed or not)
+from exporter import catalogue, config, configkeys  # noqa: E402  (the repository, whether installed or not)
 
 
 def _config_keys() -> str:
@@ -29,6 +30,7 @@ def _config_keys() -> str:
 # (page, part name, what writes it)
 PARTS: tuple[tuple[Path, str, Callable[[], str]], ...] = (
     (REPO / "docs" / "configuration.md", "config keys", _config_keys),
+    (REPO / "docs" / "metrics.md", "metrics", catalogue.reference),
 )
 
 

@@ -1,4 +1,5 @@
-"""Scrape results to metric families: the only place that knows metric names, help and labels.
+"""Scrape results to metric families: the values only. Every family (name, type, help, labels) is
+declared in catalogue.py; this module creates them from there and fills them.
 
 It reads `ScrapeResult` (what the engine decided to show), never the engine's
 internals, and emits families in a fixed order with series in config order, so
@@ -13,27 +14,26 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.samples import Sample
 
 from exporter import __version__, build_revision
+from exporter.catalogue import ACCOUNT_FAMILIES, ASSET_FAMILIES, FAMILIES, POSITION_FAMILIES, Family
 from exporter.discovery import DiscoveryView
 from exporter.engine import HostView, ScrapeResult
-from exporter.schema import (
-    ACCOUNT_FAMILIES,
-    ACCOUNT_LABELS,
-    ASSET_FAMILIES,
-    ASSET_LABELS,
-    NS,
-    PM_ACCOUNT_STATUSES,
-    POSITION_FAMILIES,
-    POSITION_INFO_LABELS,
-    Family,
-)
+from exporter.schema import PM_ACCOUNT_STATUSES
+
+
+def _gauge(name: str) -> GaugeMetricFamily:
+    family = FAMILIES[name]
+    assert family.type == "gauge", name
+    return GaugeMetricFamily(family.full_name, family.help, labels=list(family.labels))
+
+
+def _counter(name: str) -> CounterMetricFamily:
+    family = FAMILIES[name]
+    assert family.type == "counter", name
+    return CounterMetricFamily(family.full_name, family.help, labels=list(family.labels))
 
 
 def _gauges(families: tuple[Family, ...]) -> dict[str, GaugeMetricFamily]:
-    return {f.name: GaugeMetricFamily(f"{NS}_{f.name}", f.help, labels=list(f.labels)) for f in families}
-
-
-def _gauge(name: str, text: str, labels: tuple[str, ...]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{NS}_{name}", text, labels=list(labels))
+    return {f.name: _gauge(f.name) for f in families}
 
 
 def _put(family: Metric, labels: dict[str, str], value: float) -> None:
@@ -49,37 +49,20 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
     assets = _gauges(ASSET_FAMILIES)
     totals = _gauges(ACCOUNT_FAMILIES)
     positions = _gauges(POSITION_FAMILIES)
-    min_available = _gauge("min_available_balance", "Configured low-balance threshold "
-                           "(min_available_balance) per account, market and asset.", ASSET_LABELS)
-    min_account_available = _gauge("min_account_available_balance", "Configured account-level low-balance "
-                                   "threshold (min_account_available_balance), USD value of a Multi-Assets mode "
-                                   "account's pool; USD-M only.", ACCOUNT_LABELS)
-    position_info = _gauge("position_info", "A position's margin type (cross or isolated) and margin asset "
-                           "(COIN-M: the coin); always 1. Absent where Binance's answer does not say "
-                           "(USD-M sub-accounts).", POSITION_INFO_LABELS)
-    info = _gauge("account_info", "Binance's accountAlias for an account (balance endpoints only); always 1.",
-                  ("alias", "market", "account_alias"))
-    status = _gauge("pm_account_status", "Portfolio Margin accountStatus as a state set: 1 for the current "
-                    "status, 0 for the other documented ones; a status Binance added since shows as its own "
-                    "state (a plain upper-case word) or as OTHER.", ("alias", "market", "status"))
-    max_margin_ratio = _gauge("max_margin_ratio", "Configured margin-ratio alert threshold (max_margin_ratio).",
-                              ACCOUNT_LABELS)
-    min_liq_distance = _gauge("min_liquidation_distance", "Configured minimum distance from mark price to "
-                              "liquidation price, as a fraction of mark price (min_liquidation_distance).",
-                              ACCOUNT_LABELS)
-    min_uni_mmr = _gauge("min_uni_mmr", "Configured Portfolio Margin uniMMR alert threshold (min_uni_mmr).",
-                         ACCOUNT_LABELS)
-    host_info = _gauge("account_host_info", "The API host an account's market is fetched from (whose budget, "
-                       "back-off and bans apply to it); always 1.", ("alias", "market", "host"))
-    sub_info = _gauge("sub_account_info", "Sub-accounts found through a master account's key; always 1.",
-                      ("alias", "master", "email"))
-    up = _gauge("up", "1 while the account has values to export: its latest fetch succeeded, no longer "
-                "ago than max_data_age_seconds.", ACCOUNT_LABELS)
-    duration = _gauge("request_duration_seconds", "How long the account's latest fetch took.", ACCOUNT_LABELS)
-    last_success = _gauge("last_success_timestamp_seconds", "When the account's latest successful fetch "
-                          "(the values exported) was made, Unix seconds.", ACCOUNT_LABELS)
-    errors = CounterMetricFamily(f"{NS}_scrape_errors", "Failed fetches by account and reason.",
-                                 labels=["alias", "market", "reason"])
+    min_available = _gauge("min_available_balance")
+    min_account_available = _gauge("min_account_available_balance")
+    position_info = _gauge("position_info")
+    info = _gauge("account_info")
+    status = _gauge("pm_account_status")
+    max_margin_ratio = _gauge("max_margin_ratio")
+    min_liq_distance = _gauge("min_liquidation_distance")
+    min_uni_mmr = _gauge("min_uni_mmr")
+    host_info = _gauge("account_host_info")
+    sub_info = _gauge("sub_account_info")
+    up = _gauge("up")
+    duration = _gauge("request_duration_seconds")
+    last_success = _gauge("last_success_timestamp_seconds")
+    errors = _counter("scrape_errors")
     seen_sub: set[str] = set()
     for view in result.targets:
         target = view.target
@@ -147,21 +130,11 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
 
 def stream_families(result: ScrapeResult) -> Iterator[Metric]:
     """Per account with `user_stream: true`: its user data stream's state, events and margin calls."""
-    up = _gauge("stream_up", "1 while the account's user data stream is connected with a valid listenKey.",
-                ACCOUNT_LABELS)
-    events = CounterMetricFamily(f"{NS}_stream_events", "User data stream messages by event: ACCOUNT_UPDATE, "
-                                 "MARGIN_CALL, ACCOUNT_CONFIG_UPDATE, riskLevelChange, listenKeyExpired, other "
-                                 "(any other event), invalid (not a sane event: dropped, and the connection "
-                                 "is made again).", labels=["alias", "market", "event"])
-    reconnects = CounterMetricFamily(f"{NS}_stream_reconnects", "User data stream connection attempts after the "
-                                     "first connection (after a failure, a new listenKey, or the planned daily "
-                                     "reconnect).",
-                                     labels=["alias", "market"])
-    last_event = _gauge("stream_last_event_timestamp_seconds", "When the account's latest user data stream event "
-                        "was applied, Unix seconds.", ACCOUNT_LABELS)
-    margin_calls = CounterMetricFamily(f"{NS}_margin_call_events", "Margin-call events on the user data stream: "
-                                       "MARGIN_CALL (USD-M, COIN-M) and riskLevelChange (Portfolio Margin).",
-                                       labels=["alias", "market"])
+    up = _gauge("stream_up")
+    events = _counter("stream_events")
+    reconnects = _counter("stream_reconnects")
+    last_event = _gauge("stream_last_event_timestamp_seconds")
+    margin_calls = _counter("margin_call_events")
     for view in result.targets:
         stream = view.stream
         if stream is None:
@@ -179,20 +152,14 @@ def stream_families(result: ScrapeResult) -> Iterator[Metric]:
 
 def host_families(hosts: list[HostView]) -> Iterator[Metric]:
     """Per API host: Binance's figure, our budget and use, back-off, clock."""
-    used = _gauge("used_weight", "Request weight Binance reports used by this IP in the current minute: the "
-                  "highest X-MBX-USED-WEIGHT-1M seen (X-SAPI-USED-IP-WEIGHT-1M on /sapi, counted per "
-                  "endpoint); absent when no answer this minute reported it.", ("host", "interval"))
-    limit = _gauge("weight_limit", "Binance's request-weight limit per minute and IP (config).", ("host", "interval"))
-    budget = _gauge("weight_budget", "The exporter's own weight cap per rolling minute: weight_limit x "
-                    "weight_budget_share.", ("host",))
-    ours = _gauge("exporter_used_weight", "Weight this exporter sent to the host in the last 60 s.", ("host",))
-    backoff = _gauge("backoff_seconds", "Seconds left before requests to this host resume after a 429/418 "
-                     "(0 = none).", ("host",))
-    offset = _gauge("time_offset_seconds", "Binance's clock minus the local clock, as measured.", ("host",))
-    deferred = CounterMetricFamily(f"{NS}_fetches_deferred", "Fetches a scrape wanted but did not start "
-                                   "at once, because of the weight budget or a back-off.", labels=["host"])
-    limited = CounterMetricFamily(f"{NS}_rate_limited_responses", "429 and 418 answers received.",
-                                  labels=["host", "status"])
+    used = _gauge("used_weight")
+    limit = _gauge("weight_limit")
+    budget = _gauge("weight_budget")
+    ours = _gauge("exporter_used_weight")
+    backoff = _gauge("backoff_seconds")
+    offset = _gauge("time_offset_seconds")
+    deferred = _counter("fetches_deferred")
+    limited = _counter("rate_limited_responses")
     for host in hosts:
         if host.used_weight is not None:
             used.add_metric([host.label, "1m"], float(host.used_weight))
@@ -209,10 +176,8 @@ def host_families(hosts: list[HostView]) -> Iterator[Metric]:
 
 def discovery_families(discoveries: list[DiscoveryView]) -> Iterator[Metric]:
     """Per master account: how many sub-accounts its key found, and failed discoveries."""
-    found = _gauge("sub_accounts", "Sub-accounts exported for this master: found through its key, kept by "
-                   "include/exclude, with a futures account in at least one configured market.", ("master",))
-    errors = CounterMetricFamily(f"{NS}_sub_account_discovery_errors", "Failed sub-account discoveries by "
-                                 "master and reason.", labels=["master", "reason"])
+    found = _gauge("sub_accounts")
+    errors = _counter("sub_account_discovery_errors")
     for view in discoveries:
         if view.found is not None:
             found.add_metric([view.master], float(view.found))
@@ -222,19 +187,16 @@ def discovery_families(discoveries: list[DiscoveryView]) -> Iterator[Metric]:
 
 
 def build_info() -> Metric:
-    build = _gauge("exporter_build_info", "Exporter version and the VCS revision it was built from "
-                   "(unknown unless the build was told); always 1.", ("version", "revision"))
+    build = _gauge("exporter_build_info")
     build.add_metric([__version__, build_revision()], 1.0)
     return build
 
 
 def reload_families(successful: bool, success_at: float) -> Iterator[Metric]:
     """The config's latest (re)load, as Prometheus exports its own (prometheus_config_last_reload_*)."""
-    ok = _gauge("exporter_config_last_reload_successful", "Whether the latest configuration reload "
-                "(SIGHUP or POST /-/reload) succeeded; 1 at start. 0: the last good config keeps running.", ())
+    ok = _gauge("exporter_config_last_reload_successful")
     ok.add_metric([], 1.0 if successful else 0.0)
-    at = _gauge("exporter_config_last_reload_success_timestamp_seconds", "When the configuration was last "
-                "loaded successfully (at start or by a reload), Unix seconds.", ())
+    at = _gauge("exporter_config_last_reload_success_timestamp_seconds")
     at.add_metric([], success_at)
     yield from (ok, at)
 

@@ -1,8 +1,9 @@
 """Binance's answers field by field, and the metric each field becomes: defined once.
 
-Parsing reads answers through these tables, the renderer names and documents
-families from them, and the simulator builds its answers from them, so a field
-added here shows up everywhere at once.
+Parsing reads answers through these tables, and the simulator builds its
+answers from them, so a field added here shows up everywhere at once. The
+family each field feeds is declared in catalogue.py (name, help, labels, and
+the endpoints whose fields feed it, read from these tables).
 
 Kinds of field:
 - ``decimal``: a JSON string holding a decimal ("122607.35137903"); required.
@@ -35,15 +36,6 @@ POSITION_INFO_LABELS = POSITION_LABELS + ("margin_type", "margin_asset")
 
 
 @dataclass(frozen=True)
-class Family:
-    """One gauge family: `binance_futures_<name>`."""
-
-    name: str
-    labels: tuple[str, ...]
-    help: str
-
-
-@dataclass(frozen=True)
 class Field:
     """One JSON field of an answer and the family it feeds (None: read but not exported)."""
 
@@ -67,107 +59,6 @@ def _layout(names: str, known: tuple[Field, ...] = (), *, complete: bool = False
         raise ValueError(f"fields left out of the layout: {sorted(by_json)}")
     return tuple(fields)
 
-
-def _families(labels: tuple[str, ...], *rows: tuple[str, str]) -> tuple[Family, ...]:
-    return tuple(Family(name, labels, text) for name, text in rows)
-
-
-# ---- families, in exposition order --------------------------------------------------------
-ASSET_FAMILIES = _families(
-    ASSET_LABELS,
-    ("balance", "Wallet balance: balance (balance endpoints), walletBalance (account endpoints, "
-                "sub-accounts), totalWalletBalance (Portfolio Margin)."),
-    ("available_balance", "Available balance (availableBalance)."),
-    ("cross_wallet_balance", "Cross wallet balance (crossWalletBalance)."),
-    ("cross_unrealized_pnl", "Unrealized PnL of cross positions (crossUnPnl)."),
-    ("max_withdraw_amount", "Maximum amount for transfer out (maxWithdrawAmount; withdrawAvailable on COIN-M)."),
-    ("margin_available", "1 if the asset can be used as margin in Multi-Assets mode (marginAvailable)."),
-    ("balance_update_timestamp_seconds", "Last update time reported by Binance (updateTime), Unix seconds; "
-                                         "absent when Binance reports 0 (never updated)."),
-    ("margin_balance", "Margin balance: wallet balance plus unrealized PnL (marginBalance)."),
-    ("maint_margin", "Maintenance margin required (maintMargin; maintenanceMargin for sub-accounts)."),
-    ("initial_margin", "Initial margin required at the current mark price (initialMargin)."),
-    ("position_initial_margin", "Initial margin required for positions at the current mark price "
-                                "(positionInitialMargin)."),
-    ("open_order_initial_margin", "Initial margin required for open orders at the current mark price "
-                                  "(openOrderInitialMargin)."),
-    ("unrealized_pnl", "Unrealized PnL of all positions in this asset (unrealizedProfit)."),
-    ("pm_cross_margin_asset", "Portfolio Margin: cross margin asset (crossMarginAsset)."),
-    ("pm_cross_margin_borrowed", "Portfolio Margin: cross margin borrowed (crossMarginBorrowed)."),
-    ("pm_cross_margin_free", "Portfolio Margin: cross margin free (crossMarginFree)."),
-    ("pm_cross_margin_interest", "Portfolio Margin: cross margin interest (crossMarginInterest)."),
-    ("pm_cross_margin_locked", "Portfolio Margin: cross margin locked (crossMarginLocked)."),
-    ("pm_um_wallet_balance", "Portfolio Margin: USD-M wallet balance (umWalletBalance)."),
-    ("pm_um_unrealized_pnl", "Portfolio Margin: USD-M unrealized PnL (umUnrealizedPNL)."),
-    ("pm_cm_wallet_balance", "Portfolio Margin: COIN-M wallet balance (cmWalletBalance)."),
-    ("pm_cm_unrealized_pnl", "Portfolio Margin: COIN-M unrealized PnL (cmUnrealizedPNL)."),
-    ("pm_negative_balance", "Portfolio Margin: negative balance (negativeBalance)."),
-    ("isolated_maint_margin", "Maintenance margin of the isolated positions margined in this asset (the sum of "
-                              "maintMargin over the account endpoint's isolated positions); maint_margin minus "
-                              "this is the asset's cross maintenance margin. Account endpoints only."),
-)
-
-_TOTALS_NOTE = " USDT in single-asset mode; the sum of USD values in Multi-Assets mode."
-ACCOUNT_FAMILIES = _families(
-    ACCOUNT_LABELS,
-    ("account_wallet_balance", "Account total wallet balance (totalWalletBalance)." + _TOTALS_NOTE),
-    ("account_margin_balance", "Account total margin balance (totalMarginBalance)." + _TOTALS_NOTE),
-    ("account_maint_margin", "Account total maintenance margin (totalMaintMargin; totalMaintenanceMargin "
-                             "for sub-accounts)." + _TOTALS_NOTE),
-    ("account_initial_margin", "Account total initial margin (totalInitialMargin)." + _TOTALS_NOTE),
-    ("account_position_initial_margin", "Account initial margin for positions (totalPositionInitialMargin)."
-                                        + _TOTALS_NOTE),
-    ("account_open_order_initial_margin", "Account initial margin for open orders "
-                                          "(totalOpenOrderInitialMargin)." + _TOTALS_NOTE),
-    ("account_unrealized_pnl", "Account total unrealized PnL (totalUnrealizedProfit)." + _TOTALS_NOTE),
-    ("account_cross_wallet_balance", "Account cross wallet balance (totalCrossWalletBalance)." + _TOTALS_NOTE),
-    ("account_cross_unrealized_pnl", "Account unrealized PnL of cross positions (totalCrossUnPnl)."
-                                     + _TOTALS_NOTE),
-    ("account_available_balance", "Account available balance (availableBalance)." + _TOTALS_NOTE),
-    ("account_max_withdraw_amount", "Account maximum amount for transfer out (maxWithdrawAmount)."
-                                    + _TOTALS_NOTE),
-    ("account_isolated_maint_margin", "Maintenance margin of every isolated position (the sum of maintMargin "
-                                      "over the account endpoint's isolated positions, in their margin assets); "
-                                      "account_maint_margin minus this is the cross maintenance margin."),
-    ("multi_assets_mode", "1 if the USD-M account is in Multi-Assets mode, 0 in single-asset mode "
-                          "(multiAssetsMargin of /fapi/v1/accountConfig, read at start and every 15 minutes, "
-                          "or of the v2 account endpoint)."),
-    ("hedge_mode", "1 if the USD-M account is in hedge mode (LONG and SHORT positions), 0 in one-way mode "
-                   "(dualSidePosition of /fapi/v1/accountConfig, read at start and every 15 minutes)."),
-    ("pm_uni_mmr", "Portfolio Margin unified maintenance margin ratio (uniMMR); Binance liquidates "
-                   "at a low uniMMR (see README)."),
-    ("pm_account_equity", "Portfolio Margin account equity in USD (accountEquity)."),
-    ("pm_actual_equity", "Portfolio Margin actual equity in USD, without collateral rate (actualEquity)."),
-    ("pm_account_maint_margin", "Portfolio Margin account maintenance margin in USD (accountMaintMargin)."),
-    ("pm_account_initial_margin", "Portfolio Margin account initial margin in USD (accountInitialMargin)."),
-    ("pm_virtual_max_withdraw_amount", "Portfolio Margin maximum virtual amount for transfer out in USD "
-                                       "(virtualMaxWithdrawAmount)."),
-    ("pm_total_available_balance", "Portfolio Margin total available balance in USD (totalAvailableBalance)."),
-    ("pm_total_margin_open_loss", "Portfolio Margin margin of open loss in USD (totalMarginOpenLoss)."),
-)
-
-POSITION_FAMILIES = _families(
-    POSITION_LABELS,
-    ("position_amount", "Position amount, negative when short (positionAmt; positionAmount for sub-accounts): "
-                        "USD-M in the base asset, COIN-M in contracts."),
-    ("position_entry_price", "Average entry price (entryPrice)."),
-    ("position_break_even_price", "Break-even price (breakEvenPrice)."),
-    ("position_mark_price", "Mark price (markPrice)."),
-    ("position_liquidation_price", "Liquidation price (liquidationPrice); absent when Binance reports 0, "
-                                   "i.e. no liquidation price."),
-    ("position_notional", "Notional value at the mark price (notional; notionalValue on COIN-M, in the coin); "
-                          "absent where the answer has none."),
-    ("position_unrealized_pnl", "Unrealized PnL of the position (unRealizedProfit; unrealizedProfit for "
-                                "sub-accounts), in its margin asset: COIN-M in the coin."),
-    ("position_required_initial_margin", "Initial margin required for the position at the current mark "
-                                         "price (initialMargin), in its margin asset."),
-    ("position_maint_margin", "Maintenance margin required for the position (maintMargin), in its margin asset."),
-    ("position_isolated_margin", "Isolated margin of the position (isolatedMargin), in its margin asset "
-                                 "(COIN-M: the coin)."),
-    ("position_isolated_wallet", "Wallet of an isolated position (isolatedWallet), in its margin asset "
-                                 "(COIN-M: the coin); 0 for a cross position."),
-    ("position_adl_quantile", "Auto-deleveraging queue quantile, 0 (last) to 4 (first) (adl)."),
-)
 
 # ---- USD-M (fapi) -----------------------------------------------------------------------------
 BALANCE_AMOUNTS = ("balance", "available_balance", "cross_wallet_balance", "cross_unrealized_pnl",

@@ -6,13 +6,12 @@ A plain module, imported like conftest (tests/ is on sys.path):
 - `process`: run a command until it answers 200 on a ready URL, stop it afterwards,
 - `demo_exporter`: `python -m exporter --demo` on a free loopback port,
 - `http_get` / `fetch`: plain urllib GETs (fetch asserts 200 and returns the body),
-- `metric_catalogue`: every series name the exporter can emit and its labels, read from
-  exporter/schema.py and exporter/render.py without running (or importing) the engine.
+- `metric_catalogue`: every series name the exporter can emit and its labels, from
+  exporter/catalogue.py (where every family is declared) without importing the engine.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import os
 import shutil
@@ -34,64 +33,11 @@ __all__ = ["REPO", "PROM", "RULE_FILES", "DASHBOARD", "free_port", "require_tool
 PROM = REPO / "prometheus"
 RULE_FILES = [PROM / "rules.yml", PROM / "alerts.yml"]
 DASHBOARD = REPO / "grafana" / "dashboards" / "binance-futures.json"
-RENDER = REPO / "exporter" / "render.py"
-
-def _const_labels(node: ast.AST, schema) -> tuple[str, ...]:
-    """A label list in render.py: a literal tuple/list of strings, or a name from exporter.schema."""
-    if isinstance(node, (ast.Tuple, ast.List)) and all(
-            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
-        return tuple(e.value for e in node.elts)
-    if isinstance(node, ast.Name) and isinstance(getattr(schema, node.id, None), tuple):
-        return getattr(schema, node.id)
-    raise AssertionError(f"render.py:{node.lineno}: cannot read the labels {ast.unparse(node)!r}; "
-                         "teach stack_helpers.metric_catalogue this form")
-
-
-def _fstring_name(node: ast.AST, ns: str) -> str | None:
-    """f"{NS}_scrape_errors" -> "binance_futures_scrape_errors"; None for anything computed."""
-    if not isinstance(node, ast.JoinedStr):
-        return None
-    out = ""
-    for part in node.values:
-        if isinstance(part, ast.Constant):
-            out += part.value
-        elif isinstance(part, ast.FormattedValue) and isinstance(part.value, ast.Name) and part.value.id == "NS":
-            out += ns
-        else:
-            return None
-    return out
-
-
 def metric_catalogue() -> dict[str, frozenset[str]]:
-    """{sample name: label names} of every `binance_futures_*` series the exporter can emit.
+    """{sample name: label names} of every `binance_futures_*` series the exporter can emit (counters: `_total`)."""
+    from exporter.catalogue import FAMILIES
 
-    The families of balances, totals and positions come from exporter/schema.py (a module of plain
-    dataclasses, imported); the rest (thresholds, health, hosts, build info) from the renderer's
-    `_gauge("name", help, labels)` and `CounterMetricFamily(f"{NS}_name", help, labels=[...])` calls,
-    read with `ast`, so this works while the engine is being rebuilt. Counters get `_total`.
-    """
-    from exporter import schema
-
-    families: dict[str, frozenset[str]] = {}
-    tree = ast.parse(RENDER.read_text(), str(RENDER))
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
-            continue
-        fn, args = node.func.id, node.args
-        kwargs = {k.arg: k.value for k in node.keywords}
-        if fn == "_gauges" and args and isinstance(args[0], ast.Name):
-            for family in getattr(schema, args[0].id):
-                families[f"{schema.NS}_{family.name}"] = frozenset(family.labels)
-        elif fn == "_gauge" and args and isinstance(args[0], ast.Constant):
-            labels = args[2] if len(args) > 2 else kwargs["labels"]
-            families[f"{schema.NS}_{args[0].value}"] = frozenset(_const_labels(labels, schema))
-        elif fn in ("GaugeMetricFamily", "CounterMetricFamily") and args:
-            name = _fstring_name(args[0], schema.NS)
-            if name is None:  # f"{NS}_{f.name}": the schema families above
-                continue
-            labels = frozenset(_const_labels(kwargs["labels"], schema)) if "labels" in kwargs else frozenset()
-            families[name + ("_total" if fn == "CounterMetricFamily" else "")] = labels
-    return families
+    return {f.full_name + ("_total" if f.type == "counter" else ""): frozenset(f.labels) for f in FAMILIES.values()}
 
 
 def require_tool(name: str, package: str = "apt-get install prometheus") -> str:
