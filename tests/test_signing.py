@@ -59,9 +59,23 @@ def test_encoding_is_rfc3986() -> None:
         "symbol=%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT&a=x%20y%2Fz~"
 
 
-def test_an_email_keeps_its_at_sign_as_binances_connector_sends_it() -> None:
+def test_an_email_goes_out_with_its_at_sign_percent_encoded() -> None:
+    """Binance since 2026-01-15 (issue 23): percent-encode, then sign; its SDK sends `@` as %40."""
     assert build_query([("email", "bot+1@desk.example.com"), ("futuresType", "1")]) == \
-        "email=bot%2B1@desk.example.com&futuresType=1"
+        "email=bot%2B1%40desk.example.com&futuresType=1"
+
+
+def test_every_byte_outside_the_unreserved_set_is_encoded() -> None:
+    unreserved = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+    text = "".join(chr(c) for c in range(1, 256))
+    query = build_query([("v", text)])
+    value = query.removeprefix("v=")
+    assert all(ch in unreserved or ch == "%" for ch in value)
+    from urllib.parse import unquote
+    assert unquote(value) == text
+    signer = HmacSigner(Secret(SECRET))
+    signed = signed_query([("email", "a@b.c")], signer)
+    assert signed == f"email=a%40b.c&signature={hmac_sha256_hex(SECRET, 'email=a%40b.c')}"
 
 
 def test_repr_hides_secret() -> None:
