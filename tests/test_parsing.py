@@ -60,6 +60,10 @@ def test_empty_array_is_valid() -> None:
     (json.dumps([row(balance="1e5")]), "not a decimal string"),
     (json.dumps([row(balance="1_000")]), "not a decimal string"),
     (json.dumps([row(balance=" 1")]), "not a decimal string"),
+    # Only ASCII digits (issue 23): \\d and float() read these as 12, 12 and 1.5.
+    (json.dumps([row(balance="\u0661\u0662")]), "USDT.balance is not a decimal string"),
+    (json.dumps([row(balance="\uff11\uff12")]), "USDT.balance is not a decimal string"),
+    (json.dumps([row(balance="1.\u0665")]), "USDT.balance is not a decimal string"),
     (json.dumps([row(balance={"v": 1})]), "has type dict"),
     (json.dumps([row(balance=True)]), "has type bool"),
     (json.dumps([row(balance=None)]), "has type NoneType"),
