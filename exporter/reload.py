@@ -66,6 +66,8 @@ class Reloader:
             try:
                 config = load_config(self.config_file) if self.config_file is not None else None
                 web = load_web_config(self.web_config_file) if self.web_config_file is not None else None
+                if web is not None:
+                    self._same_tls(web)
             except ConfigError as exc:
                 return self._failed(cause, str(exc))
             try:
@@ -98,6 +100,17 @@ class Reloader:
         except FdLimitError as exc:
             log.warning("open files: the hard limit is too low for the reloaded config", extra=fields(
                 file=self.config_file, error=str(exc)))
+
+    def _same_tls(self, web: WebConfig) -> None:
+        """TLS is decided once, at start (as the exporter-toolkit does): a reload that would switch
+        it off would serve the same port in plain HTTP, and basic-auth scrapes would then send
+        their passwords in clear. A certificate may be rotated; TLS on or off needs a restart."""
+        now, then = web.ssl_context is not None, self.web.ssl_context is not None
+        if now != then:
+            change = "is gone, and a reload cannot switch TLS off" if then else \
+                "is new, and a reload cannot switch TLS on"
+            raise ConfigError(f"{self.web_config_file}: tls_server_config: {change}; the last good web config "
+                              "keeps running (restart the exporter to change it)")
 
     def _apply_web(self, cause: str, web: WebConfig) -> None:
         web = carry_over(self.web, web)

@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import bcrypt
+import pytest
 import requests
+import yaml
 from test_config import PEM_BODY, PEM_TEXT, assert_no_key_material
+from test_reload import self_signed, served_certificate
 
 from conftest import ACCOUNTS, ALL_SECRETS, assert_no_secrets, config_dict, run_cli, write_config
 
@@ -43,3 +47,36 @@ def test_no_key_material_at_start_in_the_log_or_in_the_reload_answer(sim, tmp_pa
     assert logs.count("config reload failed") == len(WRITTEN)
     assert_no_key_material(logs)
     assert_no_secrets(logs, ALL_SECRETS)
+
+
+# ---- a reload cannot switch TLS on or off -----------------------------------------------------------
+def test_a_reload_cannot_switch_tls_off_or_on(sim, tmp_path: Path, run_exporter) -> None:
+    cfg = write_config(tmp_path / "config.yaml", config_dict(sim.base_url, ACCOUNTS[:1]))
+    for path, data in zip((tmp_path / "server.crt", tmp_path / "server.key"), self_signed("only"), strict=True):
+        path.write_bytes(data)
+    tls = {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}}
+    users = {"basic_auth_users": {"prom": bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()}}
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({**tls, **users}))
+    exp = run_exporter(f"--config.file={cfg}", f"--web.config.file={web}", "--web.enable-lifecycle",
+                       scheme="https")
+    web.write_text(yaml.safe_dump(users))  # TLS dropped: the same port would serve passwords in clear
+    resp = requests.post(exp.url + "/-/reload", verify=False, auth=("prom", "pw"), timeout=10)
+    line = (f"{web}: tls_server_config: is gone, and a reload cannot switch TLS off; the last good web config "
+            "keeps running (restart the exporter to change it)")
+    assert (resp.status_code, resp.text) == (400, line + "\n")
+    assert served_certificate(exp.port) == "only"
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://127.0.0.1:{exp.port}/metrics", auth=("prom", "pw"), timeout=5)
+    failed = [ln for ln in exp.logs().splitlines() if "config reload failed" in ln]
+    assert len(failed) == 1 and "cannot switch TLS off" in failed[0]
+    got = requests.get(exp.url + "/metrics", verify=False, auth=("prom", "pw"), timeout=10)
+    assert got.status_code == 200 and "binance_futures_exporter_config_last_reload_successful 0.0" in got.text
+
+    plain_web = tmp_path / "plain.yml"
+    plain_web.write_text("{}\n")
+    plain = run_exporter(f"--config.file={cfg}", f"--web.config.file={plain_web}", "--web.enable-lifecycle")
+    plain_web.write_text(yaml.safe_dump(tls))
+    resp = requests.post(plain.url + "/-/reload", timeout=10)
+    assert resp.status_code == 400 and "is new, and a reload cannot switch TLS on" in resp.text
+    assert plain.get("/-/healthy").status_code == 200  # still plain HTTP
