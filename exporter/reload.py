@@ -24,7 +24,7 @@ from prometheus_client.core import Metric
 from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
 from exporter.fdlimit import FdLimitError, fit_open_files
-from exporter.httpserver import HTTPServer
+from exporter.httpserver import MAX_CONNECTIONS, HTTPServer
 from exporter.logs import fields
 from exporter.render import reload_families
 from exporter.webconfig import WebConfig, carry_over, load_web_config
@@ -80,7 +80,7 @@ class Reloader:
                         added=",".join(done.added), removed=",".join(done.removed),
                         changed=",".join(done.changed), unchanged=len(done.kept)))
                     self.engine.log_budget()
-                    self._fit_open_files()
+                    self._fit_open_files(cause)
                 if web is not None:
                     self._apply_web(cause, web)
                 if config is None and web is None:
@@ -92,14 +92,27 @@ class Reloader:
             self.status = ReloadStatus(True, time.time())
             return None
 
-    def _fit_open_files(self) -> None:
-        """Accounts a reload added may need more pooled connections: raise the soft limit again.
+    def _fit_open_files(self, cause: str) -> None:
+        """Accounts a reload added may need more pooled connections and streams: raise the soft limit
+        again, and re-plan the HTTP front's connection cap with it, as a start with this config would.
         The new config is in force either way; a hard limit too low for it is worth a warning."""
+        upstream = self.engine.upstream_sockets()
         try:
-            fit_open_files(self.engine.upstream_sockets())
+            plan = fit_open_files(upstream)
+            front, limit = plan.front, "unlimited" if plan.soft_limit is None else str(plan.soft_limit)
         except FdLimitError as exc:
             log.warning("open files: the hard limit is too low for the reloaded config", extra=fields(
                 file=self.config_file, error=str(exc)))
+            front, limit = exc.front, "too low"
+        server = self.server
+        if server is None:
+            return
+        # At least 16 (as HTTPServer starts with): the front must still answer /-/healthy and a scrape.
+        cap = max(16, min(front, MAX_CONNECTIONS))
+        if cap != server.max_connections:
+            server.max_connections = cap  # read by the poller per accept; an int is replaced atomically
+            log.info("open files", extra=fields(cause=cause, upstream_connections=upstream, http_connections=cap,
+                                                limit=limit))
 
     def _same_tls(self, web: WebConfig) -> None:
         """TLS is decided once, at start (as the exporter-toolkit does): a reload that would switch

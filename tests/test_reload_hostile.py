@@ -8,6 +8,9 @@ front's connection cap.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import bcrypt
@@ -17,7 +20,21 @@ import yaml
 from test_config import PEM_BODY, PEM_TEXT, assert_no_key_material
 from test_reload import self_signed, served_certificate
 
-from conftest import ACCOUNTS, ALL_SECRETS, assert_no_secrets, config_dict, run_cli, write_config
+PRLIMIT = shutil.which("prlimit")
+
+from conftest import (
+    ACCOUNTS,
+    ALL_SECRETS,
+    ExporterProcess,
+    assert_no_secrets,
+    config_dict,
+    free_port,
+    run_cli,
+    write_config,
+)
+from exporter.config import parse_config
+from exporter.engine import Engine
+from exporter.httpserver import FD_RESERVE
 
 WRITTEN = [("${PEM}", {"PEM": PEM_TEXT}), ("/x/${SECRET}", {"SECRET": PEM_BODY}), (PEM_TEXT, {}), (PEM_BODY, {})]
 
@@ -80,3 +97,50 @@ def test_a_reload_cannot_switch_tls_off_or_on(sim, tmp_path: Path, run_exporter)
     resp = requests.post(plain.url + "/-/reload", timeout=10)
     assert resp.status_code == 400 and "is new, and a reload cannot switch TLS on" in resp.text
     assert plain.get("/-/healthy").status_code == 200  # still plain HTTP
+
+
+# ---- a reload re-plans the HTTP front's connection cap -------------------------------------------------
+def streaming_accounts(count: int) -> list[dict]:
+    """Accounts with a user data stream on a closed port: each holds a stream socket in the plan."""
+    return [{"alias": f"s{i}", "api_key": f"k{i}", "api_secret": f"s{i}", "base_url": "http://127.0.0.1:9",
+             "user_stream": True, "stream_base_url": "ws://127.0.0.1:9/private"} for i in range(count)]
+
+
+def planned_front(log: str) -> list[int]:
+    return [int(m) for m in re.findall(r'msg="?open files"? .*?http_connections=(\d+)', log)]
+
+
+@pytest.mark.skipif(PRLIMIT is None or not sys.platform.startswith("linux"), reason="needs prlimit on Linux")
+def test_a_reload_re_plans_the_connection_cap_with_the_open_files_plan(sim, tmp_path: Path) -> None:
+    hard = 2048
+    start = config_dict(sim.base_url, ACCOUNTS[:1])
+    cfg = write_config(tmp_path / "config.yaml", start)
+    exp = ExporterProcess([f"--config.file={cfg}", "--web.enable-lifecycle"], free_port(), tmp_path / "exp.log")
+    exp.cmd = [PRLIMIT, f"--nofile={hard}:{hard}", *exp.cmd]
+    try:
+        exp.start()
+        before = planned_front(exp.logs())
+        upstream = Engine(parse_config(start, str(cfg), {}))
+        try:
+            assert before == [hard - FD_RESERVE - upstream.upstream_sockets()]
+        finally:
+            upstream.close()
+
+        grown = {**start, "accounts": [*start["accounts"], *streaming_accounts(300)]}
+        write_config(cfg, grown)
+        assert requests.post(exp.url + "/-/reload", timeout=30).status_code == 200
+        engine = Engine(parse_config(grown, str(cfg), {}))  # what a start with this config plans
+        try:
+            expected = hard - FD_RESERVE - engine.upstream_sockets()
+        finally:
+            engine.close()
+        assert expected < before[0] - 300
+        assert planned_front(exp.logs()) == [*before, expected], exp.logs()[-2000:]
+
+        write_config(cfg, start)  # and back: the cap grows again
+        assert requests.post(exp.url + "/-/reload", timeout=30).status_code == 200
+        after = planned_front(exp.logs())
+        assert len(after) == 3 and after[2] > expected + 200  # (a dropped host's pool is kept a while)
+        assert exp.get("/-/healthy").status_code == 200
+    finally:
+        exp.stop()
