@@ -20,8 +20,6 @@ import yaml
 from test_config import PEM_BODY, PEM_TEXT, assert_no_key_material
 from test_reload import self_signed, served_certificate
 
-PRLIMIT = shutil.which("prlimit")
-
 from conftest import (
     ACCOUNTS,
     ALL_SECRETS,
@@ -35,6 +33,8 @@ from conftest import (
 from exporter.config import parse_config
 from exporter.engine import Engine
 from exporter.httpserver import FD_RESERVE
+
+PRLIMIT = shutil.which("prlimit")
 
 WRITTEN = [("${PEM}", {"PEM": PEM_TEXT}), ("/x/${SECRET}", {"SECRET": PEM_BODY}), (PEM_TEXT, {}), (PEM_BODY, {})]
 
