@@ -30,7 +30,9 @@ How a connection flows:
    ever taken for a second request that a proxy did not see. Empty lines
    before a request are ignored (RFC 9112 2.2). The request goes to a bounded
    pool of MAX_WORKERS threads; /-/healthy and /-/ready (PRIORITY_PATHS) go
-   to a pool of their own, so they answer whatever the other requests do.
+   to a pool of their own, so they answer whatever the other requests do;
+   /-/reload (RELOAD_PATHS) to another, so reloads waiting their turn never
+   hold a thread a scrape needs.
 4. The worker runs the WSGI app and hands the response bytes back to the
    poller, which writes them as the client reads. A slow reader therefore
    holds no thread, only a reference to its body (concurrent scrapes share
@@ -107,6 +109,11 @@ MAX_WORKERS = 64
 # Threads for PRIORITY_PATHS only: cheap answers that must not queue behind scrapes.
 PRIORITY_WORKERS = 2
 PRIORITY_PATHS = ("/-/healthy", "/-/ready")
+# Threads for RELOAD_PATHS only: a storm of POST /-/reload (coalesced by exporter.reload) waits
+# in these, never in the pool that scrapes use (issue 23).
+RELOAD_WORKERS = 16
+RELOAD_PATHS = ("/-/reload",)
+RELOAD_PATHS_B = frozenset(p.encode() for p in RELOAD_PATHS)
 # From accept (plain) or from the first byte of a keep-alive request until the
 # head is complete. Prometheus sends its request at once; 10 s is for slow links.
 HEADER_TIMEOUT = 10.0
@@ -164,6 +171,7 @@ class Limits:
     max_handshakes: int = MAX_HANDSHAKES
     max_workers: int = MAX_WORKERS
     priority_workers: int = PRIORITY_WORKERS
+    reload_workers: int = RELOAD_WORKERS
     header_timeout: float = HEADER_TIMEOUT
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
@@ -435,6 +443,7 @@ class HTTPServer:
         self._trim_due = False
         self._workers = _Workers(limits.max_workers, self._serve_one, "http-worker")
         self._priority = _Workers(limits.priority_workers, self._serve_one, "http-priority")
+        self._reloads = _Workers(limits.reload_workers, self._serve_one, "http-reload")
         self._thread = threading.Thread(target=self._poll_loop, name="http", daemon=True)
 
     # --- what callers and tests see ---
@@ -445,7 +454,7 @@ class HTTPServer:
 
     @property
     def worker_threads(self) -> int:
-        return self._workers.started + self._priority.started
+        return self._workers.started + self._priority.started + self._reloads.started
 
     @property
     def buffered_bytes(self) -> int:
@@ -463,6 +472,7 @@ class HTTPServer:
     def start(self) -> None:
         self._workers.start()
         self._priority.start()
+        self._reloads.start()
         self._thread.start()
 
     def shutdown(self) -> None:
@@ -773,7 +783,8 @@ class HTTPServer:
         conn.state = _BUSY
         self._busy += 1
         path = request.target.partition(b"?")[0]
-        (self._priority if path in self.priority_paths else self._workers).submit(conn)
+        (self._priority if path in self.priority_paths else self._reloads if path in RELOAD_PATHS_B
+         else self._workers).submit(conn)
 
     def _take_returned(self) -> None:
         while self._returned:
@@ -859,6 +870,7 @@ class HTTPServer:
     def _close_all(self) -> None:
         self._workers.stop()
         self._priority.stop()
+        self._reloads.stop()
         for waiting in (*self._waiting.values(), self._writing):
             for conn in list(waiting):
                 self._drop(conn)

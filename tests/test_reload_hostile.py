@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bcrypt
@@ -28,11 +30,15 @@ from conftest import (
     config_dict,
     free_port,
     run_cli,
+    wait_until,
     write_config,
 )
 from exporter.config import parse_config
 from exporter.engine import Engine
-from exporter.httpserver import FD_RESERVE
+from exporter.httpserver import FD_RESERVE, RELOAD_WORKERS, serve
+from exporter.reload import Reloader
+from exporter.web import make_app
+from exporter.webconfig import WebConfig
 
 PRLIMIT = shutil.which("prlimit")
 
@@ -144,3 +150,80 @@ def test_a_reload_re_plans_the_connection_cap_with_the_open_files_plan(sim, tmp_
         assert exp.get("/-/healthy").status_code == 200
     finally:
         exp.stop()
+
+
+# ---- concurrent reloads coalesce, and scrapes never wait behind them -----------------------------------
+def test_reloads_asked_for_while_one_runs_merge_into_one_run_and_share_its_answer(sim, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", config_dict(sim.base_url, ACCOUNTS[:1]))
+    engine = Engine(parse_config(config_dict(sim.base_url, ACCOUNTS[:1]), str(cfg), {}))
+    reloader = Reloader(engine, WebConfig(), str(cfg), None)
+    entered, release, runs = threading.Event(), threading.Event(), []
+    apply = engine.apply
+
+    def held_apply(config):
+        runs.append(len(config.accounts))
+        entered.set()
+        assert release.wait(20)
+        return apply(config)
+
+    engine.apply = held_apply  # type: ignore[method-assign]
+    answers: dict[int, str | None] = {}
+    try:
+        first = threading.Thread(target=lambda: answers.__setitem__(-1, reloader.reload("first")))
+        first.start()
+        assert entered.wait(10)
+        bad = config_dict(sim.base_url, ACCOUNTS[:2])
+        bad["accounts"][1]["timeout_seconds"] = "fast"
+        write_config(cfg, bad)  # what the waiting requests' run will read
+        waiting = [threading.Thread(target=lambda i=i: answers.__setitem__(i, reloader.reload("http")))
+                   for i in range(20)]
+        for t in waiting:
+            t.start()
+        wait_until(lambda: reloader._queued is not None and reloader._queued.joined == 20, timeout=10)
+        release.set()
+        for t in [first, *waiting]:
+            t.join(20)
+        assert runs == [1]  # the second run failed its check before applying anything
+        assert answers[-1] is None
+        line = f"{cfg}: accounts[1] (alias 'bravo'): timeout_seconds: must be a number, got 'fast'"
+        assert [answers[i] for i in range(20)] == [line] * 20  # one run, one answer for all of them
+        assert not reloader.status.successful
+    finally:
+        engine.close()
+
+
+def test_scrapes_never_wait_behind_reloads(sim, tmp_path: Path) -> None:
+    """100 POST /-/reload held inside a reload (more than the 64 request threads): /metrics still answers."""
+    cfg = write_config(tmp_path / "config.yaml", config_dict(sim.base_url, ACCOUNTS[:1]))
+    engine = Engine(parse_config(config_dict(sim.base_url, ACCOUNTS[:1]), str(cfg), {}))
+    reloader = Reloader(engine, WebConfig(), str(cfg), None)
+    release, runs = threading.Event(), [0]
+    apply = engine.apply
+
+    def held_apply(config):
+        runs[0] += 1
+        assert release.wait(30)
+        return apply(config)
+
+    engine.apply = held_apply  # type: ignore[method-assign]
+    server = serve(make_app(engine, reload=lambda: reloader.reload("http")), "127.0.0.1:0")
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with ThreadPoolExecutor(100) as pool:
+            posts = [pool.submit(requests.post, url + "/-/reload", timeout=60) for _ in range(100)]
+            wait_until(lambda: runs[0] == 1, timeout=10)
+            for _ in range(3):  # while every reload request waits
+                resp = requests.get(url + "/metrics", timeout=10)
+                assert resp.status_code == 200 and "binance_futures_up" in resp.text
+            assert not any(p.done() for p in posts)
+            # The reload threads' requests (all but the one running) wait on one queued run.
+            wait_until(lambda: reloader._queued is not None and reloader._queued.joined == RELOAD_WORKERS - 1,
+                       timeout=10)
+            release.set()
+            assert [p.result().status_code for p in posts] == [200] * 100
+        assert 2 <= runs[0] < 50  # coalesced; how many depends on how fast a released run is
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        engine.close()
