@@ -111,7 +111,7 @@ PRIORITY_WORKERS = 2
 PRIORITY_PATHS = ("/-/healthy", "/-/ready")
 # Threads for RELOAD_PATHS only: a storm of POST /-/reload (coalesced by exporter.reload) waits
 # in these, never in the pool that scrapes use (issue 23).
-RELOAD_WORKERS = 16
+RELOAD_WORKERS = 64
 RELOAD_PATHS = ("/-/reload",)
 RELOAD_PATHS_B = frozenset(p.encode() for p in RELOAD_PATHS)
 # From accept (plain) or from the first byte of a keep-alive request until the

@@ -226,3 +226,22 @@ def test_scrapes_never_wait_behind_reloads(sim, tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
         engine.close()
+
+
+def test_the_same_text_is_parsed_once_and_handed_out_as_a_copy() -> None:
+    """A reload storm re-reads the same file: parsing (90 % of a reload) is done once per text."""
+    from exporter import files
+
+    text = "accounts:\n  - {alias: a, markets: [usdm]}\n"
+    calls = []
+    parse = files._parse_yaml
+    files._parse_yaml = lambda t: calls.append(t) or parse(t)  # type: ignore[assignment]
+    try:
+        first = files.parse_yaml(text)
+        first["accounts"][0]["markets"].append("coinm")  # what a caller does with its copy stays with it
+        second = files.parse_yaml(text)
+        assert second == {"accounts": [{"alias": "a", "markets": ["usdm"]}]}
+        assert files.parse_yaml(text + "# changed\n") == second
+        assert len(calls) == 2  # the first text once, the changed one once
+    finally:
+        files._parse_yaml = parse  # type: ignore[assignment]
