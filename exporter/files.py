@@ -18,6 +18,9 @@ import re
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -80,9 +83,49 @@ def read_regular_file(path: str | os.PathLike[str], limit: int, what: str = "fil
             remaining -= len(chunk)
         if remaining <= 0:
             raise OSError(errno.EFBIG, f"larger than the {_size(limit)} limit for a {what}")
-        return b"".join(chunks)
+        data = b"".join(chunks)
     finally:
         os.close(fd)
+    reads: list[FileRead] | None = getattr(_recording, "reads", None)
+    if reads is not None:
+        reads.append(FileRead(os.fspath(path), limit, what, kernel_files, hashlib.sha256(data).digest()))
+    return data
+
+
+@dataclass(frozen=True)
+class FileRead:
+    """One file read_regular_file read while recording: how to read it again, and a digest of what it held."""
+
+    path: str
+    limit: int
+    what: str
+    kernel_files: bool
+    digest: bytes = field(repr=False)
+
+    def unchanged(self) -> bool:
+        """Whether the file reads the same now (False if it cannot be read at all)."""
+        try:
+            data = read_regular_file(self.path, self.limit, self.what, self.kernel_files)
+        except (OSError, ValueError):
+            return False
+        return hashlib.sha256(data).digest() == self.digest
+
+
+_recording = threading.local()
+
+
+@contextmanager
+def recording_reads() -> Iterator[list[FileRead]]:
+    """Every file this thread reads with read_regular_file meanwhile: what a config was made of.
+
+    A reload whose files all read the same as at the last successful one (and the environment
+    is the process's, which does not change) would build the same config: it can skip the work."""
+    reads: list[FileRead] = []
+    _recording.reads = reads
+    try:
+        yield reads
+    finally:
+        _recording.reads = None
 
 
 def _is_kernel_file(path: str | os.PathLike[str], st: os.stat_result) -> bool:

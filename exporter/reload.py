@@ -27,6 +27,7 @@ from prometheus_client.core import Metric
 from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
 from exporter.fdlimit import FdLimitError, fit_open_files
+from exporter.files import FileRead, recording_reads
 from exporter.httpserver import MAX_CONNECTIONS, HTTPServer
 from exporter.logs import fields
 from exporter.render import reload_families
@@ -67,6 +68,7 @@ class Reloader:
         self._cond = threading.Condition()
         self._queued: _Run | None = None  # the run the next requests join
         self._running: _Run | None = None
+        self._config_reads: list[FileRead] = []  # what the config in force was read from (at start: unknown)
 
     def current_web(self) -> WebConfig:
         return self.web
@@ -104,8 +106,12 @@ class Reloader:
 
     def _reload_once(self, cause: str, requests: int) -> str | None:
         """One run of a reload, for `requests` callers that asked while the run before it went on."""
+        config, reads, same = None, list[FileRead](), self._reads_as_before()
         try:
-            config = load_config(self.config_file) if self.config_file is not None else None
+            if self.config_file is not None and not same:
+                self._config_reads = []  # until this run succeeds
+                with recording_reads() as reads:
+                    config = load_config(self.config_file)
             web = load_web_config(self.web_config_file) if self.web_config_file is not None else None
             if web is not None:
                 self._same_tls(web)
@@ -124,14 +130,25 @@ class Reloader:
                 self._fit_open_files(cause)
             if web is not None:
                 self._apply_web(cause, web)
-            if config is None and web is None:
+            if same:
+                log.info("config reloaded", extra=fields(cause=cause, file=self.config_file, requests=requests,
+                                                         files="as before, nothing to apply"))
+            if self.config_file is None and web is None:
                 log.info("config reloaded: nothing to re-read (--demo has no config file)",
                          extra=fields(cause=cause))
         except Exception as exc:  # a bug: say so in one line, keep serving
             log.error("config reload failed with an internal error", exc_info=True)
             return self._failed(cause, f"internal error applying the config: {type(exc).__name__}")
+        if config is not None:
+            self._config_reads = reads
         self.status = ReloadStatus(True, time.time())
         return None
+
+    def _reads_as_before(self) -> bool:
+        """Whether every file the config in force was built from (the config file, the secret and key
+        files it names) reads the same now: then this run would build the same config, and applying
+        an equal config changes nothing, so the run skips parsing and applying (a storm of reloads)."""
+        return bool(self._config_reads) and all(read.unchanged() for read in self._config_reads)
 
     def _fit_open_files(self, cause: str) -> None:
         """Accounts a reload added may need more pooled connections and streams: raise the soft limit
