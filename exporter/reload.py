@@ -81,8 +81,8 @@ class Reloader:
         """Re-read both files and apply them, or neither; None, or the error line (also logged).
 
         Coalesced: a reload asked for while one runs joins the one run queued after it (there is
-        at most one), and every request that joined gets that run's answer. 150 POSTs at once
-        are then two or three runs, not 150 in a row each holding a request thread.
+        at most one), and every request that joined gets that run's answer: 150 POSTs at once
+        are a few runs, not 150 in a row (and a run whose files read as before does no work).
         """
         with self._cond:
             run = self._queued
