@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden docs prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
+.PHONY: test lint venv golden docs prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders bench-reloadstorm clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-streams: venv
 
 bench-slowreaders: venv
 	$(VPY) -m benchmarks.slowreaders $(BENCH_ARGS)
+
+bench-reloadstorm: venv
+	$(VPY) -m benchmarks.reloadstorm $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

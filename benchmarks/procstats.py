@@ -301,6 +301,26 @@ def fill_defaults(args: Any, **defaults: tuple[Any, Any]) -> None:
             setattr(args, name, quick if args.quick else full)
 
 
+def harness_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """A harness's parser with the options every harness has: --quick, --output, --strict."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"smoke mode: small, fast, writes {name}-quick.json")
+    p.add_argument("--output", type=Path, help=f"JSON file (default benchmarks/results/{name}.json)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any target FAILs")
+    return p
+
+
+def harness_args(p: argparse.ArgumentParser, argv: list[str] | None, name: str,
+                 **defaults: tuple[Any, Any]) -> argparse.Namespace:
+    """Parsed options, each unset one at its (quick, full) default, --output at the harness's file."""
+    args = p.parse_args(argv)
+    fill_defaults(args, **defaults)
+    if args.output is None:
+        args.output = RESULTS / (f"{name}-quick.json" if args.quick else f"{name}.json")
+    return args
+
+
 def report_head(name: str, argv: list[str] | None, args: Any) -> dict[str, Any]:
     """What every result file starts with: which benchmark, how it was run, on what."""
     return {

@@ -242,17 +242,19 @@ def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str
     path = _string(ctx, key, path_value, environ)
     if not path.strip():
         raise ctx.error(key, "is empty")
+    # A path from ${VAR} is named by what was written and its variables, never shown (issue 23).
+    variables = tuple(m.group(1) for m in ENV_RE.finditer(path_value) if m.group(1) is not None)
+    shown = quote_path(path, path_value, variables)
     limit, what = (PRIVATE_KEY_MAX, "private key file") if binary else (SECRET_FILE_MAX, "secret file")
     try:
         data = read_regular_file(path, limit, what, kernel_files=False)
         mode = os.stat(path).st_mode
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise ctx.error(key, f"cannot read {quote_path(path)}: {reason}") from None
-    path = quote_path(path)
+        raise ctx.error(key, f"cannot read {shown}: {reason}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.append(
-            f"{ctx.source}: {ctx.where}: {key}: {path} is accessible by group or others "
+            f"{ctx.source}: {ctx.where}: {key}: {shown} is accessible by group or others "
             f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
         )
     if binary:
@@ -260,7 +262,7 @@ def _read_secret_file(ctx: _Ctx, key: str, path_value: Any, environ: Mapping[str
     try:
         return data.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
-        raise ctx.error(key, f"{path} is not UTF-8 text") from None
+        raise ctx.error(key, f"{shown} is not UTF-8 text") from None
 
 
 def _one_of(ctx: _Ctx, raw: Mapping[str, Any], inline: str, from_file: str, environ: Mapping[str, str],

@@ -29,7 +29,14 @@ MIN_FRONT_CONNECTIONS = 64
 
 
 class FdLimitError(Exception):
-    """The hard limit leaves too few file descriptors; the message is one line a user can act on."""
+    """The hard limit leaves too few file descriptors; the message is one line a user can act on.
+
+    `front`: the client connections that are left all the same (a reload keeps its config
+    and shrinks the HTTP front to what is left, rather than failing connections at random)."""
+
+    def __init__(self, message: str, front: int = 0) -> None:
+        super().__init__(message)
+        self.front = front
 
 
 @dataclass(frozen=True)
@@ -70,5 +77,5 @@ def fit_open_files(upstream: int) -> FdPlan:
             f"needs at least {least} open files ({upstream} connections to Binance, pooled and streams, "
             f"{MIN_FRONT_CONNECTIONS} for scrapes, {FD_RESERVE} reserved) but may open only {soft} "
             f"(hard limit {shown_hard}); raise the hard limit (ulimit -Hn, systemd LimitNOFILE=, "
-            f"--ulimit nofile=) or lower max_concurrency")
+            f"--ulimit nofile=) or lower max_concurrency", front=max(0, soft - upstream - FD_RESERVE))
     return FdPlan(upstream, min(MAX_CONNECTIONS, soft - upstream - FD_RESERVE), soft)

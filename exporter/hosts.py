@@ -19,9 +19,9 @@ from exporter.governor import Governor
 DEFAULT_429_BACKOFF_S = 60.0
 DEFAULT_418_BACKOFF_S = 120.0
 MAX_BACKOFF_S = 3 * 24 * 3600.0  # Binance's longest ban
-BAN_UNTIL_RE = re.compile(r"banned until (\d{12,14})")
-SECONDS_RE = re.compile(r"\s*(\d{1,9})\s*")
-WEIGHT_RE = re.compile(r"\s*(\d{1,9})\s*")
+BAN_UNTIL_RE = re.compile(r"banned until ([0-9]{12,14})")  # ASCII digits: \d takes any script
+SECONDS_RE = re.compile(r"\s*([0-9]{1,9})\s*")
+WEIGHT_RE = re.compile(r"\s*([0-9]{1,9})\s*")
 
 
 def retry_after_seconds(raw: str | None) -> float | None:

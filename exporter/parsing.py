@@ -38,7 +38,9 @@ from exporter.schema import (
     Field,
 )
 
-DECIMAL_RE = re.compile(r"-?\d{1,30}(\.\d{1,30})?")
+# ASCII digits only: Python's \d and float() also take "١٢" (Arabic-Indic) as 12, and Binance
+# sends ASCII, so anything else is a bad answer, not a number (issue 23).
+DECIMAL_RE = re.compile(r"-?[0-9]{1,30}(\.[0-9]{1,30})?")
 # Label values from Binance: printable ASCII only (a lone surrogate or a control
 # character in a label would break the exposition for every account).
 ASSET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")

@@ -93,13 +93,41 @@ def quote_value(text: str) -> str:
     return hidden(text)
 
 
-def quote_path(path: str) -> str:
+# Key material pasted or expanded into a *_file path (issue 23): a PEM armour line or a line
+# break, or a run of base64 as long as a key (an Ed25519 PKCS#8 body is 64 characters, an HMAC
+# secret 64 letters and digits) mixing upper case, lower case and digits as random text does.
+_PEM_MARK = re.compile(r"-----|PRIVATE KEY|BEGIN [A-Z]|END [A-Z]")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{40,}")
+
+
+def looks_like_key_material(text: str) -> bool:
+    """True for text that may be a key rather than a file name: never quote it."""
+    if _PEM_MARK.search(text) or not text.isprintable():
+        return True
+    return any(any(c.isdigit() for c in run) and any(c.isupper() for c in run) and any(c.islower() for c in run)
+               for run in _BASE64_RUN.findall(text))
+
+
+def quote_path(path: str, written: str | None = None, variables: tuple[str, ...] = ()) -> str:
     """A file path for a message: shown if it looks like a path or a short name, else only its length.
 
     Base62 keys and secrets have no / or . in them and are long, so such a
-    "path" may be the secret itself, typed into a *_file key by mistake.
+    "path" may be the secret itself, typed into a *_file key by mistake. A PEM
+    key has `/` in it more often than not, so anything that looks like key
+    material is not shown either. A path that came through `${VAR}` (`variables`,
+    as `written` in the file) is never shown: `private_key_file: ${PEM}` with the
+    key itself in PEM is a common mistake. It is named by what was written
+    (`${PEM}`, `${CREDENTIALS_DIRECTORY}/api_secret`) and its variables.
     """
+    if variables:
+        names = ", ".join(f"${{{v}}}" if looks_like_a_name(v, 48) else hidden(v) for v in variables)
+        shown = (written if written is not None and len(written) <= 200 and not looks_like_key_material(written)
+                 and all(looks_like_a_name(v, 48) for v in variables) else None)
+        return (f"{shown} (the path from {names} is not shown)" if shown is not None and shown != names
+                else f"the path from {names} (not shown)")
     if "/" not in path and "." not in path and not looks_like_a_name(path):
         return hidden(path) + " (no / or . in it: is this the value rather than a file name?)"
-    text = path if path.isprintable() else repr(path)
-    return text if len(text) <= 200 else text[:200] + "..."
+    if looks_like_key_material(path):
+        return hidden(path) + (" (this looks like key material, not a file name: "
+                               "put the key in a file and name the file)")
+    return path if len(path) <= 200 else path[:200] + "..."

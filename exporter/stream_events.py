@@ -76,7 +76,7 @@ def _rows(value: Any, where: str) -> list[Any]:
 
 def _event_time(value: Any) -> int:
     """E: integer milliseconds (Binance's listenKeyExpired example sends it as a string)."""
-    if isinstance(value, str) and value.isdigit() and len(value) <= 16:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:  # not "١٢"
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_EVENT_MS:
         raise BadResponse("E is not a millisecond timestamp")

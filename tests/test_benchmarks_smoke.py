@@ -144,3 +144,16 @@ def test_slowreaders_quick(tmp_path: Path) -> None:
     floods = report["tls_floods"]["floods"]
     assert floods and all(f["connections"] > 0 and f["healthy_status"] == 200 for f in floods)
     assert all(t["result"] in ("PASS", "FAIL") for t in report["targets"])
+
+
+def test_reloadstorm_quick(tmp_path: Path) -> None:
+    out_json = tmp_path / "reloadstorm.json"
+    out = _finish(_start(["-m", "benchmarks.reloadstorm", "--quick", "--output", str(out_json)]))
+    assert "### Targets" in out
+    report = json.loads(out_json.read_text())
+    assert {"machine", "params", "baseline", "storm", "targets", "duration_s"} <= report.keys()
+    storm = report["storm"]
+    # Correctness, not speed: every reload answered 200 (by at most one run each), every scrape 200.
+    assert storm["answers"] == {"200": 30 * 2} and 1 <= storm["reload_runs"] <= 30 * 2
+    assert report["baseline"]["non_200"] == 0 and storm["non_200"] == 0
+    assert all(t["result"] in ("PASS", "FAIL") for t in report["targets"])

@@ -631,3 +631,87 @@ def test_config_check_refuses_what_can_never_sign_in_one_line_without_the_value(
     key = "api_secret" if case == "unclosed" else "api_secret_file"
     assert f"accounts[0] (alias 'main'): {key}: " in line
     assert marker not in proc.stdout + proc.stderr and marker[:16] not in proc.stderr
+
+
+# ---- issue 23: no key material in an error line, whatever a *_file key holds -----------------------
+def _pem_with_a_slash() -> bytes:
+    """An Ed25519 PEM whose base64 holds a `/` (about 6 in 10 do): it passes for a path."""
+    while True:
+        pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        if b"/" in pem.splitlines()[1]:
+            return pem
+
+
+PEM_TEXT = _pem_with_a_slash().decode("ascii")
+PEM_BODY = PEM_TEXT.splitlines()[1]
+KEY_MATERIAL = (PEM_TEXT, PEM_BODY, RANDOM_SECRET)
+
+
+def assert_no_key_material(text: str) -> None:
+    for material in KEY_MATERIAL:
+        body = "".join(line for line in material.splitlines() if not line.startswith("-----"))
+        pieces = [body[i:i + 12] for i in range(0, len(body) - 11)]
+        assert not [p for p in pieces if p in text], text
+
+
+def _file_key_cases(tmp_path: Path) -> list[tuple[str, dict]]:
+    """(key, account) for every *_file key of an account, the key's value left as VALUE."""
+    pem = tmp_path / "key.pem"
+    pem.write_text(PEM_TEXT)
+    pem.chmod(0o600)
+    return [
+        ("api_key_file", {"alias": "main", "api_key_file": "VALUE", "api_secret": "${MAIN_SECRET}"}),
+        ("api_secret_file", {"alias": "main", "api_key": "${MAIN_KEY}", "api_secret_file": "VALUE"}),
+        ("private_key_file", {"alias": "main", "api_key": "${MAIN_KEY}", "private_key_file": "VALUE"}),
+        ("private_key_passphrase_file", {"alias": "main", "api_key": "${MAIN_KEY}", "private_key_file": str(pem),
+                                         "private_key_passphrase_file": "VALUE"}),
+    ]
+
+
+WRITTEN = [  # (the value as written in the file, its environment, what the line names instead)
+    ("${PEM}", {"PEM": PEM_TEXT}, "the path from ${PEM} (not shown)"),
+    ("/x/${SECRET}", {"SECRET": PEM_BODY}, "/x/${SECRET} (the path from ${SECRET} is not shown)"),
+    ("/x/${SECRET}", {"SECRET": RANDOM_SECRET}, "/x/${SECRET} (the path from ${SECRET} is not shown)"),
+    ("${DIR}/${SECRET}", {"DIR": "/run", "SECRET": PEM_BODY}, "the path from ${DIR}, ${SECRET} is not shown"),
+    (PEM_TEXT, {}, "looks like key material"),
+    (" ".join(PEM_TEXT.split()), {}, "looks like key material"),  # folded onto one line
+    (PEM_BODY, {}, "looks like key material"),
+    ("/etc/keys/" + PEM_BODY, {}, "looks like key material"),
+    (RANDOM_SECRET, {}, "not shown"),
+]
+
+
+@pytest.mark.parametrize("written, env, named", WRITTEN, ids=[f"form{i}" for i in range(len(WRITTEN))])
+def test_a_file_key_holding_key_material_is_named_never_quoted(tmp_path: Path, written: str, env: dict,
+                                                               named: str) -> None:
+    for key, acc in _file_key_cases(tmp_path):
+        acc = {**acc, key: written}
+        message = error_of({"accounts": [acc]}, {**ENV, **env})
+        assert f"accounts[0] (alias 'main'): {key}: cannot read " in message and named in message, message
+        assert_no_key_material(message)
+
+
+def test_a_path_from_the_environment_that_works_is_still_not_shown_in_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(SECRET)
+    (tmp_path / "secret").chmod(0o644)
+    config = load({"accounts": [{"alias": "main", "api_key": "${MAIN_KEY}", "api_secret_file": "${DIR}/secret"}]},
+                  {**ENV, "DIR": str(tmp_path)})
+    assert config.warnings == ("cfg.yaml: accounts[0] (alias 'main'): api_secret_file: ${DIR}/secret (the path "
+                               "from ${DIR} is not shown) is accessible by group or others (mode 0644); chmod 600 it",)
+
+
+@pytest.mark.parametrize("key", ["cert_file", "key_file", "client_ca_file"])
+@pytest.mark.parametrize("written", [PEM_TEXT, PEM_BODY, "/etc/ssl/" + PEM_BODY], ids=["pem", "body", "path"])
+def test_a_web_config_file_key_holding_key_material_is_never_quoted(tmp_path: Path, key: str, written: str) -> None:
+    from exporter.webconfig import load_web_config
+
+    tls = {"cert_file": "missing.crt", "key_file": "missing.key", key: written}
+    if key == "client_ca_file":
+        tls["client_auth_type"] = "RequireAndVerifyClientCert"
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"tls_server_config": tls}))
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(web))
+    assert "looks like key material" in str(info.value) or key != "cert_file" and "missing.crt" in str(info.value)
+    assert_no_key_material(str(info.value))

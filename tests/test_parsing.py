@@ -60,6 +60,10 @@ def test_empty_array_is_valid() -> None:
     (json.dumps([row(balance="1e5")]), "not a decimal string"),
     (json.dumps([row(balance="1_000")]), "not a decimal string"),
     (json.dumps([row(balance=" 1")]), "not a decimal string"),
+    # Only ASCII digits (issue 23): \\d and float() read these as 12, 12 and 1.5.
+    (json.dumps([row(balance="\u0661\u0662")]), "USDT.balance is not a decimal string"),
+    (json.dumps([row(balance="\uff11\uff12")]), "USDT.balance is not a decimal string"),
+    (json.dumps([row(balance="1.\u0665")]), "USDT.balance is not a decimal string"),
     (json.dumps([row(balance={"v": 1})]), "has type dict"),
     (json.dumps([row(balance=True)]), "has type bool"),
     (json.dumps([row(balance=None)]), "has type NoneType"),
@@ -147,3 +151,13 @@ def test_duplicate_json_keys_are_a_bad_response(body: str) -> None:
     with pytest.raises(BadResponse, match="duplicate key"):
         parse_balance(body.encode())
     assert parse_error(b'{"code":-1003,"code":-1022,"msg":"x"}') == (None, None)
+
+
+def test_rate_limit_headers_take_ascii_digits_only() -> None:
+    """Issue 23: Retry-After, the used weight and a ban's end in another script are not numbers."""
+    from exporter.hosts import BAN_UNTIL_RE, parse_weight, retry_after_seconds
+
+    assert retry_after_seconds("12") == 12.0 and retry_after_seconds("\u0661\u0662") is None
+    assert parse_weight("1200") == 1200 and parse_weight("\uff11\uff12") is None
+    assert BAN_UNTIL_RE.search("IP banned until 1736996475556.") is not None
+    assert BAN_UNTIL_RE.search("IP banned until " + "\u0661" * 13 + ".") is None

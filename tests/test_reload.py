@@ -228,7 +228,9 @@ def test_reloads_run_one_at_a_time(sim: Simulator, tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join(10)
-        assert calls[0] == 4 and overlaps[0] == 1
+        # Never two at once. Issue 23: four at once coalesce, and a run whose files read as
+        # before the last successful one skips applying, so the file (unchanged) is applied once.
+        assert calls[0] == 1 and overlaps[0] == 1
         assert reloader.status.successful
     finally:
         engine.close()

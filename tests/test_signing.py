@@ -59,9 +59,23 @@ def test_encoding_is_rfc3986() -> None:
         "symbol=%E5%B8%81%E5%AE%89%E4%BA%BA%E7%94%9FUSDT&a=x%20y%2Fz~"
 
 
-def test_an_email_keeps_its_at_sign_as_binances_connector_sends_it() -> None:
+def test_an_email_goes_out_with_its_at_sign_percent_encoded() -> None:
+    """Binance since 2026-01-15 (issue 23): percent-encode, then sign; its SDK sends `@` as %40."""
     assert build_query([("email", "bot+1@desk.example.com"), ("futuresType", "1")]) == \
-        "email=bot%2B1@desk.example.com&futuresType=1"
+        "email=bot%2B1%40desk.example.com&futuresType=1"
+
+
+def test_every_byte_outside_the_unreserved_set_is_encoded() -> None:
+    unreserved = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+    text = "".join(chr(c) for c in range(1, 256))
+    query = build_query([("v", text)])
+    value = query.removeprefix("v=")
+    assert all(ch in unreserved or ch == "%" for ch in value)
+    from urllib.parse import unquote
+    assert unquote(value) == text
+    signer = HmacSigner(Secret(SECRET))
+    signed = signed_query([("email", "a@b.c")], signer)
+    assert signed == f"email=a%40b.c&signature={hmac_sha256_hex(SECRET, 'email=a%40b.c')}"
 
 
 def test_repr_hides_secret() -> None:
@@ -108,3 +122,44 @@ def test_unsupported_key_type_is_a_clear_error() -> None:
         load_private_key(_pem(ec.generate_private_key(ec.SECP256R1())), None)
     with pytest.raises(ValueError, match="PEM"):
         load_private_key(b"not a key", None)
+
+
+def test_a_masters_sub_account_requests_carry_percent_40_and_pass_binances_check() -> None:
+    """Issue 23: the exporter's own client against the simulator, which verifies signatures over the
+    percent-encoded payload as Binance does since 2026-01-15 (a raw `@` would get -1022)."""
+    from conftest import Harness, wait_until
+    from exporter.config import parse_config
+    from exporter.engine import Engine
+    from exporter.simulator import Request, SimAccount, SimFutures, SimSubAccount, balance_row
+    from testkit import Simulator
+
+    queries: list[str] = []
+
+    class Recording(Simulator):
+        def handle(self, req: Request):  # type: ignore[no-untyped-def]
+            if req.path.startswith("/sapi/v2/sub-account/futures/account"):
+                queries.append(req.query)
+            return super().handle(req)
+
+    subs = [SimSubAccount(f"bot+{i}@x.test", SimFutures([balance_row("USDT", f"{100 + i}")])) for i in range(2)]
+    sim = Recording([SimAccount("K" * 64, SECRET, sub_accounts=subs)])
+    sim.start()
+    engine = Engine(parse_config({"defaults": {"base_url": sim.base_url, "sapi_base_url": sim.base_url},
+                                  "accounts": [{"alias": "desk", "api_key": "K" * 64, "api_secret": SECRET,
+                                                "markets": [], "sub_accounts": {}}]}, "c.yaml", {}))
+    harness = None
+    try:
+        started = engine.start()
+        wait_until(lambda: all(f.done() for f in started) and engine._exported_subs("desk") == 2)
+        harness = Harness(engine)
+        metrics = harness.scrape()
+        ups = {dict(labels)["alias"]: v for (name, labels), v in metrics.items() if name == "binance_futures_up"}
+        assert ups == {"bot+0@x.test": 1, "bot+1@x.test": 1}, ups  # markets: [] for the master itself
+        assert len(queries) >= 2
+        assert all("email=bot%2B" in q and "%40x.test" in q and "@" not in q for q in queries), queries
+    finally:
+        if harness is not None:
+            harness.close()
+        else:
+            engine.close()
+        sim.stop()

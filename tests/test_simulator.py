@@ -1301,3 +1301,13 @@ def test_every_fault_kind_is_covered() -> None:
     covered = set(FAULT_EXPECTATIONS) | {"not_a_list", "html_403", "truncated_json", "wrong_types", "missing_fields",
                                          "rate_limit_429", "ban_418", "latency", "reset", "raw"}
     assert covered == set(FAULT_KINDS) and len(FAULT_KINDS) == 16
+
+
+def test_signatures_are_verified_over_the_percent_encoded_payload(sim: Simulator) -> None:
+    """Binance since 2026-01-15 (issue 23): a query signed with a raw `@` is refused with -1022."""
+    sim.update_account(KEY, sub_accounts=subs(2))
+    path = "/sapi/v2/sub-account/futures/account"
+    assert_error(signed_get(sim, path=path, params="email=sub1@example.com&futuresType=1"), 400, -1022,
+                 "Signature for this request is not valid.")
+    body = get_json(sim, path, "email=sub1%40example.com&futuresType=1")
+    assert body["futureAccountResp"]["totalWalletBalance"] == "101.00000000"

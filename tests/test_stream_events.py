@@ -50,6 +50,10 @@ def test_parse_binance_examples() -> None:
     '{"e":"ACCOUNT_UPDATE","E":1,"a":{"B":[{"a":"US DT","wb":"1"}]}}',
     '{"e":"ACCOUNT_UPDATE","E":1,"a":{"P":[{"s":"BTCUSDT","pa":"1","ps":"SIDEWAYS"}]}}',
     '{"e":"ACCOUNT_CONFIG_UPDATE","E":1,"ai":{"j":"yes"}}', "[" * 100_000,
+    # Only ASCII digits (issue 23): a string E or a decimal in another script is a bad event.
+    '{"e":"listenKeyExpired","E":"\u0661\u0667\u0663\u0666\u0669\u0669\u0666\u0664\u0667\u0665\u0665\u0665\u0666"}',
+    '{"e":"ACCOUNT_UPDATE","E":1,"a":{"B":[{"a":"USDT","wb":"\u0661\u0662"}]}}',
+    '{"e":"MARGIN_CALL","E":1,"cw":"\uff11"}',
 ])
 def test_malformed_events_are_bad(message) -> None:
     with pytest.raises(BadResponse):

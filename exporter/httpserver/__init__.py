@@ -38,7 +38,9 @@ How a connection flows:
    ever taken for a second request that a proxy did not see. Empty lines
    before a request are ignored (RFC 9112 2.2). The request goes to a bounded
    pool of MAX_WORKERS threads; /-/healthy and /-/ready (PRIORITY_PATHS) go
-   to a pool of their own, so they answer whatever the other requests do.
+   to a pool of their own, so they answer whatever the other requests do;
+   /-/reload (RELOAD_PATHS) to another, so reloads waiting their turn never
+   hold a thread a scrape needs.
 4. The worker runs the WSGI app and hands the response bytes back to the
    poller, which writes them as the client reads. A slow reader therefore
    holds no thread, only a reference to its body (concurrent scrapes share
@@ -82,6 +84,8 @@ from exporter.httpserver.limits import (
     MIN_SEND_RATE,
     PRIORITY_PATHS,
     PRIORITY_WORKERS,
+    RELOAD_PATHS,
+    RELOAD_WORKERS,
     WRITE_STALL_TIMEOUT,
     WRITE_TIMEOUT,
     Limits,
@@ -93,7 +97,8 @@ from exporter.httpserver.wsgi import Environ, StartResponse, WsgiApp, run_app, w
 __all__ = [
     "BACKLOG", "FD_RESERVE", "HANDSHAKE_TIMEOUT", "HEADER_TIMEOUT", "IDLE_TIMEOUT", "LINGER_TIMEOUT",
     "MAX_BUFFERED_BYTES", "MAX_CONNECTIONS", "MAX_HANDSHAKES", "MAX_HEADER_BYTES", "MAX_WORKERS",
-    "MIN_SEND_RATE", "MMAP_THRESHOLD", "PRIORITY_PATHS", "PRIORITY_WORKERS", "WRITE_STALL_TIMEOUT",
+    "MIN_SEND_RATE", "MMAP_THRESHOLD", "PRIORITY_PATHS", "PRIORITY_WORKERS", "RELOAD_PATHS", "RELOAD_WORKERS",
+    "WRITE_STALL_TIMEOUT",
     "WRITE_TIMEOUT", "Environ", "HTTPServer", "Limits", "StartResponse", "State", "WsgiApp",
     "parse_listen_address", "run_app", "serve", "trim_heap", "tune_heap", "wsgi_environ",
 ]

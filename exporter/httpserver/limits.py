@@ -29,6 +29,9 @@ class Limits:
     max_workers: int = 64
     # Threads for PRIORITY_PATHS only: cheap answers that must not queue behind scrapes.
     priority_workers: int = 2
+    # Threads for RELOAD_PATHS only: a storm of POST /-/reload (coalesced by exporter.reload) waits
+    # in these, never in the pool that scrapes use (issue 23).
+    reload_workers: int = 64
     # From accept (plain) or from the first byte of a keep-alive request until the
     # head is complete. Prometheus sends its request at once; 10 s is for slow links.
     header_timeout: float = 10.0
@@ -58,6 +61,7 @@ MAX_CONNECTIONS = Limits.max_connections
 MAX_HANDSHAKES = Limits.max_handshakes
 MAX_WORKERS = Limits.max_workers
 PRIORITY_WORKERS = Limits.priority_workers
+RELOAD_WORKERS = Limits.reload_workers
 HEADER_TIMEOUT = Limits.header_timeout
 HANDSHAKE_TIMEOUT = Limits.handshake_timeout
 IDLE_TIMEOUT = Limits.idle_timeout
@@ -69,6 +73,8 @@ MAX_HEADER_BYTES = Limits.max_header_bytes
 LINGER_TIMEOUT = Limits.linger_timeout
 
 PRIORITY_PATHS = ("/-/healthy", "/-/ready")
+RELOAD_PATHS = ("/-/reload",)
+RELOAD_PATHS_B = frozenset(p.encode() for p in RELOAD_PATHS)
 # File descriptors kept free for everything that is not an HTTP client (logs,
 # urllib3 pools to Binance, cert files) when the connection cap meets RLIMIT_NOFILE.
 FD_RESERVE = 256

@@ -26,6 +26,7 @@ from exporter.httpserver.limits import (
     FD_RESERVE,
     PRIORITY_PATHS,
     RECV_CHUNK,
+    RELOAD_PATHS_B,
     TLS_RECORD,
     WRITE_SLICE,
     Limits,
@@ -197,6 +198,7 @@ class HTTPServer:
         self._trimmer = Trimmer()
         self._workers = _Workers(limits.max_workers, self._serve_one, "http-worker")
         self._priority = _Workers(limits.priority_workers, self._serve_one, "http-priority")
+        self._reloads = _Workers(limits.reload_workers, self._serve_one, "http-reload")
         self._thread = threading.Thread(target=self._poll_loop, name="http", daemon=True)
 
     # --- what callers and tests see ---
@@ -207,7 +209,7 @@ class HTTPServer:
 
     @property
     def worker_threads(self) -> int:
-        return self._workers.started + self._priority.started
+        return self._workers.started + self._priority.started + self._reloads.started
 
     @property
     def buffered_bytes(self) -> int:
@@ -225,6 +227,7 @@ class HTTPServer:
     def start(self) -> None:
         self._workers.start()
         self._priority.start()
+        self._reloads.start()
         self._thread.start()
 
     def shutdown(self) -> None:
@@ -527,7 +530,8 @@ class HTTPServer:
         conn.to(BUSY)
         self._busy += 1
         path = request.target.partition(b"?")[0]
-        (self._priority if path in self.priority_paths else self._workers).submit(conn)
+        (self._priority if path in self.priority_paths else self._reloads if path in RELOAD_PATHS_B
+         else self._workers).submit(conn)
 
     def _take_returned(self) -> None:
         while self._returned:
@@ -613,6 +617,7 @@ class HTTPServer:
     def _close_all(self) -> None:
         self._workers.stop()
         self._priority.stop()
+        self._reloads.stop()
         for waiting in (*self._waiting.values(), self._writing):
             for conn in list(waiting):
                 self._drop(conn)

@@ -13,7 +13,9 @@ wins when several things are wrong:
 3. ``timestamp`` an integer; ``recvWindow`` valid      → 400 -1102 / -1130
 4. timing rule of §3.3                                → 400 -1021 (two messages)
 5. ``signature`` present and the last parameter        → 400 -1102
-6. signature over the raw query up to ``&signature=``  → 400 -1022
+6. signature over the query up to ``&signature=``,    → 400 -1022
+   percent-encoded as Binance requires since 2026-01-15
+   (a query sent with a raw ``@`` fails: see ``encoded_payload``)
 
 Weight is counted per client IP in fixed 1-minute windows of server time,
 one counter per API family (and, on /sapi, per endpoint): 429 past the limit,
@@ -32,7 +34,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -162,6 +164,21 @@ class Credentials:
         return True
 
 
+def encoded_payload(head: str) -> str:
+    """The string Binance verifies a signature over: every parameter percent-encoded.
+
+    Since 2026-01-15 (notice of 2025-12-26) Binance percent-encodes the payload before
+    it checks the signature, so a client that signed a raw byte outside RFC 3986's
+    unreserved set (`@` in a sub-account's email, as the old connector sent it) gets -1022.
+    """
+    parts = []
+    for pair in head.split("&"):
+        name, eq, value = pair.partition("=")
+        parts.append(quote(unquote(name, "latin-1"), safe="", encoding="latin-1") + eq
+                     + quote(unquote(value, "latin-1"), safe="", encoding="latin-1"))
+    return "&".join(parts)
+
+
 def authenticate(query: str, api_key: str | None, lookup: Callable[[str], Credentials | None],
                  server_ms: int, max_recv_window_ms: int | None) -> dict[str, str]:
     """The request's parameters once every check passed; ApiError for the first that fails.
@@ -201,7 +218,7 @@ def authenticate(query: str, api_key: str | None, lookup: Callable[[str], Creden
     head, mark, raw_signature = query.rpartition(_SIG_MARK)
     if not mark or not raw_signature or "&" in raw_signature:
         raise ApiError(400, -1102, mandatory_param_msg("signature"))
-    if not creds.verify(head.encode("latin-1"), raw_signature):
+    if not creds.verify(encoded_payload(head).encode("latin-1"), raw_signature):
         raise ApiError(400, -1022, MSG_BAD_SIGNATURE)
     return params
 
