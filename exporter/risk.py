@@ -31,7 +31,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Context, Decimal, localcontext
 
-from exporter.parsing import AssetRow, PositionRow, Snapshot
+from exporter.parsing import AssetRow, Bracket, PositionRow, Snapshot
+
+__all__ = ["Bracket", "Leg", "coinm_liquidation_price_at", "coinm_notional", "coinm_unrealized_pnl",
+           "liquidation_price", "live_symbols", "maint_margin", "recompute", "select_bracket",
+           "usdm_liquidation_price_at", "usdm_notional", "usdm_unrealized_pnl"]
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -41,16 +45,6 @@ _CONTEXT = Context(prec=50)
 # Bracket re-selection at the liquidation price: each pass moves to the bracket the last price falls
 # in; Binance's tables have at most a few dozen brackets, so this bound is never the one that stops.
 MAX_BRACKET_PASSES = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Bracket:
-    """One maintenance bracket: [floor, cap) of the notional (USD-M) or of the quantity in the coin (COIN-M)."""
-
-    floor: Decimal
-    cap: Decimal
-    mmr: Decimal  # maintMarginRatio
-    cum: Decimal  # maintenance amount
 
 
 @dataclass(frozen=True, slots=True)
