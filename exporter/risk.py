@@ -230,6 +230,11 @@ def _prepare(row: PositionRow, index: int, coin: bool, brackets: Mapping[str, Se
                old_pnl)
     if "position_maint_margin" in values:
         pos.old_maint = _dec(values["position_maint_margin"])
+    elif table is not None and entry is not None and values.get("position_mark_price") and (size or not coin):
+        # COIN-M positionRisk has no maintMargin: the REST figure is Binance's formula at the old mark.
+        old_mark = _dec(values["position_mark_price"])
+        old_notional = coinm_notional(amount, old_mark, size) if coin and size else usdm_notional(amount, old_mark)
+        pos.old_maint = maint_margin(old_notional, select_bracket(table, old_notional))
     if pos.isolated:
         if "position_isolated_wallet" in values and values["position_isolated_wallet"] > 0:
             pos.wallet = _dec(values["position_isolated_wallet"])
