@@ -42,6 +42,11 @@ DEFAULT_STREAM_BASE_URL = "wss://fstream.binance.com/private"
 DEFAULT_COINM_STREAM_BASE_URL = "wss://dstream.binance.com"
 DEFAULT_PM_STREAM_BASE_URL = "wss://fstream.binance.com/pm"
 STREAM_URL_KEYS = ("stream_base_url", "coinm_stream_base_url", "pm_stream_base_url")
+# Public market streams (issue 24: mark prices for live risk). USD-M market data moved to the /market
+# route on 2026-04-23; COIN-M is unchanged. No key, no listenKey: nothing secret travels on them.
+DEFAULT_MARKET_STREAM_BASE_URL = "wss://fstream.binance.com/market"
+DEFAULT_COINM_MARKET_STREAM_BASE_URL = "wss://dstream.binance.com"
+MARKET_STREAM_URL_KEYS = ("market_stream_base_url", "coinm_market_stream_base_url")
 API_VERSIONS = ("v3", "v2")
 ENDPOINTS = ("balance", "account")
 MARKETS = ("usdm", "coinm", "pm")
@@ -71,6 +76,7 @@ SHARED_KEYS = (
     "min_liquidation_distance",
     "min_uni_mmr",
     "user_stream",
+    "live_risk",
 ) + STREAM_URL_KEYS
 CREDENTIAL_KEYS = (
     "api_key",
@@ -96,7 +102,7 @@ TOP_KEYS = (
     "skip_zero_balances",
     "stream_connections_per_5m",
     "stream_keys_per_connection",
-)
+) + MARKET_STREAM_URL_KEYS
 # Binance: at most 1024 streams per connection, and 10 incoming messages per second per connection
 # (SUBSCRIBE included). 200 keys keep a shared connection's events well inside what one socket
 # reads, and a reconnect's REST refreshes (one per key) inside one host's weight budget.
@@ -152,12 +158,19 @@ class AccountConfig:
     stream_base_url: str = DEFAULT_STREAM_BASE_URL
     coinm_stream_base_url: str = DEFAULT_COINM_STREAM_BASE_URL
     pm_stream_base_url: str = DEFAULT_PM_STREAM_BASE_URL
+    # Recompute the position figures at every mark price (issue 24); only where positions are read.
+    live_risk: bool = True
     host_label: str = ""  # not a config key: lets --demo keep one `host` across restarts
 
     def stream_url_for(self, market: str) -> str:
         """The WebSocket base of a market's user data stream."""
         return {"usdm": self.stream_base_url, "coinm": self.coinm_stream_base_url,
                 "pm": self.pm_stream_base_url}[market]
+
+    @property
+    def live_risk_on(self) -> bool:
+        """live_risk applies wherever positions are read (positions: true), and nowhere else."""
+        return self.live_risk and self.positions
 
     def base_url_for(self, market: str) -> str:
         """The API host of a market ("sapi" for the sub-account endpoints)."""
@@ -184,6 +197,8 @@ class Config:
     # listenKeys per connection). 1: one connection per account, the form every official connector
     # uses. Opt-in: Binance documents the form by example only (see docs/configuration.md).
     stream_keys_per_connection: int = 1
+    market_stream_base_url: str = DEFAULT_MARKET_STREAM_BASE_URL
+    coinm_market_stream_base_url: str = DEFAULT_COINM_MARKET_STREAM_BASE_URL
     warnings: tuple[str, ...] = ()
 
     def weight_limit_for(self, kind: str) -> int:
@@ -323,6 +338,13 @@ def _stream_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], war
     parts = _url(ctx, key, value, environ, ("ws", "wss"), f"a WebSocket URL like {DEFAULT_STREAM_BASE_URL}")
     if parts.scheme == "ws" and not _is_loopback(parts.hostname or ""):
         warnings.append(f"{ctx.source}: {ctx.where}: {key}: plain ws:// sends the listenKey unencrypted; use wss")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _market_stream_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str]) -> str:
+    """A public market-stream base: ws(s)://host[:port][/path]; ws:// is accepted (tests on loopback)
+    without a warning, since nothing secret travels on it; credentials are refused all the same."""
+    parts = _url(ctx, key, value, environ, ("ws", "wss"), f"a WebSocket URL like {DEFAULT_MARKET_STREAM_BASE_URL}")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -538,6 +560,8 @@ def _shared(ctx: _Ctx, raw: Mapping[str, Any], environ: Mapping[str, str], warni
             out[key] = _base_url(ctx, key, raw[key], environ, warnings)
     if "user_stream" in raw:
         out["user_stream"] = _boolean(ctx, "user_stream", raw["user_stream"])
+    if "live_risk" in raw:
+        out["live_risk"] = _boolean(ctx, "live_risk", raw["live_risk"])
     for key in STREAM_URL_KEYS:
         if key in raw:
             out[key] = _stream_url(ctx, key, raw[key], environ, warnings)
@@ -685,6 +709,9 @@ def parse_config(data: Any, source: str = "config.yaml",
                                                          integer=True)
     if "skip_zero_balances" in data:
         globals_["skip_zero_balances"] = _boolean(top, "skip_zero_balances", data["skip_zero_balances"])
+    for key in MARKET_STREAM_URL_KEYS:
+        if key in data:
+            globals_[key] = _market_stream_url(top, key, data[key], env)
     return Config(source=source, accounts=tuple(accounts), warnings=tuple(warnings), **globals_)
 
 
