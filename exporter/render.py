@@ -7,7 +7,7 @@ the exposition is stable enough to pin in golden files.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -175,6 +175,26 @@ def stream_families(result: ScrapeResult) -> Iterator[Metric]:
             _put(last_event, acct, stream.last_event)
         _put(margin_calls, acct, stream.margin_calls)
     yield from (up, events, reconnects, last_event, margin_calls)
+
+
+def risk_families(liquidations: Iterable[tuple[str, str, str, str, float]],
+                  market_streams: Iterable[tuple[str, bool]]) -> Iterator[Metric]:
+    """Live risk (issue 24): forced closes per account and symbol, and the public market streams.
+
+    `liquidations`: (alias, market, symbol, kind, count) with kind "liquidation" or "adl"
+    (exporter.forced_close); `market_streams`: (market, up). The engine's wiring feeds them.
+    """
+    forced = CounterMetricFamily(f"{NS}_liquidation_events", "Forced closes Binance reported on the user data "
+                                 "stream (ORDER_TRADE_UPDATE), counted once per order: kind liquidation "
+                                 "(client order id autoclose-, order type LIQUIDATION) or adl (adl_autoclose).",
+                                 labels=["alias", "market", "symbol", "kind"])
+    up = _gauge("market_stream_up", "1 while the public mark-price stream of the market is connected "
+                "(live risk); 0 while it is down, when risk figures move only with REST reads.", ("market",))
+    for alias, market, symbol, kind, count in liquidations:
+        _put(forced, {"alias": alias, "market": market, "symbol": symbol, "kind": kind}, count)
+    for market, connected in market_streams:
+        _put(up, {"market": market}, 1.0 if connected else 0.0)
+    yield from (forced, up)
 
 
 def host_families(hosts: list[HostView]) -> Iterator[Metric]:

@@ -81,3 +81,30 @@ def test_once_set_is_bounded() -> None:
     assert not once.first(closes[4]) and once.first(closes[0])  # the oldest was forgotten
     with pytest.raises(ValueError):
         OnceSet(capacity=0)
+
+
+def test_risk_families_render_with_their_contract_names() -> None:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.registry import CollectorRegistry
+
+    from exporter.render import risk_families
+
+    class Collector:
+        def collect(self) -> Any:
+            yield from risk_families([("hedge", "usdm", "ETHUSDT", "liquidation", 1.0),
+                                      ("main", "coinm", "BTCUSD_PERP", "adl", 2.0)],
+                                     [("usdm", True), ("coinm", False)])
+
+    registry = CollectorRegistry()
+    registry.register(Collector())  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("binance_futures_liquidation_events_total", (("alias", "hedge"), ("kind", "liquidation"),
+                                                                 ("market", "usdm"), ("symbol", "ETHUSDT")))] == 1.0
+    assert samples[("binance_futures_liquidation_events_total", (("alias", "main"), ("kind", "adl"),
+                                                                 ("market", "coinm"),
+                                                                 ("symbol", "BTCUSD_PERP")))] == 2.0
+    assert samples[("binance_futures_market_stream_up", (("market", "coinm"),))] == 0.0
+    assert samples[("binance_futures_market_stream_up", (("market", "usdm"),))] == 1.0
