@@ -62,6 +62,12 @@ def _fstring_name(node: ast.AST, ns: str) -> str | None:
     return out
 
 
+# Families render.py declares (risk_families, issue 24) that the engine emits only once the lead wires
+# the stream layer's mark prices and ORDER_TRADE_UPDATE counting into it: the golden dataset cannot
+# show them yet. Empty this set when it does.
+AWAITED_FAMILIES = frozenset({"binance_futures_liquidation_events_total", "binance_futures_market_stream_up"})
+
+
 def metric_catalogue() -> dict[str, frozenset[str]]:
     """{sample name: label names} of every `binance_futures_*` series the exporter can emit.
 

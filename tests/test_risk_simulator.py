@@ -338,3 +338,26 @@ def test_auto_deleverage_pushes_adl(sim: Simulator) -> None:
         events = forced_closes(ws, 2)
     assert [classify(e).kind for e in events if classify(e)] == ["adl", "adl"]
     assert "BTCUSDT" not in {p.symbol for p in usdm_snapshot(sim).positions}
+
+
+def test_demo_account_is_liquidated_within_minutes_and_comes_back() -> None:
+    """--demo: `degen`'s SOLUSDT long meets its liquidation price within a few simulated minutes."""
+    from exporter.demo import start_demo
+
+    demo, config = start_demo()
+    try:
+        assert config.market_stream_base_url == demo.market_stream_url
+        degen = next(a for a in config.accounts if a.alias == "degen")
+        assert degen.live_risk_on
+        key = degen.api_key.reveal()
+        demo.reopen_after_s = 0.0  # back in the same tick
+        steps = 0
+        while steps < 300 and not demo.liquidations:
+            demo.tick()
+            steps += 1
+        assert steps < 300, "not liquidated within 5 simulated minutes"
+        assert demo.liquidations == 1
+        (back,) = (demo.stored_account(key) or account()).positions
+        assert back.symbol == "SOLUSDT" and back.entry_price != "150"  # reopened at the mark of the moment
+    finally:
+        demo.stop()

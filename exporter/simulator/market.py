@@ -65,6 +65,7 @@ USDM_BRACKETS = _table(("0", "5000", "0.01", "0"), ("5000", "25000", "0.025", "7
 COINM_BRACKETS = _table(("0", "5", "0.005", "0"), ("5", "10", "0.01", "0.025"), ("10", "20", "0.02", "0.125"),
                         ("20", "40", "0.05", "0.725"), ("40", "80", "0.1", "2.725"), ("80", "160", "0.125", "4.725"),
                         ("160", "1000000", "0.5", "64.725"))
+SWING_PERIOD_S = 600
 INITIAL_LEVERAGE = (125, 100, 50, 20, 10, 5, 4, 3, 2, 1)
 
 
@@ -84,11 +85,13 @@ class SimMarket:
     marks: dict[str, str] | None = None  # symbol -> starting mark; None: USDM_MARKS and COINM_MARKS
     volatility: float = 0.0005  # standard deviation of one second's step, as a fraction of the mark
     trend: dict[str, float] = field(default_factory=dict)  # symbol -> mean step (e.g. -0.0002: down 1.2 %/min)
+    swing: dict[str, float] = field(default_factory=dict)  # symbol -> amplitude of a 10-minute swing (demo)
     seed: int = 24
     brackets: dict[str, tuple[Bracket, ...]] = field(default_factory=lambda: {"BTCUSDT": BTCUSDT_BRACKETS})
     _marks: dict[str, Decimal] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rng: random.Random = field(init=False, repr=False)
+    _steps: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -112,8 +115,12 @@ class SimMarket:
     def step(self) -> dict[str, Decimal]:
         """One second of the random walk for every symbol; the new marks."""
         with self._lock:
+            self._steps += 1
+            # A swing of amplitude A is the step-by-step derivative of A sin(2 pi t / T) in the log price.
+            phase = math.cos(2 * math.pi * self._steps / SWING_PERIOD_S) * 2 * math.pi / SWING_PERIOD_S
             for symbol, price in self._marks.items():
-                factor = Decimal(repr(math.exp(self._rng.gauss(self.trend.get(symbol, 0.0), self.volatility))))
+                mean = self.trend.get(symbol, 0.0) + self.swing.get(symbol, 0.0) * phase
+                factor = Decimal(repr(math.exp(self._rng.gauss(mean, self.volatility))))
                 self._marks[symbol] = (price * factor).quantize(Q8)
             return dict(self._marks)
 

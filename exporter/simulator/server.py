@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from . import accounts as a
-from .accounts import AccountBook, SimAccount, SimSubAccount
+from .accounts import AccountBook, SimAccount, SimPosition, SimSubAccount
 from .drift import drift_account
 from .gate import (
     MSG_METHOD_NOT_ALLOWED,
@@ -303,7 +303,12 @@ class Simulator:
         self._static_market = SimMarket()  # brackets and contract sizes without a live market
         self._market_streams = MarketStreamServer(host)
         self.auto_liquidate = True
+        # Demo: a liquidated position comes back this many seconds later, at the mark of the moment,
+        # with the wallet it had before (None: gone for good, as on Binance).
+        self.reopen_after_s: float | None = None
+        self._reopen: list[tuple[float, str, bool, list[SimPosition], list[dict[str, Any]]]] = []
         self._order_ids = 700000000
+        self.liquidations = 0  # positions liquidated since start (tests, the demo)
         self._market_lock = threading.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -395,6 +400,22 @@ class Simulator:
             self._market_streams.publish(marks, self.server_time_ms())
             if self.auto_liquidate:
                 self.check_liquidations()
+            self._reopen_due()
+
+    def _reopen_due(self) -> None:
+        now = time.monotonic()
+        due = [entry for entry in self._reopen if entry[0] <= now]
+        self._reopen = [entry for entry in self._reopen if entry[0] > now]
+        for _, api_key, coin, positions, rows in due:
+            stored = self._book.get(api_key)
+            if stored is None or self.market is None:
+                continue
+            back = [replace(p, entry_price=format(self.market.mark(p.symbol) or a.dec(p.entry_price), "f"),
+                            mark_price=None) for p in positions]
+            if coin:
+                self.update_account(api_key, coinm_positions=stored.coinm_positions + back, coinm_balances=rows)
+            else:
+                self.update_account(api_key, positions=stored.positions + back, balances=rows)
 
     def publish_marks(self) -> None:
         """Send the current marks on the market streams now (after set_mark, without a step)."""
@@ -424,10 +445,17 @@ class Simulator:
                     continue
                 now = self.server_time_ms()
                 for position in gone:
+                    self.liquidations += 1
                     self._order_ids += 1
                     for status in ("NEW", "FILLED"):
                         self.push_event(stored.api_key, market, order_trade_update(position, self._order_ids, status,
                                                                                    now))
+                if self.reopen_after_s is not None:
+                    keys = {(p.symbol, p.side) for p in gone}
+                    kept = [p for p in (stored.coinm_positions if coin else stored.positions)
+                            if (p.symbol, p.side) in keys]
+                    rows = list((stored.coinm_balances if coin else stored.balances) or [])
+                    self._reopen.append((time.monotonic() + self.reopen_after_s, stored.api_key, coin, kept, rows))
                 changes = ({"coinm_positions": after.coinm_positions, "coinm_balances": after.coinm_balances}
                            if coin else {"positions": after.positions, "balances": after.balances})
                 self.update_account(stored.api_key, **changes)
@@ -559,6 +587,10 @@ class Simulator:
             event = account_update(before, after, market == "coinm", now)
             if event is not None:
                 self.push_event(api_key, market, event)
+
+    def stored_account(self, api_key: str) -> SimAccount | None:
+        """The account as stored (before drift and the market's marks), e.g. after a liquidation."""
+        return self._book.get(api_key)
 
     def set_balances(self, api_key: str, rows: list[dict[str, Any]]) -> None:
         self.update_account(api_key, balances=rows)
