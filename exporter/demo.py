@@ -20,7 +20,8 @@ points at the one simulator. What the demo shows on purpose:
   4 % over 10 minutes on top of a random walk: its margin ratio moves every
   second, and within a few minutes Binance's stand-in liquidates it (the
   ORDER_TRADE_UPDATE events of a liquidation on its user data stream); a
-  minute later the position is back at the new mark, for the next round;
+  minute later the position is back at the new mark, for the next round (no
+  risk thresholds, so the alerts the other accounts show stay the only ones);
 * user data streams on for every account (the simulator's WebSocket server):
   `hedge` gets a MARGIN_CALL each time the drift takes its ETHUSDT short
   within 5 % of its liquidation price (for part of every 10-minute cycle).
@@ -93,7 +94,7 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         "account_alias": "Dgn5",
         "balances": [balance_row("USDT", "665.6")],
         "positions": [SimPosition("SOLUSDT", "100", "150", leverage=25)],
-    }, {"endpoint": "account", "positions": True, "max_margin_ratio": 0.8, "min_liquidation_distance": 0.02}),
+    }, {"endpoint": "account", "positions": True}),  # no risk thresholds: the demo's other alerts stay as they are
     "master": ({
         "account_alias": "Mstr",
         "balances": [balance_row("USDT", "15000", "14100")],
