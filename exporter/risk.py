@@ -33,7 +33,7 @@ from decimal import Context, Decimal, localcontext
 
 from exporter.parsing import AssetRow, Bracket, PositionRow, Snapshot
 
-__all__ = ["Bracket", "Leg", "coinm_liquidation_price_at", "coinm_notional", "coinm_unrealized_pnl",
+__all__ = ["Bracket", "Leg", "LiveRisk", "coinm_liquidation_price_at", "coinm_notional", "coinm_unrealized_pnl",
            "liquidation_price", "live_symbols", "maint_margin", "recompute", "select_bracket",
            "usdm_liquidation_price_at", "usdm_notional", "usdm_unrealized_pnl"]
 
@@ -217,17 +217,16 @@ def live_symbols(snapshot: Snapshot) -> frozenset[str]:
     return frozenset(p.symbol for p in snapshot.positions if p.values.get("position_amount"))
 
 
-def _prepare(row: PositionRow, index: int, coin: bool, brackets: Mapping[str, Sequence[Bracket]],
-             contract_sizes: Mapping[str, Decimal], marks: Mapping[str, Decimal]) -> _Pos:
+def _static(row: PositionRow, index: int, coin: bool, brackets: Mapping[str, Sequence[Bracket]],
+            contract_sizes: Mapping[str, Decimal]) -> _Pos:
+    """What of a position does not depend on the mark, converted once per snapshot."""
     values = row.values
     amount = _dec(values.get("position_amount", 0.0))
     entry = _dec(values["position_entry_price"]) if values.get("position_entry_price") else None
-    mark = marks.get(row.symbol)
     size = contract_sizes.get(row.symbol) if coin else None
     table = brackets.get(row.symbol) or None
     old_pnl = _dec(values["position_unrealized_pnl"]) if "position_unrealized_pnl" in values else None
-    pos = _Pos(row, index, coin, amount, entry, mark if mark is not None and mark > 0 else None, size, table,
-               old_pnl)
+    pos = _Pos(row, index, coin, amount, entry, None, size, table, old_pnl)
     if "position_maint_margin" in values:
         pos.old_maint = _dec(values["position_maint_margin"])
     elif table is not None and entry is not None and values.get("position_mark_price") and (size or not coin):
@@ -240,37 +239,62 @@ def _prepare(row: PositionRow, index: int, coin: bool, brackets: Mapping[str, Se
             pos.wallet = _dec(values["position_isolated_wallet"])
         elif "position_isolated_margin" in values and old_pnl is not None:  # COIN-M: margin = wallet + PnL
             pos.wallet = _dec(values["position_isolated_margin"]) - old_pnl
-    if pos.mark is None or entry is None or (coin and not size):
+    return pos
+
+
+def _at(static: _Pos, marks: Mapping[str, Decimal]) -> _Pos:
+    """A fresh copy of a prepared position with its figures at the symbol's mark (if fresh and usable)."""
+    pos = _Pos(static.row, static.index, static.coin, static.amount, static.entry, None, static.size,
+               static.brackets, static.old_pnl, old_maint=static.old_maint, wallet=static.wallet)
+    mark = marks.get(static.row.symbol)
+    if mark is None or mark <= 0 or pos.entry is None or (pos.coin and not pos.size):
         return pos
-    if coin:
-        assert size is not None
-        pos.pnl = coinm_unrealized_pnl(amount, entry, pos.mark, size)
-        pos.notional = coinm_notional(amount, pos.mark, size)
+    pos.mark = mark
+    if pos.coin:
+        assert pos.size is not None
+        pos.pnl = coinm_unrealized_pnl(pos.amount, pos.entry, mark, pos.size)
+        pos.notional = coinm_notional(pos.amount, mark, pos.size)
     else:
-        pos.pnl = usdm_unrealized_pnl(amount, entry, pos.mark)
-        pos.notional = usdm_notional(amount, pos.mark)
-    if table is not None:
-        pos.maint = maint_margin(pos.notional, select_bracket(table, pos.notional))
+        pos.pnl = usdm_unrealized_pnl(pos.amount, pos.entry, mark)
+        pos.notional = usdm_notional(pos.amount, mark)
+    if pos.brackets is not None:
+        pos.maint = maint_margin(pos.notional, select_bracket(pos.brackets, pos.notional))
     return pos
 
 
 def _liquidation_prices(pool: list[_Pos], wallet: Decimal | None) -> None:
-    """Cross liquidation prices of one margin pool (one margin asset), symbol by symbol."""
-    by_symbol: dict[str, list[_Pos]] = {}
-    for pos in pool:
-        by_symbol.setdefault(pos.row.symbol, []).append(pos)
-    for symbol, legs in by_symbol.items():
-        others = [p for p in pool if p.row.symbol != symbol]
-        if wallet is None or any(not _ready(p) for p in legs):
-            continue
-        maint = [p.maint if p.maint is not None else p.old_maint for p in others]
-        pnl = [p.pnl if p.pnl is not None else p.old_pnl for p in others]
-        if any(m is None for m in maint) or any(u is None for u in pnl):
-            continue  # another position's figures are unknown: the last liquidation price stays
-        price = _solve(legs, wallet, sum((m for m in maint if m is not None), ZERO),
-                       sum((u for u in pnl if u is not None), ZERO))
-        for pos in legs:
-            pos.liq, pos.liq_known = price, True
+    """Cross liquidation prices of one margin pool (one margin asset), symbol by symbol.
+
+    TMM1 and UPNL1 of a symbol are the pool's sums less the symbol's own legs (exact in Decimal):
+    one pass over the pool, not one per symbol.
+    """
+    if wallet is None:
+        return
+    maint = [p.maint if p.maint is not None else p.old_maint for p in pool]
+    pnl = [p.pnl if p.pnl is not None else p.old_pnl for p in pool]
+    known = {p.row.symbol: True for p in pool}
+    with localcontext(_CONTEXT):
+        total_maint = total_pnl = ZERO
+        by_symbol: dict[str, list[_Pos]] = {}
+        own: dict[str, tuple[Decimal, Decimal]] = {}
+        for pos, m, u in zip(pool, maint, pnl, strict=True):
+            by_symbol.setdefault(pos.row.symbol, []).append(pos)
+            if m is None or u is None:
+                known[pos.row.symbol] = False
+                continue
+            total_maint += m
+            total_pnl += u
+            mine = own.get(pos.row.symbol, (ZERO, ZERO))
+            own[pos.row.symbol] = (mine[0] + m, mine[1] + u)
+        unknown = [symbol for symbol, ok in known.items() if not ok]
+        for symbol, legs in by_symbol.items():
+            # Another position's figures unknown, or this one not computable: the last price stays.
+            if any(other != symbol for other in unknown) or not all(_ready(p) for p in legs):
+                continue
+            mine = own.get(symbol, (ZERO, ZERO))
+            price = _solve(legs, wallet, total_maint - mine[0], total_pnl - mine[1])
+            for pos in legs:
+                pos.liq, pos.liq_known = price, True
 
 
 def _ready(pos: _Pos) -> bool:
@@ -284,51 +308,74 @@ def _solve(legs: list[_Pos], wallet: Decimal, other_maint: Decimal, other_pnl: D
     return liquidation_price(wallet, other_maint, other_pnl, spec, first.mark, first.size if first.coin else None)
 
 
-def recompute(snapshot: Snapshot, market: str, brackets: Mapping[str, Sequence[Bracket]],
-              contract_sizes: Mapping[str, Decimal], marks: Mapping[str, Decimal]) -> Snapshot:
-    """`snapshot` (the account's last coherent state in `market`) as Binance would answer at `marks`.
+class LiveRisk:
+    """One account's last coherent state in one market, ready to be recomputed at new mark prices.
+
+    Build it at every REST read or event that changes the snapshot (what does not depend on the
+    mark is converted once, here); then `at(marks)` on every mark update costs only the formulas.
 
     `brackets`: this account's brackets per symbol (Binance adjusts them per user); `contract_sizes`:
     COIN-M USD per contract per symbol (a symbol listed there is a COIN-M symbol, also inside a
-    Portfolio Margin snapshot); `marks`: fresh mark prices per symbol, and only fresh ones.
-
-    Per position: mark price, unrealized PnL, notional, maintenance margin, isolated margin and the
-    liquidation price; per asset: unrealized PnL, cross unrealized PnL, margin balance, maintenance
-    margin (and its isolated part); USD-M single-asset totals likewise (they are the USDT pool's).
-    Only figures the snapshot has are replaced (an endpoint that did not give a figure does not get
-    one), except the liquidation price, which appears and disappears as Binance's would. Asset and
-    account figures move by the change of their positions' figures, so whatever Binance counted
-    that the exporter cannot see stays counted. Portfolio Margin and Multi-Assets mode keep their
-    account figures and cross liquidation prices (collateral haircuts, uniMMR).
+    Portfolio Margin snapshot).
     """
-    if not snapshot.positions or not marks:
-        return snapshot
-    pm = market == "pm"
-    multi = snapshot.totals.get("multi_assets_mode") == 1.0
-    positions = [_prepare(row, index, market == "coinm" or (pm and row.symbol in contract_sizes), brackets,
-                          contract_sizes, marks)
-                 for index, row in enumerate(snapshot.positions)]
-    if not any(p.pnl is not None for p in positions):
-        return snapshot
-    assets = {row.asset: row for row in snapshot.assets}
-    if not pm:
-        for pos in positions:  # isolated: the position's own wallet, nothing else in its pool
-            if pos.isolated and pos.wallet is not None and _ready(pos):
-                pos.liq, pos.liq_known = _solve([pos], pos.wallet, ZERO, ZERO), True
-        if not multi:
-            pools: dict[str, list[_Pos]] = {}
-            for pos in positions:
-                if pos.row.margin_type == "cross" and pos.row.margin_asset is not None:
-                    pools.setdefault(pos.row.margin_asset, []).append(pos)
-            for asset, pool in pools.items():
-                row = assets.get(asset)
-                wallet = row.values.get("cross_wallet_balance") if row is not None else None
-                _liquidation_prices(pool, None if wallet is None else _dec(wallet))
-    new_positions = tuple(_position_row(p) for p in positions)
-    new_assets = tuple(_asset_row(row, [p for p in positions if p.row.margin_asset == row.asset], pm)
-                       for row in snapshot.assets)
-    totals = snapshot.totals if pm or multi or market != "usdm" else _totals(snapshot.totals, positions)
-    return replace(snapshot, positions=new_positions, assets=new_assets, totals=totals)
+
+    def __init__(self, snapshot: Snapshot, market: str, brackets: Mapping[str, Sequence[Bracket]],
+                 contract_sizes: Mapping[str, Decimal]) -> None:
+        self.snapshot = snapshot
+        self.market = market
+        self._pm = market == "pm"
+        self._multi = snapshot.totals.get("multi_assets_mode") == 1.0
+        self._positions = [_static(row, index, market == "coinm" or (self._pm and row.symbol in contract_sizes),
+                                   brackets, contract_sizes) for index, row in enumerate(snapshot.positions)]
+        self._wallets: dict[str, Decimal] = {}
+        for row in snapshot.assets:
+            wallet = row.values.get("cross_wallet_balance")
+            if wallet is not None:
+                self._wallets[row.asset] = _dec(wallet)
+        self.symbols = live_symbols(snapshot)
+
+    def at(self, marks: Mapping[str, Decimal]) -> Snapshot:
+        """The snapshot as Binance would answer at `marks` (fresh mark prices per symbol, and only fresh ones).
+
+        Per position: mark price, unrealized PnL, notional, maintenance margin, isolated margin and
+        the liquidation price; per asset: unrealized PnL, cross unrealized PnL, margin balance,
+        maintenance margin (and its isolated part); USD-M single-asset totals likewise (they are the
+        USDT pool's). Only figures the snapshot has are replaced (an endpoint that did not give a
+        figure does not get one), except the liquidation price, which appears and disappears as
+        Binance's would. Asset and account figures move by the change of their positions' figures,
+        so whatever Binance counted that the exporter cannot see stays counted. Portfolio Margin and
+        Multi-Assets mode keep their account figures and cross liquidation prices (collateral
+        haircuts, uniMMR). A symbol without a mark in `marks` keeps its figures.
+        """
+        snapshot = self.snapshot
+        if not self._positions or not marks:
+            return snapshot
+        positions = [_at(static, marks) for static in self._positions]
+        if not any(p.pnl is not None for p in positions):
+            return snapshot
+        if not self._pm:
+            for pos in positions:  # isolated: the position's own wallet, nothing else in its pool
+                if pos.isolated and pos.wallet is not None and _ready(pos):
+                    pos.liq, pos.liq_known = _solve([pos], pos.wallet, ZERO, ZERO), True
+            if not self._multi:
+                pools: dict[str, list[_Pos]] = {}
+                for pos in positions:
+                    if pos.row.margin_type == "cross" and pos.row.margin_asset is not None:
+                        pools.setdefault(pos.row.margin_asset, []).append(pos)
+                for asset, pool in pools.items():
+                    _liquidation_prices(pool, self._wallets.get(asset))
+        new_positions = tuple(_position_row(p) for p in positions)
+        new_assets = tuple(_asset_row(row, [p for p in positions if p.row.margin_asset == row.asset], self._pm)
+                           for row in snapshot.assets)
+        totals = snapshot.totals if self._pm or self._multi or self.market != "usdm" \
+            else _totals(snapshot.totals, positions)
+        return replace(snapshot, positions=new_positions, assets=new_assets, totals=totals)
+
+
+def recompute(snapshot: Snapshot, market: str, brackets: Mapping[str, Sequence[Bracket]],
+              contract_sizes: Mapping[str, Decimal], marks: Mapping[str, Decimal]) -> Snapshot:
+    """`LiveRisk(snapshot, market, brackets, contract_sizes).at(marks)`, for one-off use (see LiveRisk.at)."""
+    return LiveRisk(snapshot, market, brackets, contract_sizes).at(marks)
 
 
 def _set(values: dict[str, float], name: str, value: Decimal | None) -> None:
@@ -356,11 +403,12 @@ def _position_row(pos: _Pos) -> PositionRow:
     return replace(pos.row, values=values)
 
 
-def _delta(positions: Iterable[_Pos], new: str, old: str) -> Decimal:
+def _delta(positions: Iterable[_Pos], maint: bool = False) -> Decimal:
+    """How much the positions' PnL (or maintenance margin) moved: new minus old, where both are known."""
     total = ZERO
     with localcontext(_CONTEXT):
         for pos in positions:
-            now, before = getattr(pos, new), getattr(pos, old)
+            now, before = (pos.maint, pos.old_maint) if maint else (pos.pnl, pos.old_pnl)
             if now is not None and before is not None:
                 total += now - before
     return total
@@ -374,10 +422,10 @@ def _moved(values: Mapping[str, float], name: str, delta: Decimal) -> float:
 def _asset_row(row: AssetRow, positions: list[_Pos], pm: bool) -> AssetRow:
     if pm or not positions:
         return row
-    pnl = _delta(positions, "pnl", "old_pnl")
-    cross_pnl = _delta((p for p in positions if not p.isolated), "pnl", "old_pnl")
-    maint = _delta(positions, "maint", "old_maint")
-    isolated_maint = _delta((p for p in positions if p.isolated), "maint", "old_maint")
+    pnl = _delta(positions)
+    cross_pnl = _delta(p for p in positions if not p.isolated)
+    maint = _delta(positions, maint=True)
+    isolated_maint = _delta((p for p in positions if p.isolated), maint=True)
     values = dict(row.values)
     for name, delta in (("unrealized_pnl", pnl), ("margin_balance", pnl), ("cross_unrealized_pnl", cross_pnl),
                         ("maint_margin", maint), ("isolated_maint_margin", isolated_maint)):
@@ -389,14 +437,12 @@ def _asset_row(row: AssetRow, positions: list[_Pos], pm: bool) -> AssetRow:
 def _totals(totals: Mapping[str, float], positions: list[_Pos]) -> Mapping[str, float]:
     """USD-M single-asset totals: the USDT pool's figures (isolated maintenance margin: every asset's)."""
     usdt = [p for p in positions if p.row.margin_asset == "USDT"]
-    pnl = _delta(usdt, "pnl", "old_pnl")
+    pnl = _delta(usdt)
     out = dict(totals)
     for name, delta in (("account_unrealized_pnl", pnl), ("account_margin_balance", pnl),
-                        ("account_cross_unrealized_pnl", _delta((p for p in usdt if not p.isolated), "pnl",
-                                                                "old_pnl")),
-                        ("account_maint_margin", _delta(usdt, "maint", "old_maint")),
-                        ("account_isolated_maint_margin", _delta((p for p in positions if p.isolated), "maint",
-                                                                 "old_maint"))):
+                        ("account_cross_unrealized_pnl", _delta(p for p in usdt if not p.isolated)),
+                        ("account_maint_margin", _delta(usdt, maint=True)),
+                        ("account_isolated_maint_margin", _delta((p for p in positions if p.isolated), maint=True))):
         if name in out and delta:
             out[name] = _moved(out, name, delta)
     return out

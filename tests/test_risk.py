@@ -293,3 +293,14 @@ def test_usdm_price_solves_the_balance(mark: str) -> None:
     assert price is not None
     mm = risk.maint_margin(amount * price, risk.select_bracket(BTCUSDT, amount * price))
     assert close(wallet + risk.usdm_unrealized_pnl(amount, entry, price), mm)
+
+
+def test_live_risk_is_prepared_once_and_reused_per_mark() -> None:
+    live = risk.LiveRisk(faq_snapshot(), "usdm", {"ETHUSDT": ETHUSDT, "BTCUSDT": BTCUSDT}, {})
+    assert live.symbols == {"ETHUSDT", "BTCUSDT"}
+    first = live.at(MARKS)
+    other = live.at({"ETHUSDT": D("1400"), "BTCUSDT": D("32000")})
+    again = live.at(MARKS)
+    assert first == again != other  # no state carried from one mark to the next
+    assert first == risk.recompute(faq_snapshot(), "usdm", {"ETHUSDT": ETHUSDT, "BTCUSDT": BTCUSDT}, {}, MARKS)
+    assert close(other.positions[0].values["position_unrealized_pnl"], D("3683.979") * (D(1400) - D("1456.84")))
