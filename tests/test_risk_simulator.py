@@ -361,3 +361,22 @@ def test_demo_account_is_liquidated_within_minutes_and_comes_back() -> None:
         assert back.symbol == "SOLUSDT" and back.entry_price != "150"  # reopened at the mark of the moment
     finally:
         demo.stop()
+
+
+def test_usdm_hedge_mode_rest_equals_recompute() -> None:
+    """Hedge mode: a LONG and a SHORT leg of BTCUSDT in one cross pool share one price, at every mark."""
+    hedge = account(positions=[SimPosition("BTCUSDT", "1.200", "6600", side="LONG", leverage=20),
+                               SimPosition("BTCUSDT", "-0.400", "6900", side="SHORT", leverage=20),
+                               SimPosition("ETHUSDT", "2.000", "3400", side="LONG", leverage=20)],
+                    balances=[balance_row("USDT", "1500")])
+    with Simulator([hedge], market=SimMarket(volatility=0.0)) as simulator:
+        simulator.auto_liquidate = False
+        assert simulator.market is not None
+        before = usdm_snapshot(simulator)
+        long, short = (p for p in before.positions if p.symbol == "BTCUSDT")
+        assert long.values["position_liquidation_price"] == short.values["position_liquidation_price"]
+        simulator.market.set_mark("BTCUSDT", "6500.75")
+        simulator.market.set_mark("ETHUSDT", "3300.5")
+        brackets = parsing.parse_leverage_brackets(get(simulator, "/fapi/v1/leverageBracket"))
+        assert_same(risk.recompute(before, "usdm", brackets, {}, simulator.market.current()),
+                    usdm_snapshot(simulator))
