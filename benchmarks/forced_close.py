@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.forced_close import OnceSet, classify, may_be_forced_close
+from exporter.forced_close import OnceSet, may_be_forced_close, new_forced_close
 
 ORDER = {"s": "BTCUSDT", "c": "web_Qw8sd0aXh4lE2Pp", "S": "SELL", "o": "LIMIT", "f": "GTC", "q": "0.001",
          "p": "97103.04", "ap": "0", "sp": "0", "x": "NEW", "X": "NEW", "i": 8886774, "l": "0", "z": "0",
@@ -63,18 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     once = OnceSet()
 
     def whole_path() -> object:
-        if may_be_forced_close(forced):
-            close = classify(json.loads(forced))
-            return close is not None and once.first(close)
-        return None
+        return new_forced_close(forced, once)
 
     cases = {
         "prefilter_ordinary_str_ns": _per_call_ns(lambda: may_be_forced_close(ordinary), count),
         "prefilter_ordinary_bytes_ns": _per_call_ns(lambda: may_be_forced_close(ordinary_bytes), count),
+        "whole_path_ordinary_ns": _per_call_ns(lambda: new_forced_close(ordinary, once), count),
         "json_loads_ordinary_ns": _per_call_ns(lambda: json.loads(ordinary), count),
         "forced_close_whole_path_ns": _per_call_ns(whole_path, count),
     }
-    share = cases["prefilter_ordinary_str_ns"] * LOAD_EVENTS_PER_S / 1e9
+    share = cases["whole_path_ordinary_ns"] * LOAD_EVENTS_PER_S / 1e9
     report = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
                           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
               "params": {"events_per_case": count, "event_bytes": len(ordinary_bytes)},

@@ -18,6 +18,7 @@ remembers the orders already counted, per account, in bounded memory.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -106,3 +107,19 @@ class OnceSet:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+def new_forced_close(message: str | bytes, once: OnceSet) -> ForcedClose | None:
+    """The whole path for one raw user-data-stream message: the forced close it reports for the first
+    time, or None (an ordinary event, a repeat update of a counted order, a settlement, anything
+    malformed). The combined-stream envelope `{"stream": …, "data": {…}}` is unwrapped."""
+    if not may_be_forced_close(message):
+        return None
+    try:
+        data = json.loads(message)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if isinstance(data, dict) and "e" not in data and isinstance(data.get("data"), dict):
+        data = data["data"]
+    close = classify(data) if isinstance(data, dict) else None
+    return close if close is not None and once.first(close) else None

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from exporter.forced_close import ForcedClose, OnceSet, classify, may_be_forced_close
+from exporter.forced_close import ForcedClose, OnceSet, classify, may_be_forced_close, new_forced_close
 
 # Binance's example ORDER_TRADE_UPDATE (Event Order Update page), an ordinary trailing stop.
 ORDINARY: dict[str, Any] = {
@@ -108,3 +108,15 @@ def test_risk_families_render_with_their_contract_names() -> None:
                                                                  ("symbol", "BTCUSD_PERP")))] == 2.0
     assert samples[("binance_futures_market_stream_up", (("market", "coinm"),))] == 0.0
     assert samples[("binance_futures_market_stream_up", (("market", "usdm"),))] == 1.0
+
+
+def test_new_forced_close_whole_path() -> None:
+    once = OnceSet()
+    text = json.dumps(LIQUIDATION)
+    assert new_forced_close(text, once) == ForcedClose("liquidation", "BTCUSDT", 42)
+    assert new_forced_close(text.encode(), once) is None  # the same order again: counted once
+    wrapped = json.dumps({"stream": "key1", "data": ADL})
+    assert new_forced_close(wrapped, once) == ForcedClose("adl", "ETHUSDT", 43)
+    for other in (json.dumps(ORDINARY), json.dumps(SETTLEMENT), '{"e": "autoclose-', b"\xff autoclose-",
+                  "[" * 100000 + "autoclose", json.dumps(["autoclose-1"])):
+        assert new_forced_close(other, once) is None

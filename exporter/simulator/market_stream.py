@@ -58,6 +58,8 @@ QUIET = logging.getLogger("exporter.simulator.market_stream.wire")
 QUIET.propagate = False
 QUIET.disabled = True
 FUNDING_INTERVAL_MS = 8 * 3600 * 1000
+PING_INTERVAL_S = 180.0
+PING_TIMEOUT_S = 600.0
 
 
 def market_of(path: str) -> tuple[str, str] | None:
@@ -122,8 +124,9 @@ class MarketStreamServer:
         return self.url
 
     async def _main(self, ready: threading.Event, stop: asyncio.Event) -> None:
+        # Binance pings every 3 minutes and drops a connection that has not answered within 10.
         async with serve(self._handle, self.host, 0, process_request=self._check, max_size=1 << 16,
-                         ping_interval=None, logger=QUIET) as server:
+                         ping_interval=PING_INTERVAL_S, ping_timeout=PING_TIMEOUT_S, logger=QUIET) as server:
             self._server = server
             self.url = f"ws://{self.host}:{server.sockets[0].getsockname()[1]}"
             ready.set()
