@@ -94,7 +94,7 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         "account_alias": "Dgn5",
         "balances": [balance_row("USDT", "665.6")],
         "positions": [SimPosition("SOLUSDT", "100", "150", leverage=25)],
-    }, {"endpoint": "account", "positions": True}),  # no risk thresholds: the demo's other alerts stay as they are
+    }, {"endpoint": "account", "positions": True, "min_available_balance": {}}),  # no thresholds: no new alerts
     "master": ({
         "account_alias": "Mstr",
         "balances": [balance_row("USDT", "15000", "14100")],
