@@ -380,3 +380,19 @@ def test_usdm_hedge_mode_rest_equals_recompute() -> None:
         brackets = parsing.parse_leverage_brackets(get(simulator, "/fapi/v1/leverageBracket"))
         assert_same(risk.recompute(before, "usdm", brackets, {}, simulator.market.current()),
                     usdm_snapshot(simulator))
+
+
+def test_portfolio_margin_positions_follow_the_marks() -> None:
+    """Portfolio Margin: mark, PnL and notional recompute; the liquidation price keeps Binance's figure."""
+    from exporter.simulator import SimPortfolio
+
+    pm = SimPortfolio(um_positions=[SimPosition("BTCUSDT", "0.500", "6500", liquidation_price="4000")])
+    with Simulator([account(pm=pm)], market=SimMarket(volatility=0.0)) as simulator:
+        assert simulator.market is not None
+        before = parsing.parse_pm_position_risk(get(simulator, "/papi/v1/um/positionRisk"), coin=False)
+        simulator.market.set_mark("BTCUSDT", "6800.5")
+        after = parsing.parse_pm_position_risk(get(simulator, "/papi/v1/um/positionRisk"), coin=False)
+        live = risk.recompute(before, "pm", {}, {}, simulator.market.current())
+        (got,), (want,) = live.positions, after.positions
+        assert got.values == pytest.approx(want.values, rel=1e-9, abs=1.5e-8)
+        assert want.values["position_mark_price"] == 6800.5 and want.values["position_liquidation_price"] == 4000

@@ -247,10 +247,21 @@ def _liquidation(market: SimMarket, acct: SimAccount, p: SimPosition, positions:
     return Decimal(0) if price is None else price.quantize(Q8)
 
 
+def _marked(market: SimMarket, positions: list[SimPosition]) -> list[SimPosition]:
+    """Portfolio Margin positions: the market's mark only (their liquidation price comes from uniMMR)."""
+    out = []
+    for p in positions:
+        mark = market.mark(p.symbol)
+        out.append(p if mark is None else replace(p, mark_price=format_decimal(mark)))
+    return out
+
+
 def live_account(market: SimMarket, acct: SimAccount) -> SimAccount:
     """The account as Binance would answer at the market's current marks (the stored one is left alone)."""
+    pm = replace(acct.pm, um_positions=_marked(market, acct.pm.um_positions),
+                 cm_positions=_marked(market, acct.pm.cm_positions))
     return replace(acct, positions=_live_positions(market, acct, acct.positions, False),
-                   coinm_positions=_live_positions(market, acct, acct.coinm_positions, True))
+                   coinm_positions=_live_positions(market, acct, acct.coinm_positions, True), pm=pm)
 
 
 # ---- liquidation -------------------------------------------------------------------------------
