@@ -298,6 +298,15 @@ MARGIN_CALL_EVENTS = _live("margin_call_events", ACCOUNT_LABELS, "Margin-call ev
                            "MARGIN_CALL (USD-M, COIN-M) and riskLevelChange (Portfolio Margin).",
                            _each(ALL_MARKETS, _STREAM), "counter")
 
+# ---- live risk: forced closes and the public market streams (issue 24) ------------------------
+LIQUIDATION_EVENTS = _live("liquidation_events", ("alias", "market", "symbol", "kind"), "Forced closes Binance "
+                           "reported on the user data stream (ORDER_TRADE_UPDATE), counted once per order: kind "
+                           "liquidation (client order id autoclose-, order type LIQUIDATION) or adl "
+                           "(adl_autoclose).", _each(ALL_MARKETS, _STREAM), "counter")
+MARKET_STREAM_UP = _live("market_stream_up", ("market",), "1 while the public mark-price stream of the market is "
+                         "connected (live risk); 0 while it is down, when risk figures move only with REST reads.",
+                         (("usdm", "market stream"), ("coinm", "market stream")))
+
 # ---- per master account: sub-account discovery -----------------------------------------------
 SUB_ACCOUNTS = _live("sub_accounts", ("master",), "Sub-accounts exported for this master: found through its key, "
                      "kept by include/exclude, with a futures account in at least one configured market.",
@@ -346,6 +355,7 @@ SECTIONS: tuple[tuple[str, tuple[Family, ...]], ...] = (
         REQUEST_DURATION_SECONDS, LAST_SUCCESS_TIMESTAMP_SECONDS, SCRAPE_ERRORS)),
     ("User data streams", (STREAM_UP, STREAM_EVENTS, STREAM_RECONNECTS, STREAM_LAST_EVENT_TIMESTAMP_SECONDS,
                            MARGIN_CALL_EVENTS)),
+    ("Live risk", (LIQUIDATION_EVENTS, MARKET_STREAM_UP)),
     ("Sub-account discovery", (SUB_ACCOUNTS, SUB_ACCOUNT_DISCOVERY_ERRORS)),
     ("Per API host", (USED_WEIGHT, WEIGHT_LIMIT, WEIGHT_BUDGET, EXPORTER_USED_WEIGHT, BACKOFF_SECONDS,
                       TIME_OFFSET_SECONDS, FETCHES_DEFERRED, RATE_LIMITED_RESPONSES)),

@@ -9,14 +9,15 @@ logs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from exporter.endpoints import HOST_KINDS, TIME_WEIGHT, Call
+from exporter.endpoints import CONTRACT_SIZES_CALL, HOST_KINDS, LEVERAGE_BRACKET_CALLS, TIME_WEIGHT, Call
 from exporter.governor import Admission
 from exporter.hosts import Host, parse_weight
-from exporter.parsing import BadResponse, Snapshot, load_json, parse_error, printable
+from exporter.parsing import BadResponse, Brackets, Snapshot, load_json, parse_error, printable
 from exporter.secrets import Secret
 from exporter.signing import Signer, signed_query
 from exporter.transport import Response, Transport, TransportError
@@ -198,32 +199,73 @@ class Client:
         return self._handle(call, resp, sent_at)
 
     def _handle(self, call: Call, resp: Response, sent_at: float) -> Any:
-        wait = note_answer(self.host, resp, sent_at)
-        status = resp.status
-        if status == 200:
-            try:
-                snapshot = call.parse(resp.body)
-            except BadResponse as exc:
-                raise ScrapeError("bad_response", str(exc), status=status) from None
-            self.host.backoff.note_success()
-            return snapshot
-        code, msg = parse_error(resp.body)
-        detail = msg or _describe_body(resp)
-        if status in (418, 429):
-            reason = "ip_banned" if status == 418 else "rate_limited"
-            raise ScrapeError(reason, f"{detail} (host {self.host.label} paused for {wait:.0f}s)",
-                              status=status, code=code)
-        if code == -1021:
-            raise _Retry("clock", ScrapeError("timestamp", detail, status=status, code=code))
-        if code == -1022:
-            raise ScrapeError("signature", detail, status=status, code=code)
-        if code in AUTH_CODES or status == 401:
-            raise ScrapeError("auth", detail, status=status, code=code)
-        if code == -1003:  # a rate-limit answer with another status: pause as for a 429
-            wait = self.host.backoff.note(429, resp.headers.get("Retry-After"), msg, sent_at)
-            raise ScrapeError("rate_limited", f"{detail} (host {self.host.label} paused for {wait:.0f}s)",
-                              status=status, code=code)
-        error = ScrapeError("http_error", detail, status=status, code=code)
-        if status in RETRY_STATUSES:
-            raise _Retry("transient", error)
-        raise error
+        return handle_answer(self.host, call, resp, sent_at)
+
+
+def handle_answer(host: Host, call: Call, resp: Response, sent_at: float) -> Any:
+    """The parsed answer of a 200, else the ScrapeError (or _Retry) its status and code mean."""
+    wait = note_answer(host, resp, sent_at)
+    status = resp.status
+    if status == 200:
+        try:
+            snapshot = call.parse(resp.body)
+        except BadResponse as exc:
+            raise ScrapeError("bad_response", str(exc), status=status) from None
+        host.backoff.note_success()
+        return snapshot
+    code, msg = parse_error(resp.body)
+    detail = msg or _describe_body(resp)
+    if status in (418, 429):
+        reason = "ip_banned" if status == 418 else "rate_limited"
+        raise ScrapeError(reason, f"{detail} (host {host.label} paused for {wait:.0f}s)",
+                          status=status, code=code)
+    if code == -1021:
+        raise _Retry("clock", ScrapeError("timestamp", detail, status=status, code=code))
+    if code == -1022:
+        raise ScrapeError("signature", detail, status=status, code=code)
+    if code in AUTH_CODES or status == 401:
+        raise ScrapeError("auth", detail, status=status, code=code)
+    if code == -1003:  # a rate-limit answer with another status: pause as for a 429
+        wait = host.backoff.note(429, resp.headers.get("Retry-After"), msg, sent_at)
+        raise ScrapeError("rate_limited", f"{detail} (host {host.label} paused for {wait:.0f}s)",
+                          status=status, code=code)
+    error = ScrapeError("http_error", detail, status=status, code=code)
+    if status in RETRY_STATUSES:
+        raise _Retry("transient", error)
+    raise error
+
+
+def public_call(host: Host, transport: Transport, call: Call, deadline: float) -> Any:
+    """One unsigned public GET (`/dapi/v1/exchangeInfo`), its weight taken from the host's budget first.
+
+    Skipped when the budget or a back-off says no; otherwise the parsed answer or a ScrapeError,
+    as for a signed call (no retry: the caller reads again at its next turn).
+    """
+    if host.backoff.remaining()[0] > 0 or not host.governor.ip_room(call.weight) \
+            or not host.governor.try_acquire(call.weight, pace=False):
+        raise Skipped()
+    query = "&".join(f"{name}={value}" for name, value in call.params)
+    sent_at = time.monotonic()
+    try:
+        resp = transport.get(f"{call.path}?{query}" if query else call.path, None, deadline)
+    except TransportError as exc:
+        raise _from_transport(exc) from None
+    try:
+        return handle_answer(host, call, resp, sent_at)
+    except _Retry as retry:
+        raise retry.error from None
+
+
+def fetch_brackets(client: Client, market: str, deadline: float) -> Brackets:
+    """The account's brackets in `market` (usdm, coinm, pm): one signed call of weight 1 (COIN-M 2).
+
+    Raises Skipped (no budget now: try later) or ScrapeError (reason as for a refresh).
+    """
+    brackets: Brackets = client.call(LEVERAGE_BRACKET_CALLS[market], deadline)
+    return brackets
+
+
+def fetch_contract_sizes(host: Host, transport: Transport, deadline: float) -> Mapping[str, Decimal]:
+    """COIN-M contract sizes from the public exchangeInfo (weight 1), through the COIN-M host."""
+    sizes: Mapping[str, Decimal] = public_call(host, transport, CONTRACT_SIZES_CALL, deadline)
+    return sizes

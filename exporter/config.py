@@ -43,6 +43,10 @@ DEFAULT_STREAM_BASE_URL = "wss://fstream.binance.com/private"
 DEFAULT_COINM_STREAM_BASE_URL = "wss://dstream.binance.com"
 DEFAULT_PM_STREAM_BASE_URL = "wss://fstream.binance.com/pm"
 STREAM_URL_KEYS = ("stream_base_url", "coinm_stream_base_url", "pm_stream_base_url")
+# Public market streams (issue 24: mark prices for live risk). USD-M market data moved to the /market
+# route on 2026-04-23; COIN-M is unchanged. No key, no listenKey: nothing secret travels on them.
+DEFAULT_MARKET_STREAM_BASE_URL = "wss://fstream.binance.com/market"
+DEFAULT_COINM_MARKET_STREAM_BASE_URL = "wss://dstream.binance.com"
 API_VERSIONS = ("v3", "v2")
 ENDPOINTS = ("balance", "account")
 MARKETS = ("usdm", "coinm", "pm")
@@ -184,6 +188,13 @@ def _stream_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], war
     parts = _url(ctx, key, value, environ, ("ws", "wss"), f"a WebSocket URL like {DEFAULT_STREAM_BASE_URL}")
     if parts.scheme == "ws" and not _is_loopback(parts.hostname or ""):
         warnings.append(f"{ctx.source}: {ctx.where}: {key}: plain ws:// sends the listenKey unencrypted; use wss")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _market_stream_url(ctx: _Ctx, key: str, value: Any, environ: Mapping[str, str], warnings: list[str]) -> str:
+    """A public market-stream base: ws(s)://host[:port][/path]; ws:// is accepted (tests on loopback)
+    without a warning, since nothing secret travels on it; credentials are refused all the same."""
+    parts = _url(ctx, key, value, environ, ("ws", "wss"), f"a WebSocket URL like {DEFAULT_MARKET_STREAM_BASE_URL}")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -436,6 +447,8 @@ def _aliases(ctx: _Ctx, key: str, aliases: Any, environ: Mapping[str, str], warn
 BOOLEAN = Rule(_boolean, "`true` or `false`")
 BASE_URL = Rule(_base_url, "`https://` URL, scheme and host only")
 STREAM_URL = Rule(_stream_url, "`wss://` (or `ws://`) URL, a path allowed, no credentials, query or fragment")
+MARKET_STREAM_URL = Rule(_market_stream_url, "`wss://` or `ws://` URL, a path allowed, no credentials, query or "
+                         "fragment")
 THRESHOLDS = Rule(_thresholds, "`{ASSET: amount}`")
 API_VERSION = Rule(_api_version, "`v3` or `v2`")
 ENDPOINT = Rule(_endpoint, "`balance` or `account`")
@@ -527,6 +540,9 @@ class AccountConfig:
                                      "COIN-M user data WebSocket base.", shared=True)
     pm_stream_base_url: str = key(DEFAULT_PM_STREAM_BASE_URL, STREAM_URL,
                                   "Portfolio Margin user data WebSocket base.", shared=True)
+    live_risk: bool = key(True, BOOLEAN, shared=True, help=(
+        "Recompute the position and margin figures at every mark price from Binance's public market streams "
+        "(no request weight). Applies only where positions are read (`positions: true`)."))
     max_margin_ratio: float | None = key(None, RATIO, shared=True, help=(
         "Alert threshold for Binance's margin ratio (maintenance margin ÷ margin balance of the cross pool, "
         "and of each isolated position; Binance liquidates at 1), exported as "
@@ -547,6 +563,11 @@ class AccountConfig:
         """The WebSocket base of a market's user data stream."""
         return {"usdm": self.stream_base_url, "coinm": self.coinm_stream_base_url,
                 "pm": self.pm_stream_base_url}[market]
+
+    @property
+    def live_risk_on(self) -> bool:
+        """live_risk applies wherever positions are read (positions: true), and nowhere else."""
+        return self.live_risk and self.positions
 
     def base_url_for(self, market: str) -> str:
         """The API host of a market ("sapi" for the sub-account endpoints)."""
@@ -592,6 +613,10 @@ class Config:
         "COIN-M and Portfolio Margin always use one connection per account."))
     skip_zero_balances: bool = key(True, BOOLEAN, help=(
         "Drop assets whose amounts are all zero. Assets with a threshold are always kept."))
+    market_stream_base_url: str = key(DEFAULT_MARKET_STREAM_BASE_URL, MARKET_STREAM_URL, help=(
+        "USDⓈ-M public market-stream WebSocket base (mark prices for `live_risk`)."))
+    coinm_market_stream_base_url: str = key(DEFAULT_COINM_MARKET_STREAM_BASE_URL, MARKET_STREAM_URL, help=(
+        "COIN-M public market-stream WebSocket base (mark prices for `live_risk`)."))
     warnings: tuple[str, ...] = ()
 
     def weight_limit_for(self, kind: str) -> int:

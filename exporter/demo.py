@@ -15,6 +15,13 @@ points at the one simulator. What the demo shows on purpose:
 * `portfolio`: a Portfolio Margin account with a uniMMR alert threshold;
 * `master`: a master key with sub-accounts (one frozen, one without futures,
   one excluded by the config);
+* `degen` (issue 24, live risk): a cross SOLUSDT long about 2.5 % above its
+  liquidation price, on the simulator's live market, whose SOLUSDT mark swings
+  4 % over 10 minutes on top of a random walk: its margin ratio moves every
+  second, and within a few minutes Binance's stand-in liquidates it (the
+  ORDER_TRADE_UPDATE events of a liquidation on its user data stream); a
+  minute later the position is back at the new mark, for the next round (no
+  risk thresholds, so the alerts the other accounts show stay the only ones);
 * user data streams on for every account (the simulator's WebSocket server):
   `hedge` gets a MARGIN_CALL each time the drift takes its ETHUSDT short
   within 5 % of its liquidation price (for part of every 10-minute cycle).
@@ -38,6 +45,7 @@ from exporter.simulator import (
     balance_row,
     pm_row,
 )
+from exporter.simulator.market import SimMarket
 
 DEFAULT_THRESHOLDS = {"USDT": 1000.0}
 # The simulator binds a random loopback port; a fixed `host` label keeps the demo's
@@ -82,6 +90,11 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                                      pm_row("USDC", "8000", "120.25", cm_wallet="0", cm_pnl="")],
                            maint_margin="14500", initial_margin="21000", collateral_rate="0.97"),
     }, {"markets": ("pm",), "min_uni_mmr": 2.0}),
+    "degen": ({
+        "account_alias": "Dgn5",
+        "balances": [balance_row("USDT", "665.6")],
+        "positions": [SimPosition("SOLUSDT", "100", "150", leverage=25)],
+    }, {"endpoint": "account", "positions": True, "min_available_balance": {}}),  # no thresholds: no new alerts
     "master": ({
         "account_alias": "Mstr",
         "balances": [balance_row("USDT", "15000", "14100")],
@@ -100,12 +113,19 @@ DEMO_ACCOUNTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 DEMO_CONCURRENCY = 32
+# The live market of --demo: only `degen`'s symbol, so the other accounts keep their drifting figures.
+DEMO_MARKS = {"SOLUSDT": "150"}
+DEMO_SWING = {"SOLUSDT": -0.04}  # down first: the long meets its liquidation price within minutes
+DEMO_VOLATILITY = 0.0008
+DEMO_REOPEN_S = 60.0
 DEMO_KEYS_PER_CONNECTION = 10
 
 
 def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
     """Start the simulator and build the config that points at it."""
-    sim = Simulator(weight_limit=weight_limit)
+    sim = Simulator(weight_limit=weight_limit, market=SimMarket(marks=dict(DEMO_MARKS), swing=dict(DEMO_SWING),
+                                                               volatility=DEMO_VOLATILITY))
+    sim.reopen_after_s = DEMO_REOPEN_S
     base_url = sim.start()
     urls = {key: base_url for key in ("base_url", "coinm_base_url", "pm_base_url", "sapi_base_url")}
     # --demo turns the user data streams on: margin calls and balance changes arrive as events.
@@ -123,4 +143,6 @@ def start_demo(weight_limit: int = 2400) -> tuple[Simulator, Config]:
     # The demo's USD-M streams share one private connection (stream_keys_per_connection), so the
     # shared form is what --demo shows; the simulator serves it like Binance's stream mode.
     return sim, Config(source="--demo", accounts=tuple(accounts), weight_limit=weight_limit,
-                       max_concurrency=DEMO_CONCURRENCY, stream_keys_per_connection=DEMO_KEYS_PER_CONNECTION)
+                       max_concurrency=DEMO_CONCURRENCY, stream_keys_per_connection=DEMO_KEYS_PER_CONNECTION,
+                       market_stream_base_url=sim.market_stream_url,
+                       coinm_market_stream_base_url=sim.coinm_market_stream_url)

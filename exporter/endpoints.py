@@ -105,3 +105,20 @@ SUB_ACCOUNT_MAX_PAGES = 100  # 20,000 sub-accounts: Binance's cap per master is 
 def sub_account_list_call(page: int) -> Call:
     return Call("/sapi/v1/sub-account/list", 1, parsing.parse_sub_account_list,
                 (("page", str(page)), ("limit", str(SUB_ACCOUNT_PAGE_SIZE))))
+
+
+# ---- live risk: brackets (per account, signed) and contract sizes (public) ----------------------
+# Weights per the official SDKs: /fapi/v1/leverageBracket and /papi/v1/um/leverageBracket 1;
+# /dapi/v2/leverageBracket "1 (after CM migration: 1 with `symbol` / 2 without `symbol`)": every
+# symbol is read, so the higher figure; /dapi/v1/exchangeInfo 1 (public, unsigned).
+LEVERAGE_BRACKET_CALLS = {
+    "usdm": Call("/fapi/v1/leverageBracket", 1, parsing.parse_leverage_brackets),
+    "coinm": Call("/dapi/v2/leverageBracket", 2, parsing.parse_coinm_leverage_brackets),
+    "pm": Call("/papi/v1/um/leverageBracket", 1, parsing.parse_leverage_brackets),
+}
+"""An account's brackets in a market; the lead's metadata scheduler reads them at start, at most hourly,
+and after an ACCOUNT_CONFIG_UPDATE. Portfolio Margin: the UM brackets (its CM positions keep Binance's
+figures)."""
+
+CONTRACT_SIZES_CALL = Call("/dapi/v1/exchangeInfo", 1, parsing.parse_contract_sizes)
+"""COIN-M contract sizes, one read per process (not per account): unsigned, through `client.public_call`."""

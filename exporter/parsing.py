@@ -17,6 +17,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from exporter.logs import fields as log_fields
@@ -491,3 +492,122 @@ def parse_sub_account_list(body: bytes) -> tuple[SubAccountEntry, ...]:
         frozen = item.get("isFreeze", False)
         out.append(SubAccountEntry(email, frozen is True))
     return tuple(out)
+
+
+# ---- brackets and contract sizes (live risk) --------------------------------------------------
+MAX_BRACKETS = 100  # per symbol; Binance's tables have about ten
+_BRACKET_NUMBER = re.compile(r"\d{1,30}(\.\d{1,30})?(E-?\d{1,2})?", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Bracket:
+    """One maintenance bracket: [floor, cap) of the notional (USD-M) or of the quantity in the coin (COIN-M)."""
+
+    floor: Decimal
+    cap: Decimal
+    mmr: Decimal  # maintMarginRatio
+    cum: Decimal  # maintenance amount
+
+
+Brackets = Mapping[str, tuple[Bracket, ...]]
+"""An account's brackets per symbol, each symbol's sorted by floor (Binance adjusts them per user)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _load_exact(body: bytes) -> Any:
+    """load_json, with JSON numbers as exact Decimals (brackets are JSON numbers, not strings)."""
+    try:
+        return json.loads(body, object_pairs_hook=_unique_pairs, parse_float=Decimal, parse_int=Decimal,
+                          parse_constant=_refuse_constant)
+    except _DuplicateKey:
+        raise BadResponse("body has an object with a duplicate key") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadResponse(f"body is not valid JSON ({type(exc).__name__})") from None
+
+
+def _exact(value: Any, where: str) -> Decimal:
+    """A non-negative exact number: a JSON number (as the SDK models have it) or a decimal string."""
+    if isinstance(value, str) and _BRACKET_NUMBER.fullmatch(value):
+        value = Decimal(value)
+    if not isinstance(value, Decimal) or not value.is_finite() or value < 0 or abs(value.adjusted()) > 30:
+        raise BadResponse(f"field {where} is not a non-negative number")
+    return value
+
+
+def _bracket_table(rows: Any, coin: bool, where: str) -> tuple[Bracket, ...]:
+    rows = _list(rows, f"{where}.brackets")
+    if not rows or len(rows) > MAX_BRACKETS:
+        raise BadResponse(f"{where}.brackets: expected 1 to {MAX_BRACKETS} brackets")
+    cap_key = "qtyCap" if coin else "notionalCap"
+    floor_keys = ("qtyFloor", "qtylFloor") if coin else ("notionalFloor",)  # qtylFloor: the docs' own spelling
+    out: list[Bracket] = []
+    for index, raw in enumerate(rows):
+        item = _object(raw, f"{where}.brackets[{index}]")
+        at = f"{where}.brackets[{index}]"
+        floor_key = next((k for k in floor_keys if k in item), floor_keys[0])
+        floor, cap = _exact(item.get(floor_key), f"{at}.{floor_key}"), _exact(item.get(cap_key), f"{at}.{cap_key}")
+        mmr = _exact(item.get("maintMarginRatio"), f"{at}.maintMarginRatio")
+        if cap <= floor or mmr >= 1:
+            raise BadResponse(f"{at}: cap not above floor, or maintMarginRatio not below 1")
+        cum = _exact(item["cum"], f"{at}.cum") if "cum" in item else None
+        out.append(Bracket(floor, cap, mmr, cum if cum is not None else Decimal(-1)))
+    out.sort(key=lambda b: b.floor)
+    for low, high in zip(out, out[1:], strict=False):
+        if high.floor < low.cap:
+            raise BadResponse(f"{where}.brackets overlap")
+    if any(b.cum < 0 for b in out):  # cum left out (the v1 COIN-M examples): Binance's own rule
+        cum, previous = Decimal(0), Decimal(0)
+        rebuilt = []
+        for b in out:
+            cum += b.floor * (b.mmr - previous)
+            previous = b.mmr
+            rebuilt.append(Bracket(b.floor, b.cap, b.mmr, cum))
+        out = rebuilt
+    return tuple(out)
+
+
+def parse_leverage_brackets(body: bytes, coin: bool = False) -> Brackets:
+    """`/fapi/v1/leverageBracket`, `/papi/v1/um/leverageBracket` (notional brackets) and `/dapi/v2/leverageBracket`
+    (coin=True: brackets by quantity in the coin): `[{"symbol", "notionalCoef"?, "brackets": [...]}]`,
+    or one such object (the answer to a `symbol` query).
+
+    The brackets are the account's own (Binance adjusts them per user; `notionalCoef` only says
+    by how much). A missing `cum` is derived by Binance's maintenance-amount rule.
+    """
+    data = _load_exact(body)
+    items = [data] if isinstance(data, dict) else _list(data, "leverageBracket")
+    out: dict[str, tuple[Bracket, ...]] = {}
+    for index, raw in enumerate(items):
+        item = _object(raw, f"leverageBracket[{index}]")
+        symbol = _label(item.get("symbol"), SYMBOL_RE, f"leverageBracket[{index}].symbol")
+        if symbol in out:
+            raise BadResponse(f"symbol {symbol} appears twice")
+        out[symbol] = _bracket_table(item.get("brackets"), coin, symbol)
+    return out
+
+
+def parse_coinm_leverage_brackets(body: bytes) -> Brackets:
+    return parse_leverage_brackets(body, coin=True)
+
+
+def parse_contract_sizes(body: bytes) -> Mapping[str, Decimal]:
+    """`/dapi/v1/exchangeInfo` (public): USD per contract of every COIN-M symbol (`contractSize`).
+
+    A symbol without a contract size is left out (nothing to recompute for it); one whose
+    size is not a positive number makes the answer bad.
+    """
+    data = _object(_load_exact(body), "exchangeInfo")
+    out: dict[str, Decimal] = {}
+    for index, raw in enumerate(_list(data.get("symbols"), "symbols")):
+        item = _object(raw, f"symbols[{index}]")
+        if "contractSize" not in item:
+            continue
+        symbol = _label(item.get("symbol"), SYMBOL_RE, f"symbols[{index}].symbol")
+        size = _exact(item["contractSize"], f"{symbol}.contractSize")
+        if size == 0:
+            raise BadResponse(f"field {symbol}.contractSize is 0")
+        out[symbol] = size
+    return out

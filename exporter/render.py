@@ -8,7 +8,7 @@ the exposition is stable enough to pin in golden files.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -148,6 +148,22 @@ def stream_families(result: ScrapeResult) -> Iterator[Metric]:
             _put(last_event, acct, stream.last_event)
         _put(margin_calls, acct, stream.margin_calls)
     yield from (up, events, reconnects, last_event, margin_calls)
+
+
+def risk_families(liquidations: Iterable[tuple[str, str, str, str, float]],
+                  market_streams: Iterable[tuple[str, bool]]) -> Iterator[Metric]:
+    """Live risk (issue 24): forced closes per account and symbol, and the public market streams.
+
+    `liquidations`: (alias, market, symbol, kind, count) with kind "liquidation" or "adl"
+    (exporter.forced_close); `market_streams`: (market, up). The engine's wiring feeds them.
+    """
+    forced = _counter("liquidation_events")
+    up = _gauge("market_stream_up")
+    for alias, market, symbol, kind, count in liquidations:
+        _put(forced, {"alias": alias, "market": market, "symbol": symbol, "kind": kind}, count)
+    for market, connected in market_streams:
+        _put(up, {"market": market}, 1.0 if connected else 0.0)
+    yield from (forced, up)
 
 
 def host_families(hosts: list[HostView]) -> Iterator[Metric]:

@@ -157,3 +157,13 @@ def test_reloadstorm_quick(tmp_path: Path) -> None:
     assert storm["answers"] == {"200": 30 * 2} and 1 <= storm["reload_runs"] <= 30 * 2
     assert report["baseline"]["non_200"] == 0 and storm["non_200"] == 0
     assert all(t["result"] in ("PASS", "FAIL") for t in report["targets"])
+
+
+def test_forced_close_quick(tmp_path: Path) -> None:
+    output = tmp_path / "forced_close.json"
+    out = _finish(_start(["-m", "benchmarks.forced_close", "--quick", "--output", str(output)]))
+    assert "whole_path_ordinary_ns" in out
+    results = json.loads(output.read_text())["results"]
+    assert {"prefilter_ordinary_str_ns", "json_loads_ordinary_ns", "forced_close_whole_path_ns",
+            "core_share_at_1000_events_per_s"} <= results.keys()
+    assert all(value > 0 for value in results.values())

@@ -68,7 +68,7 @@ from exporter.reload import Reloader
 from exporter.simulator import SimAccount, SimFutures, SimPortfolio, SimPosition, SimSubAccount, balance_row, pm_row
 from exporter.web import make_app
 from exporter.webconfig import WebConfig
-from stack_helpers import metric_catalogue, require_tool
+from stack_helpers import AWAITED_FAMILIES, metric_catalogue, require_tool
 from testkit import Simulator
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -262,7 +262,7 @@ def test_the_dataset_exercises_every_family() -> None:
         if not line.startswith("#"):
             name, rest = family_of(line), line.partition("{")[2]  # a series may have no labels
             names.setdefault(name, set()).update(re.findall(r'(\w+)="', rest.rpartition("}")[0]))
-    catalogue = metric_catalogue()
+    catalogue = {n: labels for n, labels in metric_catalogue().items() if n not in AWAITED_FAMILIES}
     assert sorted(set(catalogue) - set(names)) == []
     assert sorted(set(names) - set(catalogue)) == []
     assert {n: frozenset(v) for n, v in names.items()} == catalogue

@@ -23,6 +23,11 @@ Choices where Binance's docs are silent (see /work/shared/binance-api.md §8, §
   weight, requests refused during a ban do not;
 * sub-account errors: a foreign email → 400 -5012, a sub-account without that
   futures type → 400 -5011, list ``limit`` above 200 → 400 -1130;
+* with a market (``Simulator(market=SimMarket())``, see market): marks that
+  walk every second, REST answers at those marks (maintenance margin by
+  bracket, Binance's liquidation price), leverageBracket and exchangeInfo,
+  the public market streams (market_stream), and liquidations with their
+  ORDER_TRADE_UPDATE events;
 * Portfolio Margin accountStatus follows uniMMR (> 1.5 NORMAL, > 1.2
   MARGIN_CALL, > 1.05 REDUCE_ONLY, else FORCE_LIQUIDATION) unless set.
 """
@@ -38,7 +43,8 @@ from .accounts import (
     pm_row,
 )
 from .gate import Reply
+from .market import SimMarket
 from .server import Request, Simulator
 
-__all__ = ["Reply", "Request", "SimAccount", "SimFutures", "SimPortfolio", "SimPosition", "SimSubAccount",
-           "Simulator", "balance_row", "format_decimal", "pm_row"]
+__all__ = ["Reply", "Request", "SimAccount", "SimFutures", "SimMarket", "SimPortfolio", "SimPosition",
+           "SimSubAccount", "Simulator", "balance_row", "format_decimal", "pm_row"]

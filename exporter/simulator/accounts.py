@@ -92,6 +92,7 @@ class SimPosition:
     isolated_wallet: Num = "0"  # margin moved into an isolated position
     liquidation_price: Num = "0"  # "0": none, as Binance reports for most cross positions
     maint_rate: Num = "0.004"
+    maint_amount: Num = "0"  # the bracket's cum: maintMargin = |notional| x maint_rate - maint_amount
     open_order_margin: Num = "0"  # openOrderInitialMargin
     break_even_price: Num | None = None  # None: entry ± 0.02 % (a taker fee)
     adl: int = 0
@@ -320,7 +321,8 @@ def _position(p: SimPosition, coin: bool) -> tuple[dict[str, Any], dict[str, Dec
     q = Decimal("1e-8")
     notional, pnl = notional.quantize(q), pnl.quantize(q)
     position_im = (abs(notional) / max(p.leverage, 1)).quantize(q)
-    open_im, maint = dec(p.open_order_margin), (abs(notional) * dec(p.maint_rate)).quantize(q)
+    open_im = dec(p.open_order_margin)
+    maint = (abs(notional) * dec(p.maint_rate) - dec(p.maint_amount)).quantize(q) if notional else ZERO
     wallet = dec(p.isolated_wallet) if p.isolated else ZERO
     fee = Decimal("0.0002") if amount >= 0 else Decimal("-0.0002")
     break_even = p.break_even_price if p.break_even_price is not None else (entry * (1 + fee)).normalize()

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from . import accounts as a
-from .accounts import AccountBook, SimAccount, SimSubAccount
+from .accounts import AccountBook, SimAccount, SimPosition, SimSubAccount
 from .drift import drift_account
 from .gate import (
     MSG_METHOD_NOT_ALLOWED,
@@ -48,6 +48,8 @@ from .gate import (
     banned_msg,
     too_many_requests_msg,
 )
+from .market import SimMarket, exchange_info, leverage_brackets, liquidated, live_account, order_trade_update
+from .market_stream import MarketStreamServer
 from .streams import (
     LISTEN_KEY_FAMILIES,
     MSG_KEY_GONE,
@@ -91,6 +93,14 @@ ROUTES: dict[str, tuple[int, Builder | None]] = {
     "/sapi/v2/sub-account/futures/account": (1, a.sub_account_futures),
     "/sapi/v2/sub-account/futures/positionRisk": (1, a.sub_account_position_risk),
 }
+# Live risk (market): path -> (IP weight, builder(market, account, params)); /dapi/v1/exchangeInfo is public.
+# /dapi/v2/leverageBracket: the SDK's "2 without symbol" (every symbol is what the exporter reads).
+MARKET_ROUTES: dict[str, tuple[int, Callable[[SimMarket, SimAccount, dict[str, str]], Any]]] = {
+    "/fapi/v1/leverageBracket": (1, partial(leverage_brackets, coin=False)),
+    "/papi/v1/um/leverageBracket": (1, partial(leverage_brackets, coin=False)),
+    "/dapi/v2/leverageBracket": (2, partial(leverage_brackets, coin=True)),
+}
+PUBLIC_ROUTES = {"/dapi/v1/exchangeInfo": 1}
 Intercept = Reply | Callable[[Reply], Reply] | None
 MARKET_FAMILIES = {"usdm": "fapi", "coinm": "dapi", "pm": "papi"}
 RISK_TICK_S = 1.0
@@ -258,6 +268,7 @@ class Simulator:
         max_recv_window_ms: int | None = 60000,
         ban_after_429s: int = 3,
         send_retry_after: bool = True,  # fapi/dapi/papi/api; /sapi always sends it (documented)
+        market: SimMarket | None = None,  # live marks (see market): REST, market streams, liquidations
     ) -> None:
         self.host, self.port = host, port
         self.clock_skew_ms = clock_skew_ms
@@ -286,6 +297,19 @@ class Simulator:
         self.margin_call_distance = 0.05
         self._risk_seen: dict[tuple[str, str, str], bool | str] = {}
         self._risk_thread: threading.Thread | None = None
+        # Live risk: with a market, marks walk every second (market.step), the market streams carry
+        # them, REST answers follow them, and an account past its liquidation price is liquidated.
+        self.market = market
+        self._static_market = SimMarket()  # brackets and contract sizes without a live market
+        self._market_streams = MarketStreamServer(host)
+        self.auto_liquidate = True
+        # Demo: a liquidated position comes back this many seconds later, at the mark of the moment,
+        # with the wallet it had before (None: gone for good, as on Binance).
+        self.reopen_after_s: float | None = None
+        self._reopen: list[tuple[float, str, bool, list[SimPosition], list[dict[str, Any]]]] = []
+        self._order_ids = 700000000
+        self.liquidations = 0  # positions liquidated since start (tests, the demo)
+        self._market_lock = threading.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> str:
@@ -301,6 +325,8 @@ class Simulator:
             self._server, self._thread = server, thread
             self._base_url = f"http://{host}:{port}"
             self._streams.start()
+            if self.market is not None:
+                self._market_streams.start()
             self._risk_thread = threading.Thread(target=self._risk_loop, name="simulator-risk", daemon=True)
             self._risk_thread.start()
             return self._base_url
@@ -313,6 +339,7 @@ class Simulator:
             return
         self._stopping.set()  # wakes handlers sleeping on latency
         self._streams.stop()
+        self._market_streams.stop()
         server.shutdown()
         server.server_close()
         server.abort_connections()
@@ -339,6 +366,121 @@ class Simulator:
         if not self._streams.url:
             raise RuntimeError("simulator not started")
         return self._streams.url
+
+    @property
+    def market_stream_url(self) -> str:
+        """USD-M market streams' base (Binance's `wss://fstream.binance.com/market`); needs a market."""
+        if not self._market_streams.url:
+            raise RuntimeError("simulator not started with a market")
+        return self._market_streams.url + "/market"
+
+    @property
+    def coinm_market_stream_url(self) -> str:
+        """COIN-M market streams' base (Binance's `wss://dstream.binance.com`); needs a market."""
+        if not self._market_streams.url:
+            raise RuntimeError("simulator not started with a market")
+        return self._market_streams.url
+
+    def market_subscriptions(self, market: str | None = None) -> list[str]:
+        """Streams subscribed on the open market-stream connections (usdm, coinm, or both)."""
+        return self._market_streams.subscriptions(market)
+
+    def market_connections(self, market: str | None = None) -> int:
+        return self._market_streams.open_connections(market)
+
+    def drop_market_streams(self) -> None:
+        self._market_streams.drop()
+
+    def tick(self) -> None:
+        """One second of the market: marks move, the streams carry them, crossed accounts are liquidated."""
+        if self.market is None:
+            return
+        with self._market_lock:
+            marks = self.market.step()
+            self._market_streams.publish(marks, self.server_time_ms())
+            if self.auto_liquidate:
+                self.check_liquidations()
+            self._reopen_due()
+
+    def _reopen_due(self) -> None:
+        now = time.monotonic()
+        due = [entry for entry in self._reopen if entry[0] <= now]
+        self._reopen = [entry for entry in self._reopen if entry[0] > now]
+        for _, api_key, coin, positions, rows in due:
+            stored = self._book.get(api_key)
+            if stored is None or self.market is None:
+                continue
+            back = [replace(p, entry_price=format(self.market.mark(p.symbol) or a.dec(p.entry_price), "f"),
+                            mark_price=None) for p in positions]
+            if coin:
+                self.update_account(api_key, coinm_positions=stored.coinm_positions + back, coinm_balances=rows)
+            else:
+                self.update_account(api_key, positions=stored.positions + back, balances=rows)
+
+    def publish_marks(self) -> None:
+        """Send the current marks on the market streams now (after set_mark, without a step)."""
+        if self.market is not None:
+            self._market_streams.publish(self.market.current(), self.server_time_ms())
+
+    def _live(self, account: SimAccount) -> SimAccount:
+        """The account as REST answers it now: drifting (demo) and at the market's marks."""
+        now = self.server_time_ms()
+        account = drift_account(account, now) if account.drift else account
+        return live_account(self.market, account) if self.market is not None else account
+
+    def check_liquidations(self) -> None:
+        """Liquidate every position past its liquidation price, as Binance's engine would.
+
+        For each: ORDER_TRADE_UPDATE NEW and FILLED (client order id autoclose-…, type LIQUIDATION)
+        on the account's user data stream, then the position closed and its loss taken from the
+        wallet (an ACCOUNT_UPDATE, as update_account pushes).
+        """
+        if self.market is None:
+            return
+        for stored in self._book.all():
+            live = self._live(stored)
+            for market, coin in (("usdm", False), ("coinm", True)):
+                gone, after = liquidated(stored, live, coin)
+                if not gone:
+                    continue
+                now = self.server_time_ms()
+                for position in gone:
+                    self.liquidations += 1
+                    self._order_ids += 1
+                    for status in ("NEW", "FILLED"):
+                        self.push_event(stored.api_key, market, order_trade_update(position, self._order_ids, status,
+                                                                                   now))
+                if self.reopen_after_s is not None:
+                    keys = {(p.symbol, p.side) for p in gone}
+                    kept = [p for p in (stored.coinm_positions if coin else stored.positions)
+                            if (p.symbol, p.side) in keys]
+                    rows = list((stored.coinm_balances if coin else stored.balances) or [])
+                    self._reopen.append((time.monotonic() + self.reopen_after_s, stored.api_key, coin, kept, rows))
+                changes = ({"coinm_positions": after.coinm_positions, "coinm_balances": after.coinm_balances}
+                           if coin else {"positions": after.positions, "balances": after.balances})
+                self.update_account(stored.api_key, **changes)
+                stored = self._book.get(stored.api_key) or stored
+                live = self._live(stored)
+
+    def auto_deleverage(self, api_key: str, market: str, symbol: str, side: str = "BOTH") -> None:
+        """Close a position by ADL: ORDER_TRADE_UPDATE NEW and FILLED with client order id adl_autoclose,
+        at the position's mark price, then the position gone (its PnL realized into the wallet)."""
+        stored = self._book.get(api_key)
+        if stored is None:
+            raise KeyError(api_key)
+        coin = market == "coinm"
+        live = self._live(stored)
+        position = next(p for p in (live.coinm_positions if coin else live.positions)
+                        if p.symbol == symbol and p.side == side)
+        now = self.server_time_ms()
+        self._order_ids += 1
+        at_mark = replace(position, liquidation_price=position.mark_price or position.entry_price)
+        for status in ("NEW", "FILLED"):
+            self.push_event(api_key, market, order_trade_update(at_mark, self._order_ids, status, now,
+                                                                client_order_id="adl_autoclose"))
+        kept = [p for p in (stored.coinm_positions if coin else stored.positions)
+                if (p.symbol, p.side) != (symbol, side)]
+        self.update_account(api_key, **({"coinm_positions": kept} if coin else {"positions": kept}))
 
     # ---- user data streams ---------------------------------------------------------------------
     def push_event(self, api_key: str, market: str, event: dict[str, Any] | str | bytes) -> None:
@@ -394,6 +536,7 @@ class Simulator:
     def _risk_loop(self) -> None:
         while not self._stopping.wait(RISK_TICK_S):
             try:
+                self.tick()
                 self.check_risk()
             except Exception:  # noqa: BLE001 - never let the demo's ticker die
                 pass
@@ -404,7 +547,7 @@ class Simulator:
         for account in self._book.all():
             if not account.drift or not self._streams.open_streams(account.api_key):
                 continue
-            acct = drift_account(account, now)
+            acct = self._live(account)
             for market, positions in (("usdm", acct.positions), ("coinm", acct.coinm_positions)):
                 for p in positions:
                     mark, liq = a.dec(p.mark_price), a.dec(p.liquidation_price)
@@ -445,6 +588,10 @@ class Simulator:
             if event is not None:
                 self.push_event(api_key, market, event)
 
+    def stored_account(self, api_key: str) -> SimAccount | None:
+        """The account as stored (before drift and the market's marks), e.g. after a liquidation."""
+        return self._book.get(api_key)
+
     def set_balances(self, api_key: str, rows: list[dict[str, Any]]) -> None:
         self.update_account(api_key, balances=rows)
 
@@ -469,7 +616,9 @@ class Simulator:
             return int(self.weights[path])
         if path == "/fapi/v2/balance":
             return int(self.v2_balance_weight)
-        return ROUTES[path][0] if path in ROUTES else 1
+        if path in MARKET_ROUTES:
+            return MARKET_ROUTES[path][0]
+        return ROUTES[path][0] if path in ROUTES else PUBLIC_ROUTES.get(path, 1)
 
     def weight_limit_for(self, family: str) -> int:
         return int(self.weight_limit if family == "fapi" else getattr(self, f"{family}_weight_limit"))
@@ -533,9 +682,18 @@ class Simulator:
             return self._listen_key(req)
         if req.method != "GET":
             return Reply.error(405, -1099, MSG_METHOD_NOT_ALLOWED, [("Allow", "GET")])
-        if req.path not in ROUTES:
+        market = self.market or self._static_market
+        if req.path in PUBLIC_ROUTES:
+            reply = Reply.json(200, exchange_info(market, self.server_time_ms()))
+            for deform in deformers:
+                reply = deform(reply)
+            return reply
+        if req.path in MARKET_ROUTES:
+            build: Builder | None = partial(MARKET_ROUTES[req.path][1], market)
+        elif req.path in ROUTES:
+            build = ROUTES[req.path][1]
+        else:
             return Reply.error(404, -1099, MSG_NOT_FOUND)
-        build = ROUTES[req.path][1]
         if build is None:
             obj: Any = {"serverTime": self.server_time_ms()} if req.path.endswith("/time") else {}
         else:
@@ -550,7 +708,7 @@ class Simulator:
                 account = self._book.get(req.api_key or "")
                 if account is None:  # removed since validation
                     raise ApiError(401, -2015, MSG_REJECTED_KEY)
-                obj = build(drift_account(account, self.server_time_ms()) if account.drift else account, params)
+                obj = build(self._live(account), params)
             except ApiError as err:
                 return err.reply()
         reply = Reply.json(200, obj)
