@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
+.PHONY: test lint venv golden mixin prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,18 @@ lint: venv
 golden: venv
 	UPDATE_GOLDEN=1 $(VPY) -m pytest -q tests/test_golden.py
 
-# Rewrite deploy/kubernetes/base/prometheusrule.yaml from prometheus/rules.yml and alerts.yml
-# (the test suite fails while the two disagree).
-prometheusrule: venv
-	$(VPY) deploy/kubernetes/prometheusrule.py
+# The monitoring mixin: prometheus/rules.yml, prometheus/alerts.yml, the Grafana dashboard and
+# deploy/kubernetes/base/prometheusrule.yaml, generated from prometheus/mixin/ with the settings of
+# prometheus/mixin.yaml (the test suite fails while the checked-in files are stale). With your own
+# settings (only the keys you change) into a directory of your own:
+#   make mixin CONFIG=my-mixin.yaml OUT=out/
+CONFIG ?=
+OUT ?=
+mixin: venv
+	$(VPY) prometheus/mixin/generate.py $(if $(CONFIG),--config $(CONFIG)) $(if $(OUT),--out $(OUT))
+
+# The old name of `make mixin` (it wrote only the PrometheusRule).
+prometheusrule: mixin
 
 # Benchmarks (see docs/performance.md); each writes benchmarks/results/<name>.json.
 bench: venv

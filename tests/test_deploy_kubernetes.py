@@ -42,8 +42,6 @@ K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
 OPERATOR_GROUP = "monitoring.coreos.com"
 APP = "binance-futures-exporter"
 
-sys.path.insert(0, str(KUBE))
-import prometheusrule  # noqa: E402  (deploy/kubernetes/prometheusrule.py, the generator)
 
 
 def _id(path: Path) -> str:
@@ -279,29 +277,13 @@ def test_shipped_config_passes_config_check(directory: Path, tmp_path: Path) -> 
 # --------------------------------------------------------------------------- PrometheusRule
 
 
-def test_prometheusrule_manifest_is_generated_from_prometheus_dir() -> None:
-    """`make prometheusrule` has been run since prometheus/*.yml last changed."""
-    assert prometheusrule.main(["--check"]) == 0, "deploy/kubernetes/base/prometheusrule.yaml is stale: " \
-                                                  "run `make prometheusrule`"
+# Generated with the rule files by prometheus/mixin/generate.py: tests/test_mixin.py checks it is current.
 
 
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=_id)
 def test_built_prometheusrule_has_exactly_the_rule_files_groups(directory: Path) -> None:
     expected = [group for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]]
     assert one(build(directory), "PrometheusRule")["spec"]["groups"] == expected
-
-
-def test_generator_follows_a_changed_rule_file(tmp_path: Path) -> None:
-    """A rule added to a source shows in the manifest, in its group: the check would catch drift."""
-    rules = yaml.safe_load(RULE_FILES[0].read_text())
-    rules["groups"][0]["rules"].append({"record": "test:added", "expr": "vector(1)\n  + vector(2)"})
-    changed = tmp_path / "rules.yml"
-    changed.write_text(yaml.safe_dump(rules), encoding="utf-8")
-    text = prometheusrule.render((changed, RULE_FILES[1]))
-    assert text != prometheusrule.render()
-    doc = yaml.safe_load(text)
-    assert doc["spec"]["groups"][0]["rules"][-1] == {"record": "test:added", "expr": "vector(1)\n  + vector(2)"}
-    assert "expr: |-\n" in text  # multi-line PromQL stays a readable block
 
 
 # --------------------------------------------------------------------------- sharding
