@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden mixin prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
+.PHONY: test lint venv golden mixin prometheusrule lock bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ mixin: venv
 
 # The old name of `make mixin` (it wrote only the PrometheusRule).
 prometheusrule: mixin
+
+# The image's pinned dependencies, with hashes (the Dockerfile installs only these, --require-hashes):
+# requirements.lock from pyproject.toml's dependencies, requirements-build.lock from requirements-build.in.
+# Run after changing either, or to take new releases; review the diff, then commit it.
+PIP_COMPILE = $(VPY) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links
+lock: venv
+	$(VPY) -m pip install --quiet 'pip-tools>=7.4'
+	$(PIP_COMPILE) --upgrade --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --upgrade --output-file requirements-build.lock requirements-build.in
 
 # Benchmarks (see docs/performance.md); each writes benchmarks/results/<name>.json.
 bench: venv

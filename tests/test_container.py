@@ -43,7 +43,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port
-from exporter import __version__
 from exporter.demo import DEMO_ACCOUNTS
 
 TOOLS = ("podman", "runc", "mmdebstrap")
@@ -68,6 +67,9 @@ _SESSION = uuid.uuid4().hex[:10]
 # Passed as build args: the image must show them in its OCI labels and build_info.
 REVISION = f"test{_SESSION}"
 SOURCE = "https://example.invalid/binance-futures-exporter"
+# The version as the Dockerfile's header says to pass it: setuptools-scm's, from git.
+VERSION = subprocess.run([sys.executable, "-m", "setuptools_scm"], cwd=REPO, capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip().splitlines()[-1]
 _REPORT: dict[str, str] = {}
 
 
@@ -256,6 +258,7 @@ def image(stand_in_base: tuple[str, int]) -> Iterator[Image]:
         podman("build", "--no-cache", "--layers=false", "--force-rm", "--pull=never", "--format", "docker",
                "--network=host", *ULIMITS, "--build-arg", f"PYTHON_IMAGE={base_tag}",
                "--build-arg", f"REVISION={REVISION}", "--build-arg", f"SOURCE={SOURCE}",
+               "--build-arg", f"VERSION={VERSION}",
                "-t", tag, "-f", str(REPO / "Dockerfile"), str(REPO), timeout=900)
         built = Image(tag, inspect("image", tag), base_bytes)
         _REPORT["build"] = f"image built in {time.monotonic() - started:.1f} s"
@@ -341,7 +344,7 @@ def test_metrics_scraped_from_outside_the_container(demo_container: Container):
                   timeout=30)
     assert result["ctype"].startswith("text/plain"), result["ctype"]
     samples = result["samples"]
-    assert samples[("binance_futures_exporter_build_info", (("revision", REVISION), ("version", __version__)))] == 1.0
+    assert samples[("binance_futures_exporter_build_info", (("revision", REVISION), ("version", VERSION)))] == 1.0
     auth_errors = [v for (name, labels), v in samples.items()
                    if name == "binance_futures_scrape_errors_total" and dict(labels)["reason"] == "auth"]
     assert auth_errors and not any(auth_errors)
@@ -376,7 +379,7 @@ def test_oci_labels_from_build_args(image: Image):
     labels = image.config.get("Labels") or image.config["Config"]["Labels"]
     oci = {k: v for k, v in labels.items() if k.startswith("org.opencontainers.image.")}
     assert oci.items() >= {
-        "org.opencontainers.image.version": __version__,
+        "org.opencontainers.image.version": VERSION,
         "org.opencontainers.image.revision": REVISION,
         "org.opencontainers.image.source": SOURCE,
         "org.opencontainers.image.licenses": "Apache-2.0",
