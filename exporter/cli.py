@@ -57,10 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_listen_address(demo: bool) -> str:
+    """All interfaces for real accounts (Prometheus scrapes from elsewhere); loopback for a local --demo."""
+    return DEMO_LISTEN_ADDRESS if demo else f":{DEFAULT_PORT}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.listen_address is None:
-        args.listen_address = DEMO_LISTEN_ADDRESS if args.demo else f":{DEFAULT_PORT}"
+        args.listen_address = default_listen_address(args.demo)
     setup_logging(args.log_level, args.log_format)
     try:
         parse_listen_address(args.listen_address)
