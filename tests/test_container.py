@@ -395,3 +395,96 @@ def test_image_size_is_sane(image: Image):
     size, added = image.config["Size"], image.config["Size"] - image.base_bytes
     assert size < MAX_IMAGE_MB * 1e6, _REPORT["size"]
     assert added < MAX_ADDED_MB * 1e6, _REPORT["size"]
+
+
+# --------------------------------------------------------------------------- the README's first commands
+
+README_BLOCK_INTRO = "In a checkout, on Debian or Ubuntu (as root; with `sudo` otherwise):"
+
+
+def readme_first_commands() -> str:
+    """The README's first shell block: the commands a newcomer types first."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    after = text.split(README_BLOCK_INTRO, 1)
+    assert len(after) == 2, "the README's first-commands block moved: update README_BLOCK_INTRO"
+    block = after[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    assert block.strip().endswith("binance-futures-exporter --demo"), block
+    return block
+
+
+def checkout_copy(dest: Path) -> None:
+    """The working tree as a user's checkout has it: tracked and new files, nothing git ignores (no .venv)."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+@pytest.fixture(scope="session")
+def fresh_debian(pytestconfig: pytest.Config) -> Iterator[str]:
+    """Debian bookworm as its minimal image is: no Python, no pip, apt lists not fetched yet.
+
+    Only this machine's environment is added, as a user's machine has its own: the CA bundle of the
+    proxy that downloads go through (PIP_CERT) and the host's pip settings for finding packages.
+    """
+    require_container_tools()
+    _register_summary(pytestconfig)
+    tag = f"localhost/bfe-test-debian-{_SESSION}:bookworm"
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bfe-debian-") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        hooks = ['--customize-hook=mkdir -p "$1/etc/ssl/certs" "$1/etc/bfe-test"',
+                 f"--customize-hook=upload {CA_BUNDLE} /etc/bfe-test/ca.crt",
+                 # as in Debian's container images: no apt lists shipped
+                 '--customize-hook=rm -rf "$1"/var/lib/apt/lists/*']
+        pip_settings = host_pip_settings()
+        if pip_settings:
+            pip_conf = Path(tmp) / "pip.conf"
+            pip_conf.write_text("[global]\n" + "".join(f"{k} = {v}\n" for k, v in pip_settings.items()))
+            hooks.append(f"--customize-hook=upload {pip_conf} /etc/pip.conf")
+        cmd = ["mmdebstrap", "--quiet", "--variant=minbase", *hooks, "bookworm", str(rootfs)]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"mmdebstrap exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        podman("import", "--change", "ENV PIP_CERT=/etc/bfe-test/ca.crt", str(rootfs), tag, timeout=300)
+    _REPORT["debian"] = f"fresh Debian bookworm (minbase) built in {time.monotonic() - started:.1f} s"
+    try:
+        yield tag
+    finally:
+        podman_quiet("rmi", "--force", tag)
+
+
+def test_readme_first_commands_work_in_a_fresh_debian_container(fresh_debian: str, tmp_path: Path):
+    """Issue 26: apt-get, venv, pip install and --demo, as the README writes them, in bookworm without Python."""
+    block = readme_first_commands()
+    src = tmp_path / "binance-futures-exporter"
+    checkout_copy(src)
+    # The demo listens on 127.0.0.1:9894 (its default); the container shares the host's network
+    # (package downloads), so that port must be free here.
+    with __import__("socket").socket() as sock:
+        if sock.connect_ex(("127.0.0.1", 9894)) == 0:
+            pytest.fail("127.0.0.1:9894 is in use on this machine; the README's --demo needs it")
+    found = podman("run", "--rm", *ULIMITS, "--network=none", fresh_debian, "sh", "-c",
+                   "command -v python3; command -v pip; ls /var/lib/apt/lists", check=False)
+    assert found.returncode == 0 and not found.stdout.strip(), f"the base is not fresh: {found.stdout}{found.stderr}"
+    name = f"bfe-test-readme-{_SESSION}"
+    cid = podman("run", "-d", "--name", name, "--network=host", *ULIMITS, "-v", f"{src}:/root/binance-futures-exporter",
+                 "-w", "/root/binance-futures-exporter", "-e", "DEBIAN_FRONTEND=noninteractive",
+                 fresh_debian, "bash", "-euc", block).stdout.strip()
+    container = Container(cid, url="http://127.0.0.1:9894")
+    started = time.monotonic()
+    try:
+        line = poll(lambda: next((ln for ln in container.logs().splitlines() if ln.startswith("Serving metrics at")),
+                                 None), "the demo's 'Serving metrics at' line", container, timeout=600)
+        assert line == "Serving metrics at http://127.0.0.1:9894/metrics", line
+        status, _, body = poll(lambda: (lambda r: r if r[0] == 200 and "binance_futures_up{" in r[2] else None)(
+            http_get(f"{container.url}/metrics", timeout=10)), "/metrics with accounts", container, timeout=60)
+        ups = [s for f in text_string_to_metric_families(body) for s in f.samples if s.name == "binance_futures_up"]
+        assert {s.labels["alias"] for s in ups} >= set(DEMO_ACCOUNTS)
+        _REPORT["readme"] = (f"README's first commands in fresh Debian: demo serving after "
+                             f"{time.monotonic() - started:.0f} s")
+    finally:
+        podman_quiet("rm", "--force", "--time", "0", cid)
