@@ -208,6 +208,26 @@ def run_container(image: Image, name: str, network: str, *args: str) -> Containe
 
 # --------------------------------------------------------------------------- fixtures
 
+def debian_image(tag: str, options: list[str], hooks: list[str], env: list[str]) -> list[str]:
+    """mmdebstrap a bookworm root file system with `options` and `hooks` (plus the host's pip settings) and
+    import it into podman as `tag` with the ENV lines `env`; the names of the pip settings forwarded."""
+    with tempfile.TemporaryDirectory(prefix="bfe-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        pip_settings = host_pip_settings()
+        cmd = ["mmdebstrap", "--quiet", "--variant=minbase", *options, *hooks,
+               *pip_conf_hooks(Path(tmp), pip_settings), "bookworm", str(rootfs)]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"mmdebstrap exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        try:
+            podman("import", *(arg for line in env for arg in ("--change", f"ENV {line}")), str(rootfs), tag,
+                   timeout=300)
+        except BaseException:
+            podman_quiet("rmi", "--force", tag)
+            raise
+    return list(pip_settings)
+
+
 @pytest.fixture(scope="session")
 def stand_in_base(pytestconfig: pytest.Config) -> Iterator[tuple[str, int]]:
     """A local stand-in for `python:*-slim`, built once per session: (tag, size in bytes)."""
@@ -215,34 +235,19 @@ def stand_in_base(pytestconfig: pytest.Config) -> Iterator[tuple[str, int]]:
     _register_summary(pytestconfig)
     tag = f"localhost/bfe-test-python-{_SESSION}:bookworm"
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bfe-stand-in-") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        hooks = [
-            # python/pip in /usr/local/bin as in the slim images.
-            '--customize-hook=chroot "$1" python3 -m venv /usr/local',
-            f"--customize-hook=upload {CA_BUNDLE} {CA_BUNDLE}",
-        ]
-        pip_settings = host_pip_settings()
-        hooks += pip_conf_hooks(Path(tmp), pip_settings)
-        cmd = [
-            "mmdebstrap", "--quiet", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-            # merged /usr without the usrmerge package (which pulls in perl), and no docs,
-            # man pages or locales, like Debian's slim images.
-            "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-            "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "--dpkgopt=path-include=/usr/share/locale/locale.alias",
-            "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-            *hooks, "bookworm", str(rootfs),
-        ]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"mmdebstrap exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
-        try:
-            podman("import", "--change", "ENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                   "--change", f"ENV PIP_CERT={CA_BUNDLE}", str(rootfs), tag, timeout=300)
-        except BaseException:
-            podman_quiet("rmi", "--force", tag)
-            raise
+    pip_settings = debian_image(tag, [
+        "--include=python3,python3-venv,ca-certificates",
+        # merged /usr without the usrmerge package (which pulls in perl), and no docs,
+        # man pages or locales, like Debian's slim images.
+        "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+        "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+        "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    ], [
+        # python/pip in /usr/local/bin as in the slim images.
+        '--customize-hook=chroot "$1" python3 -m venv /usr/local',
+        f"--customize-hook=upload {CA_BUNDLE} {CA_BUNDLE}",
+    ], ["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"PIP_CERT={CA_BUNDLE}"])
     _REPORT["stand-in"] = (f"stand-in base (mmdebstrap bookworm) built in {time.monotonic() - started:.1f} s; "
                            f"pip settings forwarded from the host: {', '.join(pip_settings) or 'none'}")
     try:
@@ -440,16 +445,9 @@ def fresh_debian(pytestconfig: pytest.Config) -> Iterator[str]:
     _register_summary(pytestconfig)
     tag = f"localhost/bfe-test-debian-{_SESSION}:bookworm"
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bfe-debian-") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        hooks = ['--customize-hook=mkdir -p "$1/etc/ssl/certs" "$1/etc/bfe-test"',
-                 f"--customize-hook=upload {CA_BUNDLE} /etc/bfe-test/ca.crt"]
-        hooks += pip_conf_hooks(Path(tmp), host_pip_settings())
-        cmd = ["mmdebstrap", "--quiet", "--variant=minbase", *hooks, "bookworm", str(rootfs)]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"mmdebstrap exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
-        podman("import", "--change", "ENV PIP_CERT=/etc/bfe-test/ca.crt", str(rootfs), tag, timeout=300)
+    debian_image(tag, [], ['--customize-hook=mkdir -p "$1/etc/bfe-test"',
+                           f"--customize-hook=upload {CA_BUNDLE} /etc/bfe-test/ca.crt"],
+                 ["PIP_CERT=/etc/bfe-test/ca.crt"])
     _REPORT["debian"] = f"fresh Debian bookworm (minbase) built in {time.monotonic() - started:.1f} s"
     try:
         yield tag
