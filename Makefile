@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden docs prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders bench-reloadstorm clean
+.PHONY: test lint venv golden docs mixin prometheusrule lock bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders bench-reloadstorm clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,30 @@ golden: venv
 # Rewrite the generated parts of docs/ (the config key reference) from their declaration in
 # the code (the test suite fails while they disagree).
 docs: venv
-	$(VPY) docs/generate.py
+	$(VPY) docs/generate_docs.py
 
-# Rewrite deploy/kubernetes/base/prometheusrule.yaml from prometheus/rules.yml and alerts.yml
-# (the test suite fails while the two disagree).
-prometheusrule: venv
-	$(VPY) deploy/kubernetes/prometheusrule.py
+# The monitoring mixin: prometheus/rules.yml, prometheus/alerts.yml, the Grafana dashboard and
+# deploy/kubernetes/base/prometheusrule.yaml, generated from prometheus/mixin/ with the settings of
+# prometheus/mixin.yaml (the test suite fails while the checked-in files are stale). With your own
+# settings (only the keys you change) into a directory of your own:
+#   make mixin CONFIG=my-mixin.yaml OUT=out/
+CONFIG ?=
+OUT ?=
+mixin: venv
+	$(VPY) prometheus/mixin/generate.py $(if $(CONFIG),--config $(CONFIG)) $(if $(OUT),--out $(OUT))
+
+# The old name of `make mixin` (it wrote only the PrometheusRule).
+prometheusrule: mixin
+
+# The image's pinned dependencies, with hashes (the Dockerfile installs only these, --require-hashes):
+# requirements.lock from pyproject.toml's dependencies, requirements-build.lock from requirements-build.in.
+# Run after changing either, or to take new releases; review the diff, then commit it.
+PIP_COMPILE = $(VPY) -m piptools compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links
+lock: venv
+	$(VPY) -m pip install --quiet 'pip-tools>=7.4'
+	$(PIP_COMPILE) --upgrade --output-file requirements.lock pyproject.toml
+	$(PIP_COMPILE) --upgrade --output-file requirements-build.lock requirements-build.in
 
 # Benchmarks (see docs/performance.md); each writes benchmarks/results/<name>.json.
 bench: venv

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
-from exporter import __version__
+from exporter import SUMMARY, __version__
 from exporter.config import ConfigError, load_config
 from exporter.engine import Engine
 from exporter.fdlimit import FdLimitError, fit_open_files
@@ -25,17 +25,20 @@ from exporter.webconfig import WebConfig, load_web_config
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 9894
+# --demo serves simulated accounts for a local look: loopback unless told otherwise.
+DEMO_LISTEN_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="binance-futures-exporter",
-        description="Prometheus exporter for Binance USD-M Futures account balances.",
+        description=SUMMARY + ".",
     )
     parser.add_argument("--config.file", dest="config_file", default="config.yaml",
                         help="YAML config with the accounts (default: %(default)s)")
-    parser.add_argument("--web.listen-address", dest="listen_address", default=f":{DEFAULT_PORT}",
-                        help="address to listen on (default: %(default)s)")
+    parser.add_argument("--web.listen-address", dest="listen_address", default=None,
+                        help=f"address to listen on (default: :{DEFAULT_PORT}, all interfaces; "
+                             f"with --demo: {DEMO_LISTEN_ADDRESS})")
     parser.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
                         help="path of all accounts' metrics (default: %(default)s)")
     parser.add_argument("--web.config.file", dest="web_config_file", default=None,
@@ -54,8 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_listen_address(demo: bool) -> str:
+    """All interfaces for real accounts (Prometheus scrapes from elsewhere); loopback for a local --demo."""
+    return DEMO_LISTEN_ADDRESS if demo else f":{DEFAULT_PORT}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.listen_address is None:
+        args.listen_address = default_listen_address(args.demo)
     setup_logging(args.log_level, args.log_format)
     try:
         parse_listen_address(args.listen_address)
@@ -75,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             simulator, config = start_demo()
             log.info("demo mode: simulated Binance API", extra=fields(url=simulator.base_url,
-                                                                      accounts=len(config.accounts)))
+                                                                      configured_accounts=len(config.accounts)))
         else:
             config = load_config(args.config_file)
     except ConfigError as exc:
@@ -133,16 +143,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     reloader.server = server
 
     host, _ = parse_listen_address(args.listen_address)
-    shown = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    everywhere = host in ("", "0.0.0.0", "::")
+    shown = "127.0.0.1" if everywhere else host
     if ":" in shown:
         shown = f"[{shown}]"
     scheme = "https" if web.ssl_context else "http"
     url = f"{scheme}://{shown}:{server.server_port}{args.telemetry_path}"
-    log.info("listening", extra=fields(address=args.listen_address, metrics=url, accounts=len(config.accounts),
+    # Accounts as the landing page lists them: configured ones and the sub-accounts found so
+    # far. Masters' discoveries may still be running: "ready" below gives the final count.
+    log.info("listening", extra=fields(address=args.listen_address, metrics=url, accounts=len(engine.aliases()),
                                        version=__version__, tls=web.ssl_context is not None,
                                        basic_auth=web.auth is not None))
-    print(f"Serving metrics at {url}", flush=True)
+    where = f" and on every other interface (listening on {args.listen_address})" if everywhere else ""
+    print(f"Serving metrics at {url}{where}", flush=True)
+    ready_logged = False
     while True:
+        if not ready_logged and all(f.done() for f in sync):
+            ready_logged = True
+            log.info("ready", extra=fields(accounts=len(engine.aliases())))
         try:
             signum = signals.get(timeout=1.0)
         except queue.Empty:

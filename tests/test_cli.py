@@ -8,8 +8,20 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ACCOUNTS, ALL_SECRETS, REPO, assert_no_secrets, config_dict, value, wait_until, write_config
-from exporter import __version__
+from conftest import (
+    ACCOUNTS,
+    ALL_SECRETS,
+    REPO,
+    ExporterProcess,
+    assert_no_secrets,
+    config_dict,
+    free_port,
+    value,
+    wait_until,
+    write_config,
+)
+from exporter import SUMMARY, __version__
+from exporter.cli import DEMO_LISTEN_ADDRESS, default_listen_address
 from testkit import Simulator
 
 
@@ -23,6 +35,50 @@ def test_help_lists_prometheus_style_flags() -> None:
     for flag in ("--config.file", "--web.listen-address", "--web.telemetry-path", "--web.config.file",
                  "--web.enable-lifecycle", "--log.level", "--log.format", "--demo", "--version"):
         assert flag in out
+
+
+def test_every_summary_names_what_the_exporter_is() -> None:
+    """--help, the package summary and the package docstring: futures accounts of every kind, not "USD-M balances"."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+    out = subprocess.run([sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True, cwd=REPO).stdout
+    out = re.sub(r"-\s+", "-", " ".join(out.split()))  # argparse wraps lines, also after hyphens
+    assert SUMMARY in out
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["description"] == SUMMARY
+    for text in (SUMMARY, out, __import__("exporter").__doc__):
+        assert "USD-M Futures account balances" not in text
+        assert "COIN-M" in text and "Portfolio Margin" in text
+
+
+def test_demo_listens_on_loopback_unless_told_and_prints_where_it_listens(tmp_path: Path) -> None:
+    assert default_listen_address(demo=True) == DEMO_LISTEN_ADDRESS == "127.0.0.1:9894"
+    assert default_listen_address(demo=False) == ":9894"
+    out = subprocess.run([sys.executable, "-m", "exporter", "--help"], capture_output=True, text=True, cwd=REPO).stdout
+    assert "with --demo: 127.0.0.1:9894" in " ".join(out.split())
+    # Told to listen on every interface, it says so: not just a loopback URL.
+    port = free_port()
+    exp = ExporterProcess(["--demo", f"--web.listen-address=:{port}"], port, tmp_path / "exporter.log")
+    try:
+        exp.start()
+        logs = exp.logs()
+    finally:
+        exp.stop()
+    (line,) = [ln for ln in logs.splitlines() if ln.startswith("Serving metrics at ")]
+    assert re.fullmatch(r"Serving metrics at http://127\.0\.0\.1:(\d+)/metrics and on every other interface "
+                        r"\(listening on :\1\)", line), line
+
+
+def test_ready_log_line_counts_what_the_landing_page_lists(run_exporter) -> None:
+    """--demo: 7 configured accounts; the landing page and the "ready" line also count the sub-accounts found."""
+    exp = run_exporter("--demo")
+    line = wait_until(lambda: next((ln for ln in exp.logs().splitlines() if 'msg=ready' in ln), None), timeout=30)
+    counted = int(re.search(r"\baccounts=(\d+)", line).group(1))
+    page = exp.get("/").text
+    listed = re.findall(r'<li><a href="/probe\?target=', page)
+    assert counted == len(listed) > 6, (line, len(listed))  # more than configured: the sub-accounts
+    assert re.search(r'msg="demo mode: simulated Binance API" url=\S+ configured_accounts=7', exp.logs())
 
 
 def test_serves_metrics_from_config_and_logs_no_secrets(sim: Simulator, tmp_path: Path, run_exporter) -> None:

@@ -28,7 +28,7 @@ ACCOUNT = {"alias": "a", "api_key": "k", "api_secret": "s"}
 
 def test_the_key_reference_in_the_docs_is_generated_from_the_declaration() -> None:
     """`make docs` has been run since a key's declaration last changed."""
-    run = subprocess.run([sys.executable, str(REPO / "docs" / "generate.py"), "--check"],
+    run = subprocess.run([sys.executable, str(REPO / "docs" / "generate_docs.py"), "--check"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     page = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")

@@ -43,7 +43,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, free_port
-from exporter import __version__
 from exporter.demo import DEMO_ACCOUNTS
 
 TOOLS = ("podman", "runc", "mmdebstrap")
@@ -68,6 +67,9 @@ _SESSION = uuid.uuid4().hex[:10]
 # Passed as build args: the image must show them in its OCI labels and build_info.
 REVISION = f"test{_SESSION}"
 SOURCE = "https://example.invalid/binance-futures-exporter"
+# The version as the Dockerfile's header says to pass it: setuptools-scm's, from git.
+VERSION = subprocess.run([sys.executable, "-m", "setuptools_scm"], cwd=REPO, capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip().splitlines()[-1]
 _REPORT: dict[str, str] = {}
 
 
@@ -138,6 +140,15 @@ def host_pip_settings() -> dict[str, str]:
     return settings
 
 
+def pip_conf_hooks(tmp: Path, settings: dict[str, str]) -> list[str]:
+    """mmdebstrap hooks that install the host's pip settings as the root file system's /etc/pip.conf."""
+    if not settings:
+        return []
+    pip_conf = tmp / "pip.conf"
+    pip_conf.write_text("[global]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    return [f"--customize-hook=upload {pip_conf} /etc/pip.conf"]
+
+
 @dataclass
 class Image:
     tag: str
@@ -197,6 +208,26 @@ def run_container(image: Image, name: str, network: str, *args: str) -> Containe
 
 # --------------------------------------------------------------------------- fixtures
 
+def debian_image(tag: str, options: list[str], hooks: list[str], env: list[str]) -> list[str]:
+    """mmdebstrap a bookworm root file system with `options` and `hooks` (plus the host's pip settings) and
+    import it into podman as `tag` with the ENV lines `env`; the names of the pip settings forwarded."""
+    with tempfile.TemporaryDirectory(prefix="bfe-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        pip_settings = host_pip_settings()
+        cmd = ["mmdebstrap", "--quiet", "--variant=minbase", *options, *hooks,
+               *pip_conf_hooks(Path(tmp), pip_settings), "bookworm", str(rootfs)]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"mmdebstrap exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        try:
+            podman("import", *(arg for line in env for arg in ("--change", f"ENV {line}")), str(rootfs), tag,
+                   timeout=300)
+        except BaseException:
+            podman_quiet("rmi", "--force", tag)
+            raise
+    return list(pip_settings)
+
+
 @pytest.fixture(scope="session")
 def stand_in_base(pytestconfig: pytest.Config) -> Iterator[tuple[str, int]]:
     """A local stand-in for `python:*-slim`, built once per session: (tag, size in bytes)."""
@@ -204,37 +235,19 @@ def stand_in_base(pytestconfig: pytest.Config) -> Iterator[tuple[str, int]]:
     _register_summary(pytestconfig)
     tag = f"localhost/bfe-test-python-{_SESSION}:bookworm"
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bfe-stand-in-") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        hooks = [
-            # python/pip in /usr/local/bin as in the slim images.
-            '--customize-hook=chroot "$1" python3 -m venv /usr/local',
-            f"--customize-hook=upload {CA_BUNDLE} {CA_BUNDLE}",
-        ]
-        pip_settings = host_pip_settings()
-        if pip_settings:
-            pip_conf = Path(tmp) / "pip.conf"
-            pip_conf.write_text("[global]\n" + "".join(f"{k} = {v}\n" for k, v in pip_settings.items()))
-            hooks.append(f"--customize-hook=upload {pip_conf} /etc/pip.conf")
-        cmd = [
-            "mmdebstrap", "--quiet", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-            # merged /usr without the usrmerge package (which pulls in perl), and no docs,
-            # man pages or locales, like Debian's slim images.
-            "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-            "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "--dpkgopt=path-include=/usr/share/locale/locale.alias",
-            "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-            *hooks, "bookworm", str(rootfs),
-        ]
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"mmdebstrap exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
-        try:
-            podman("import", "--change", "ENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                   "--change", f"ENV PIP_CERT={CA_BUNDLE}", str(rootfs), tag, timeout=300)
-        except BaseException:
-            podman_quiet("rmi", "--force", tag)
-            raise
+    pip_settings = debian_image(tag, [
+        "--include=python3,python3-venv,ca-certificates",
+        # merged /usr without the usrmerge package (which pulls in perl), and no docs,
+        # man pages or locales, like Debian's slim images.
+        "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+        "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+        "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    ], [
+        # python/pip in /usr/local/bin as in the slim images.
+        '--customize-hook=chroot "$1" python3 -m venv /usr/local',
+        f"--customize-hook=upload {CA_BUNDLE} {CA_BUNDLE}",
+    ], ["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", f"PIP_CERT={CA_BUNDLE}"])
     _REPORT["stand-in"] = (f"stand-in base (mmdebstrap bookworm) built in {time.monotonic() - started:.1f} s; "
                            f"pip settings forwarded from the host: {', '.join(pip_settings) or 'none'}")
     try:
@@ -256,6 +269,7 @@ def image(stand_in_base: tuple[str, int]) -> Iterator[Image]:
         podman("build", "--no-cache", "--layers=false", "--force-rm", "--pull=never", "--format", "docker",
                "--network=host", *ULIMITS, "--build-arg", f"PYTHON_IMAGE={base_tag}",
                "--build-arg", f"REVISION={REVISION}", "--build-arg", f"SOURCE={SOURCE}",
+               "--build-arg", f"VERSION={VERSION}",
                "-t", tag, "-f", str(REPO / "Dockerfile"), str(REPO), timeout=900)
         built = Image(tag, inspect("image", tag), base_bytes)
         _REPORT["build"] = f"image built in {time.monotonic() - started:.1f} s"
@@ -341,7 +355,7 @@ def test_metrics_scraped_from_outside_the_container(demo_container: Container):
                   timeout=30)
     assert result["ctype"].startswith("text/plain"), result["ctype"]
     samples = result["samples"]
-    assert samples[("binance_futures_exporter_build_info", (("revision", REVISION), ("version", __version__)))] == 1.0
+    assert samples[("binance_futures_exporter_build_info", (("revision", REVISION), ("version", VERSION)))] == 1.0
     auth_errors = [v for (name, labels), v in samples.items()
                    if name == "binance_futures_scrape_errors_total" and dict(labels)["reason"] == "auth"]
     assert auth_errors and not any(auth_errors)
@@ -376,7 +390,7 @@ def test_oci_labels_from_build_args(image: Image):
     labels = image.config.get("Labels") or image.config["Config"]["Labels"]
     oci = {k: v for k, v in labels.items() if k.startswith("org.opencontainers.image.")}
     assert oci.items() >= {
-        "org.opencontainers.image.version": __version__,
+        "org.opencontainers.image.version": VERSION,
         "org.opencontainers.image.revision": REVISION,
         "org.opencontainers.image.source": SOURCE,
         "org.opencontainers.image.licenses": "Apache-2.0",
@@ -392,3 +406,84 @@ def test_image_size_is_sane(image: Image):
     size, added = image.config["Size"], image.config["Size"] - image.base_bytes
     assert size < MAX_IMAGE_MB * 1e6, _REPORT["size"]
     assert added < MAX_ADDED_MB * 1e6, _REPORT["size"]
+
+
+# --------------------------------------------------------------------------- the README's first commands
+
+README_BLOCK_INTRO = "In a checkout, on Debian or Ubuntu (as root; with `sudo` otherwise):"
+
+
+def readme_first_commands() -> str:
+    """The README's first shell block: the commands a newcomer types first."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    after = text.split(README_BLOCK_INTRO, 1)
+    assert len(after) == 2, "the README's first-commands block moved: update README_BLOCK_INTRO"
+    block = after[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    assert block.strip().endswith("binance-futures-exporter --demo"), block
+    return block
+
+
+def checkout_copy(dest: Path) -> None:
+    """The working tree as a user's checkout has it: tracked and new files, nothing git ignores (no .venv)."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+@pytest.fixture(scope="session")
+def fresh_debian(pytestconfig: pytest.Config) -> Iterator[str]:
+    """Debian bookworm as its minimal image is: no Python, no pip, apt lists not fetched yet.
+
+    Only this machine's environment is added, as a user's machine has its own: the CA bundle of the
+    proxy that downloads go through (PIP_CERT) and the host's pip settings for finding packages.
+    """
+    require_container_tools()
+    _register_summary(pytestconfig)
+    tag = f"localhost/bfe-test-debian-{_SESSION}:bookworm"
+    started = time.monotonic()
+    debian_image(tag, [], ['--customize-hook=mkdir -p "$1/etc/bfe-test"',
+                           f"--customize-hook=upload {CA_BUNDLE} /etc/bfe-test/ca.crt"],
+                 ["PIP_CERT=/etc/bfe-test/ca.crt"])
+    _REPORT["debian"] = f"fresh Debian bookworm (minbase) built in {time.monotonic() - started:.1f} s"
+    try:
+        yield tag
+    finally:
+        podman_quiet("rmi", "--force", tag)
+
+
+def test_readme_first_commands_work_in_a_fresh_debian_container(fresh_debian: str, tmp_path: Path):
+    """Issue 26: apt-get, venv, pip install and --demo, as the README writes them, in bookworm without Python."""
+    block = readme_first_commands()
+    src = tmp_path / "binance-futures-exporter"
+    checkout_copy(src)
+    # The demo listens on 127.0.0.1:9894 (its default); the container shares the host's network
+    # (package downloads), so that port must be free here.
+    with __import__("socket").socket() as sock:
+        if sock.connect_ex(("127.0.0.1", 9894)) == 0:
+            pytest.fail("127.0.0.1:9894 is in use on this machine; the README's --demo needs it")
+    found = podman("run", "--rm", *ULIMITS, "--network=none", fresh_debian, "sh", "-c",
+                   "command -v python3; command -v pip; ls /var/lib/apt/lists | grep Packages", check=False)
+    # (mmdebstrap removes the apt lists at the end, as Debian's container images ship none)
+    assert not found.stdout.strip(), f"the base is not fresh: {found.stdout}{found.stderr}"
+    name = f"bfe-test-readme-{_SESSION}"
+    cid = podman("run", "-d", "--name", name, "--network=host", *ULIMITS, "-v", f"{src}:/root/binance-futures-exporter",
+                 "-w", "/root/binance-futures-exporter", "-e", "DEBIAN_FRONTEND=noninteractive",
+                 fresh_debian, "bash", "-euc", block).stdout.strip()
+    container = Container(cid, url="http://127.0.0.1:9894")
+    started = time.monotonic()
+    try:
+        line = poll(lambda: next((ln for ln in container.logs().splitlines() if ln.startswith("Serving metrics at")),
+                                 None), "the demo's 'Serving metrics at' line", container, timeout=600)
+        assert line == "Serving metrics at http://127.0.0.1:9894/metrics", line
+        status, _, body = poll(lambda: (lambda r: r if r[0] == 200 and "binance_futures_up{" in r[2] else None)(
+            http_get(f"{container.url}/metrics", timeout=10)), "/metrics with accounts", container, timeout=60)
+        ups = [s for f in text_string_to_metric_families(body) for s in f.samples if s.name == "binance_futures_up"]
+        assert {s.labels["alias"] for s in ups} >= set(DEMO_ACCOUNTS)
+        _REPORT["readme"] = (f"README's first commands in fresh Debian: demo serving after "
+                             f"{time.monotonic() - started:.0f} s")
+    finally:
+        podman_quiet("rm", "--force", "--time", "0", cid)

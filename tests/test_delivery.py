@@ -78,7 +78,10 @@ def final_stage() -> list[tuple[str, str]]:
 def test_dockerfile_oci_labels_from_build_args() -> None:
     final = final_stage()
     args = dict((a.split("=", 1) + [""])[:2] for i, a in final if i == "ARG")
-    assert args["VERSION"] == exporter.__version__, "Dockerfile ARG VERSION must be exporter.__version__"
+    # No version typed here: the build passes setuptools-scm's; without it, setuptools-scm's own fallback.
+    assert args["VERSION"] == PYPROJECT["tool"]["setuptools_scm"]["fallback_version"] == "0.0.0+unknown"
+    build_args = dict((a.split("=", 1) + [""])[:2] for i, a in stages()[0] if i == "ARG")
+    assert build_args["VERSION"] == args["VERSION"]
     assert {"REVISION", "SOURCE"} <= set(args)
     labels = " ".join(a for i, a in final if i == "LABEL")
     for key, value in (("version", '"${VERSION}"'), ("revision", '"${REVISION}"'), ("source", '"${SOURCE}"'),
@@ -95,6 +98,60 @@ def test_dockerfile_sets_malloc_arena_max_and_passes_revision_to_the_wheel() -> 
     run = " ".join(a for i, a in build if i == "RUN")
     assert "exporter/REVISION" in run and run.index("exporter/REVISION") < run.index("pip wheel")
     assert "REVISION" in PYPROJECT["tool"]["setuptools"]["package-data"]["exporter"]
+
+
+# --------------------------------------------------------------------------- version and locks
+
+
+def test_version_comes_from_git_not_from_a_typed_number() -> None:
+    assert "version" in PYPROJECT["project"]["dynamic"] and "version" not in PYPROJECT["project"]
+    assert "setuptools-scm>=8" in PYPROJECT["build-system"]["requires"]
+    assert PYPROJECT["tool"]["setuptools_scm"]["version_file"] == "exporter/_version.py"
+    source = (REPO / "exporter" / "__init__.py").read_text(encoding="utf-8")
+    assert not re.search(r"__version__ = ['\"]\d", source), "a version typed into exporter/__init__.py"
+    assert "exporter/_version.py" in (REPO / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def test_a_fresh_clone_gets_a_version_from_git(tmp_path: Path) -> None:
+    """CI's `git clone` (full or shallow) and the sdist built from it: a PEP 440 version from git."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", "--depth", "1", f"file://{REPO}", str(clone)], check=True,
+                   capture_output=True, timeout=120)
+    head = subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    proc = subprocess.run([sys.executable, "-m", "setuptools_scm"], cwd=clone, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    seen = Version(proc.stdout.strip().splitlines()[-1])
+    assert seen.local is not None and head[:7] in seen.local, seen  # 0.1.dev1+g<head>: untagged, shallow
+    assert not str(seen).startswith("0.0.0"), seen
+
+
+def test_the_image_installs_only_the_locks_with_hashes() -> None:
+    from packaging.utils import canonicalize_name
+
+    build, final = stages()[0], final_stage()
+    build_runs = " ".join(a for i, a in build if i == "RUN")
+    assert "pip install --require-hashes --only-binary=:all: -r requirements-build.lock" in build_runs
+    assert "--no-build-isolation" in build_runs and "--no-deps" in build_runs
+    final_runs = " ".join(a for i, a in final if i == "RUN")
+    assert "pip install --require-hashes --only-binary=:all: -r /wheels/requirements.lock" in final_runs
+    assert "pip install --no-index --no-deps /wheels/*.whl" in final_runs and "pip check" in final_runs
+    for name, wanted in (("requirements.lock", [Requirement(d).name for d in PYPROJECT["project"]["dependencies"]]),
+                         ("requirements-build.lock", [Requirement(d).name
+                                                      for d in PYPROJECT["build-system"]["requires"]])):
+        text = (REPO / name).read_text(encoding="utf-8")
+        pins = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+) \\$", text, re.M))
+        assert {canonicalize_name(n) for n in wanted} <= {canonicalize_name(n) for n in pins}, name
+        for block in re.split(r"\n(?=[A-Za-z])", text.split("\n\n", 1)[-1]):
+            if "==" in block.splitlines()[0]:
+                assert "--hash=sha256:" in block, f"{name}: {block.splitlines()[0]} has no hash"
+        assert "--find-links" not in text and "--index-url" not in text, name
+    # The runtime pins are within pyproject's ranges.
+    pins = dict(re.findall(r"^([A-Za-z0-9._-]+)==(\S+) \\$", (REPO / "requirements.lock").read_text(), re.M))
+    for dep in PYPROJECT["project"]["dependencies"]:
+        req = Requirement(dep)
+        assert Version(pins[req.name.lower()]) in req.specifier, (req, pins[req.name.lower()])
 
 
 def test_no_mallopt_call_left() -> None:

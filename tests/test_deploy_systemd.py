@@ -29,6 +29,7 @@ import yaml
 from stack_helpers import REPO, require_tool
 
 UNIT = REPO / "deploy" / "systemd" / "binance-futures-exporter.service"
+DEFAULTS = REPO / "deploy" / "systemd" / "binance-futures-exporter.default"
 CONFIG = REPO / "deploy" / "systemd" / "config.yaml"
 INSTALLED_BINARY = "/opt/binance-futures-exporter/bin/binance-futures-exporter"
 MAX_EXPOSURE = 2.0  # systemd-analyze security: 1.4 when written; "OK" is below 3.0
@@ -107,7 +108,72 @@ def test_unit_is_hardened() -> None:
     assert one["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert "MALLOC_ARENA_MAX=2" in one["Environment"].split()
     assert one["ExecStart"].split()[0] == INSTALLED_BINARY
-    assert "EnvironmentFile" not in d, "secrets come through LoadCredential="
+
+
+def test_flags_come_from_etc_default_like_node_exporter() -> None:
+    """Debian's node_exporter packaging: EnvironmentFile=/etc/default/<name> with ARGS, Documentation=."""
+    d = directives(UNIT.read_text(encoding="utf-8"))
+    assert d["EnvironmentFile"] == ["-/etc/default/binance-futures-exporter"]  # optional: "-"
+    assert d["ExecStart"][-1].split()[-1] == "$ARGS"  # unbraced: split into words
+    assert all(url.startswith(("https://", "man:", "file:")) for url in d["Documentation"][0].split())
+    # The shipped defaults file: ARGS and nothing else (no key ever goes there), empty by default.
+    assignments = [ln for ln in DEFAULTS.read_text(encoding="utf-8").splitlines()
+                   if ln.strip() and not ln.lstrip().startswith("#")]
+    assert assignments == ['ARGS=""']
+
+
+def test_args_from_etc_default_reach_the_exporter(tmp_path: Path) -> None:
+    """What systemd does with ExecStart's $ARGS: each word of ARGS one argument, the last flag winning."""
+    args = "--log.format=json --web.listen-address=127.0.0.1:9999"
+    words = [w.replace("$ARGS", args) for w in directives(UNIT.read_text(encoding="utf-8"))["ExecStart"][-1].split()]
+    argv = " ".join(words).split()[1:]
+    from exporter.cli import build_parser
+
+    parsed = build_parser().parse_args(argv)
+    assert (parsed.log_format, parsed.listen_address) == ("json", "127.0.0.1:9999")
+    assert parsed.config_file == "/etc/binance-futures-exporter/config.yaml"
+
+
+def test_documented_drop_in_needs_and_has_the_execstart_reset(tmp_path: Path) -> None:
+    """The header's drop-in example (as in docs/deploy.md) verifies; without its `ExecStart=` line it does not."""
+    text = UNIT.read_text(encoding="utf-8")
+    block = re.search(r"^#   \[Service\]\n((?:#   .+\n)+)", text, re.M)
+    assert block, "the drop-in example is gone from the unit's header"
+    drop_in = "[Service]\n" + "".join(line[4:] + "\n" for line in block.group(1).splitlines())
+    assert drop_in.splitlines()[1] == "ExecStart="
+    assert drop_in in (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    # A drop-in is read after the unit: a [Service] section appended to it stands in for one here.
+    ok = verify(local_copy(tmp_path, text + "\n" + drop_in))
+    assert ok.returncode == 0 and not ok.stderr.strip(), ok.stderr
+    without_reset = drop_in.replace("ExecStart=\n", "", 1)
+    bad = verify(local_copy(tmp_path, text + "\n" + without_reset))
+    assert bad.returncode != 0 or bad.stderr.strip(), "a second ExecStart= without the reset line was accepted"
+
+
+def test_header_install_steps_work_in_order(tmp_path: Path) -> None:
+    """The header's commands, run as written (paths moved under a scratch root; venv, pip and systemctl left out)."""
+    lines = [ln[4:] for ln in UNIT.read_text(encoding="utf-8").splitlines() if ln.startswith("#   ")]
+    steps = lines[:lines.index(next(ln for ln in lines if ln.startswith("systemctl daemon-reload"))) + 1]
+    root = tmp_path / "root"
+    for d in ("etc/default", "etc/systemd/system", "opt"):
+        (root / d).mkdir(parents=True)
+    script = []
+    for step in steps:
+        if step.startswith(("python3 -m venv", "/opt/binance-futures-exporter/bin/pip", "systemctl")):
+            continue
+        script.append(re.sub(r"(?<![\w.])/(etc|opt)/", f"{root}/\\1/", step))
+    assert len(script) >= 7, script
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join(script)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "KEY": "k" * 64, "SECRET": "s" * 64})
+    assert proc.returncode == 0, proc.stderr
+    etc = root / "etc"
+    assert (etc / "binance-futures-exporter" / "config.yaml").read_text() == CONFIG.read_text()
+    creds = etc / "binance-futures-exporter" / "credentials"
+    assert oct(creds.stat().st_mode & 0o777) == "0o700"
+    for name, value in (("main-api-key", "k" * 64), ("main-api-secret", "s" * 64)):
+        assert (creds / name).read_text() == value and oct((creds / name).stat().st_mode & 0o777) == "0o600"
+    assert (etc / "default" / "binance-futures-exporter").read_text() == DEFAULTS.read_text()
+    assert (etc / "systemd" / "system" / UNIT.name).read_text() == UNIT.read_text()
 
 
 def test_security_exposure_is_low(tmp_path: Path) -> None:

@@ -1,10 +1,9 @@
 """The documentation's links: runbook URLs of the alerts, and links between the Markdown files.
 
-- Every alert's `runbook_url` is `<page>#<alert name in lower case>`, the page coming from one place, the
-  `url` label of the recording rule binance_futures:runbook_base_url:info; with the default, the link is a
-  file of this repository and the anchor a heading of it, by GitHub's anchor rules. No `OWNER` placeholder.
-- A `url` set in that rule reaches every alert (promtool, on every pinned annotation of the unit tests),
-  and an alert whose rule is not loaded falls back to the same default.
+- Every alert's `runbook_url` is absolute: runbook_url_pattern of prometheus/mixin.yaml with the alert name
+  in lower case, the anchor a heading of docs/runbooks.md by GitHub's anchor rules; the recording rule
+  binance_futures:runbook_base_url:info carries the page. No `OWNER` placeholder. (Another pattern reaching
+  every alert: tests/test_mixin.py.)
 - Every relative link in the Markdown files, and every `<file>.md#anchor` the other shipped files quote
   (rules, configs, code), points at a file that exists and at a heading or `<a id>` it has, so moving a
   section out of the README cannot leave a dead link behind.
@@ -20,13 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stack_helpers import PROM, REPO, require_tool
+from stack_helpers import PROM, REPO
 
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 RUNBOOK_RULE = "binance_futures:runbook_base_url:info"
-RUNBOOK_TEMPLATE = re.compile(
-    r"\{\{ with query `" + re.escape(RUNBOOK_RULE) + r"` \}\}\{\{ \. \| first \| label \"url\" \}\}"
-    r"\{\{ else \}\}(?P<default>[^{}]+)\{\{ end \}\}#(?P<anchor>[a-z0-9-]+)")
 MARKDOWN = sorted(p for p in REPO.rglob("*.md") if not ({".venv", ".git", "node_modules"} & set(p.parts)))
 # Shipped text files that may quote a Markdown file's anchor (`README.md#...`, `docs/x.md#...`).
 QUOTING = [p for pattern in ("prometheus/*.yml", "prometheus/tests/*.yml", "alertmanager/*.yml", "deploy/**/*.y*ml",
@@ -80,26 +76,26 @@ def test_github_slug_follows_githubs_rules():
     assert github_slug("Account kinds: markets and sub-accounts") == "account-kinds-markets-and-sub-accounts"
 
 
-def test_the_runbook_page_is_set_in_one_rule_first_in_rules_yml():
-    """The first rule (the PrometheusRule patch path /spec/groups/0/rules/0 in docs/deploy.md relies on it)."""
+def runbook_pattern() -> str:
+    return yaml.safe_load((REPO / "prometheus" / "mixin.yaml").read_text())["runbook_url_pattern"]
+
+
+def test_the_runbook_page_is_absolute_and_in_the_first_rule():
+    pattern = runbook_pattern()
+    assert re.fullmatch(r"https://\S+/docs/runbooks\.md#%s", pattern), pattern
     rule = runbook_rule()
-    assert rule == {"record": RUNBOOK_RULE, "expr": "vector(1)", "labels": {"url": "docs/runbooks.md"}}
-    assert (REPO / rule["labels"]["url"]).is_file()
+    assert rule == {"record": RUNBOOK_RULE, "expr": "vector(1)", "labels": {"url": pattern[:-len("#%s")]}}
 
 
 def test_every_alert_runbook_url_resolves_to_a_heading_of_docs_runbooks():
-    page = runbook_rule()["labels"]["url"]
+    pattern = runbook_pattern()
     have = anchors(RUNBOOKS)
     names = []
     for a in alerts():
         name = a["alert"]
         names.append(name)
-        m = RUNBOOK_TEMPLATE.fullmatch(a["annotations"]["runbook_url"])
-        assert m, f"{name}: runbook_url is not <the rule's url>#<anchor>: {a['annotations']['runbook_url']!r}"
-        assert m.group("default") == page, f"{name}: its fallback differs from the rule's default"
-        assert REPO / m.group("default") == RUNBOOKS
-        assert m.group("anchor") == name.lower(), name
-        assert m.group("anchor") in have, f"docs/runbooks.md has no heading for {name} (#{m.group('anchor')})"
+        assert a["annotations"]["runbook_url"] == pattern.replace("%s", name.lower()), name
+        assert name.lower() in have, f"docs/runbooks.md has no heading for {name} (#{name.lower()})"
     # One section per alert, and no section for an alert that no longer exists.
     sections = re.findall(r"^## (BinanceFutures\w+)\s*$", RUNBOOKS.read_text(encoding="utf-8"), re.M)
     assert sorted(sections) == sorted(names)
@@ -110,47 +106,6 @@ def test_no_owner_placeholder_is_left():
     hits = [f for f in tracked.stdout.split() if (REPO / f).is_file() and f != "tests/test_docs.py"
             and "github.com/OWNER" in (REPO / f).read_text(encoding="utf-8", errors="replace")]
     assert not hits, f"the OWNER placeholder is still in {hits}"
-
-
-def test_a_runbook_page_set_in_the_rule_reaches_every_alert(tmp_path):
-    """Every pinned runbook_url of the alert unit tests, with another page set in the one place."""
-    promtool = require_tool("promtool")
-    page = "https://wiki.example.com/ops/binance-futures-runbooks"
-    rules = (PROM / "rules.yml").read_text()
-    assert rules.count("url: docs/runbooks.md\n") == 1
-    (tmp_path / "rules.yml").write_text(rules.replace("url: docs/runbooks.md\n", f"url: {page}\n"))
-    (tmp_path / "alerts.yml").write_text((PROM / "alerts.yml").read_text())
-    tests = (PROM / "tests" / "alerts_test.yml").read_text()
-    pinned = tests.count('runbook_url: "docs/runbooks.md#')
-    assert pinned >= len(alerts())
-    tests = tests.replace("../rules.yml", "rules.yml").replace("../alerts.yml", "alerts.yml")
-    (tmp_path / "alerts_test.yml").write_text(tests.replace('runbook_url: "docs/runbooks.md#', f'runbook_url: "{page}#'))
-    res = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-
-
-def test_without_the_rule_alerts_link_to_the_default_page(tmp_path):
-    """alerts.yml loaded alone (or before the rule's first evaluation): the default page, not a bare #anchor."""
-    promtool = require_tool("promtool")
-    (tmp_path / "alerts.yml").write_text((PROM / "alerts.yml").read_text())
-    test = {
-        "rule_files": ["alerts.yml"],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [{"series": 'up{job="binance-futures",instance="exporter:9894"}', "values": "0x10"}],
-            "alert_rule_test": [{"eval_time": "10m", "alertname": "BinanceFuturesExporterDown", "exp_alerts": [{
-                "exp_labels": {"severity": "critical", "job": "binance-futures", "instance": "exporter:9894"},
-            }]}],
-        }],
-    }
-    (tmp_path / "t.yml").write_text(yaml.safe_dump(test))
-    res = subprocess.run([promtool, "test", "rules", "t.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    # No annotations are expected, so promtool fails and prints the alert it got, annotations and all.
-    got = res.stdout + res.stderr
-    assert res.returncode == 1 and "got:[" in got, got[-3000:]
-    assert 'runbook_url="docs/runbooks.md#binancefuturesexporterdown"' in got, got[-3000:]
 
 
 # --------------------------------------------------------------------------- links between files

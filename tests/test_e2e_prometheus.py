@@ -40,6 +40,8 @@ DEADLINE_SECONDS = 45
 # Grafana variables -> values for a direct Prometheus query. $alias/$asset are
 # "All" (allValue .*); range variables get a window holding several 1s scrapes.
 GRAFANA_VARS = {
+    "job": "binance-futures|binance-futures-probe",
+    "instance": ".*",
     "alias": ".*",
     "market": ".*",
     "asset": ".*",
@@ -218,11 +220,12 @@ def test_liquidation_alert_fires_for_the_demo_position_near_liquidation(promethe
     assert [s["metric"]["alias"] for s in pool] == ["multi"] and 3000 < float(pool[0]["value"][1]) < 4000, pool
     distance = api.query('binance_futures:position_liquidation_distance{alias="hedge",symbol="ETHUSDT"}')
     assert 0.03 < float(distance[0]["value"][1]) < 0.07, distance
-    # Its runbook link, as a real Prometheus expands it: the page from binance_futures:runbook_base_url:info.
+    # Its runbook link, as a real Prometheus serves it: absolute, from the mixin's runbook_url_pattern.
+    pattern = yaml.safe_load((PROM / "mixin.yaml").read_text())["runbook_url_pattern"]
     alerts = [a for a in api.get("/api/v1/alerts")["alerts"]
               if a["labels"]["alertname"] == "BinanceFuturesPositionNearLiquidation" and a["state"] == "firing"]
     assert [a["annotations"]["runbook_url"] for a in alerts] == [
-        "docs/runbooks.md#binancefuturespositionnearliquidation"], alerts
+        pattern.replace("%s", "binancefuturespositionnearliquidation")], alerts
 
 
 def test_probe_job_relabeling(prometheus_with_exporter):

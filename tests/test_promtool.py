@@ -88,7 +88,7 @@ def test_check_config_with_the_hashmod_sharding_example(promtool, tmp_path):
 
 
 # Grafana's variables as a query would see them with "All" selected.
-GRAFANA_VARS = {"alias": ".*", "market": ".*", "asset": ".*", "__rate_interval": "1m", "__interval": "15s",
+GRAFANA_VARS = {"job": "binance-futures|binance-futures-probe", "instance": ".*", "alias": ".*", "market": ".*", "asset": ".*", "__rate_interval": "1m", "__interval": "15s",
                 "__range": "1h"}
 
 

@@ -246,6 +246,46 @@ def test_dashboard_template_variables():
     assert '$market' in queries["asset"] and '$alias' in queries["asset"]
 
 
+def test_dashboard_job_and_instance_variables_filter_every_raw_query():
+    """Issue 26: `job` (from the mixin's job selector) and `instance` variables, on every raw series."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    selector = load_yaml(PROM / "mixin.yaml")["job_selector"]
+    assert variables["job"]["query"]["query"] == f"label_values(up{{{selector}}}, job)"
+    assert variables["instance"]["query"]["query"] == 'label_values(up{job=~"$job"}, instance)'
+    for name in ("job", "instance"):
+        v = variables[name]
+        assert v["type"] == "query" and v["multi"] and v["includeAll"] and "allValue" not in v, name
+        assert v["datasource"]["uid"] == "${DS_PROMETHEUS}"
+    for where, expr in dashboard_exprs(dashboard()):
+        if where.startswith("annotation") or where in ("variable job", "variable instance"):
+            continue
+        bare = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+        for m in re.finditer(r"(?<![\w:])(binance_futures_\w+|up|scrape_\w+)(?![\w:(])", bare):
+            assert bare[m.end():].startswith('{job=~""'), f"{where}: {m.group(1)} not filtered by $job/$instance"
+        if re.search(r"(?<![\w:])(binance_futures_\w+|scrape_\w+)(?![\w:(])", bare):
+            assert 'job=~"$job",instance=~"$instance"' in expr, where
+
+
+def test_dashboard_every_value_panel_has_an_explicit_unit():
+    """Time series, stat, gauge and bar gauge: a unit, `none` where the values are in mixed assets."""
+    mixed = re.compile(r"balance|pnl|Totals", re.I)
+    for p in all_panels(dashboard()["panels"]):
+        if p["type"] not in ("timeseries", "stat", "gauge", "bargauge"):
+            continue
+        unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        assert unit, f"panel {p['id']} {p['title']!r} has no unit"
+        if mixed.search(p["title"]) and "threshold" not in p["title"] or p["title"].startswith("Available balance and"):
+            assert unit == "none", f"panel {p['id']} {p['title']!r}: values in mixed assets need unit none, not {unit}"
+
+
+def test_dashboard_links_to_the_runbooks():
+    pattern = load_yaml(PROM / "mixin.yaml")["runbook_url_pattern"]
+    dash = dashboard()
+    assert [link["url"] for link in dash["links"]] == [pattern.replace("#%s", "")]
+    firing = next(p for p in all_panels(dash["panels"]) if p["title"] == "Firing alerts")
+    assert [link["url"] for link in firing["links"]] == [pattern.replace("#%s", "")]
+
+
 def test_dashboard_queries_filter_and_use_rate_interval(catalogue):
     """Ranges are $__rate_interval; a query on per-account (market, asset) series follows $alias ($market, $asset)."""
     for where, expr in dashboard_exprs(dashboard()):

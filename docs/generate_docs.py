@@ -6,8 +6,8 @@ its field, see exporter/configkeys.py), docs/metrics.md's tables from the metric
 rest of the page is written by hand. `make docs` rewrites it; `--check` (run by the test suite)
 fails when a page is not what the code gives today.
 
-    python docs/generate.py          # rewrite the generated parts
-    python docs/generate.py --check  # exit 1 if one is stale
+    python docs/generate_docs.py          # rewrite the generated parts
+    python docs/generate_docs.py --check  # exit 1 if one is stale
 """
 
 from __future__ import annotations
