@@ -36,8 +36,9 @@ from exporter.governor import Admission
 from exporter.hosts import Host
 from exporter.logs import fields
 from exporter.parsing import Snapshot
-from exporter.stream_events import StreamView
-from exporter.streams import StreamManager, Tuning
+from exporter.streams.events import StreamView
+from exporter.streams.manager import StreamManager
+from exporter.streams.tuning import Tuning
 from exporter.targets import Target, Topology
 from exporter.transport import Pools, Watchdog, detach
 

@@ -10,8 +10,9 @@ import pytest
 
 from exporter.parsing import AssetRow, BadResponse, PositionRow, Snapshot
 from exporter.secrets import Secret
-from exporter.stream_events import StreamState, apply_config_modes, parse_event
-from exporter.streams import AttemptLimiter, Tuning, backoff_delay, stream_url
+from exporter.streams.events import StreamState, apply_config_modes, parse_event
+from exporter.streams.tuning import AttemptLimiter, Tuning, backoff_delay
+from exporter.streams.user import stream_url
 
 KEY = "pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a81va65sdf19v8a65a1"
 
@@ -242,7 +243,7 @@ def test_event_time_far_from_the_clock_is_invalid_and_none_survives_a_reconnect(
 
 def test_events_add_assets_and_positions_only_within_a_bound_pruned_on_apply() -> None:
     """Defect 4: events naming thousands of new assets and symbols built a 130 MB /metrics."""
-    from exporter.stream_events import MAX_ADDED_ASSETS, MAX_ADDED_POSITIONS
+    from exporter.streams.events import MAX_ADDED_ASSETS, MAX_ADDED_POSITIONS
     state = StreamState()
     state.connected(now=1.0)
     state.rest_read(1.5, losing_long())

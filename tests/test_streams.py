@@ -17,7 +17,7 @@ from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, parse_metrics, value, 
 from exporter.config import Config, ConfigError, parse_config
 from exporter.engine import Engine
 from exporter.simulator import SimPortfolio, SimPosition, balance_row, pm_row
-from exporter.streams import Tuning
+from exporter.streams.tuning import Tuning
 from exporter.web import make_app, serve
 from testkit import SimAccount, Simulator
 

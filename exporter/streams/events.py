@@ -314,6 +314,10 @@ class StreamState:
             self.up, self.connected_at = False, None
             self._fresh()
 
+    def reconnected(self) -> None:
+        with self.lock:
+            self.reconnects += 1
+
     def count(self, kind: str) -> None:
         with self.lock:
             self.events[kind] += 1
