@@ -3,6 +3,8 @@
     python -m benchmarks.streams              # N=300, 60 s phases
     python -m benchmarks.streams --quick      # N=20, short phases (smoke)
     python -m benchmarks.streams --connect-only   # only the connection comparison below
+    python -m benchmarks.streams --thousand       # issue 22: N=1000 sharing 50 keys a connection,
+                                                  # 20 s phases, latency read on /metrics
 
 First, connecting: N accounts' USD-M streams at the default attempt limit
 (`stream_connections_per_5m: 150`), once with one connection per account
@@ -81,7 +83,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="connection comparison: only the shared run (the other takes 5 minutes at N=300)")
     parser.add_argument("--connect-limit", type=int, default=150,
                         help="stream_connections_per_5m of the connection comparison (the exporter's default)")
+    parser.add_argument("--phase-keys-per-connection", type=int, default=1,
+                        help="stream_keys_per_connection of the idle/load/latency phases")
+    parser.add_argument("--latency-endpoint", choices=("probe", "metrics"), default="probe",
+                        help="where the latency driver looks for its change: /probe (one account) or /metrics")
+    parser.add_argument("--thousand", action="store_true",
+                        help="issue 22's run: 1000 accounts, 50 keys a connection in every part (no unshared "
+                             "run), 20 s phases, 50 latency samples read on /metrics")
     args = parser.parse_args(argv)
+    if args.thousand:
+        args.accounts = args.accounts or 1000
+        args.keys_per_connection = args.phase_keys_per_connection = 50
+        args.skip_unshared = True
+        args.phase_seconds = args.phase_seconds or 20.0
+        args.latency_samples = args.latency_samples or 50
+        args.latency_endpoint = "metrics"
+        if args.output == RESULTS / "streams.json":
+            args.output = RESULTS / "streams-1000.json"
     fill_defaults(args, accounts=(20, 300), phase_seconds=(8.0, 60.0), latency_samples=(20, 200))
     return args
 
@@ -172,7 +190,8 @@ def streams_up(session: requests.Session, url: str) -> int:
     return int(sum(v for _n, _l, v in metric_samples(body, "binance_futures_stream_up")))
 
 
-def latency(sim: SimProcess, session: requests.Session, url: str, n: int, samples: int) -> list[float]:
+def latency(sim: SimProcess, session: requests.Session, url: str, n: int, samples: int,
+            endpoint: str = "probe") -> list[float]:
     out = []
     for k in range(samples):
         index = (k * 7919) % n
@@ -181,11 +200,14 @@ def latency(sim: SimProcess, session: requests.Session, url: str, n: int, sample
         sim.command({"op": "mark", "account": index, "value": value})
         deadline = sent + 10.0
         while time.monotonic() < deadline:
-            body = session.get(f"{url}/probe", params={"target": alias(index)}, timeout=10).content
+            if endpoint == "metrics":
+                body = session.get(f"{url}/metrics", timeout=10).content
+            else:
+                body = session.get(f"{url}/probe", params={"target": alias(index)}, timeout=10).content
             # The load keeps changing balances to the time of the change: any value from our mark on
             # means ours arrived (one account's events arrive in order).
             if any(v >= float(value) - 1e-6 for _n, labels, v in metric_samples(body, "binance_futures_balance")
-                   if labels.get("asset") == "USDT"):
+                   if labels.get("asset") == "USDT" and labels.get("alias") == alias(index)):
                 out.append(time.monotonic() - sent)
                 break
         time.sleep(0.05)
@@ -212,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             print_connect(report["connect"], n, args.connect_limit)
             return 0
         # ---- with streams
-        exp = ExporterProcess(config(sim.base_url, stream_url, n, True, args.interval), Path(tmp), name="streams",
-                              log_level="warn").start()
+        exp = ExporterProcess(config(sim.base_url, stream_url, n, True, args.interval,
+                                     keys_per_connection=args.phase_keys_per_connection),
+                              Path(tmp), name="streams", log_level="warn").start()
         try:
             t_start = time.monotonic()
             while streams_up(session, exp.base_url) < n:
@@ -227,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             sim.command({"op": "pump", "rate": args.rate, "seconds": 3600})
             report["load"] = phase(exp, session, args.phase_seconds, args.interval)
             log(f"load: {report['load']}; latency")
-            lat = latency(sim, session, exp.base_url, n, args.latency_samples)
+            lat = latency(sim, session, exp.base_url, n, args.latency_samples, args.latency_endpoint)
             report["latency"] = {"samples": len(lat), "p50_ms": round(1000 * (median(lat) or 0), 1),
                                  "p99_ms": round(1000 * (percentile(lat, 99) or 0), 1),
                                  "max_ms": round(1000 * max(lat, default=0), 1)}

@@ -259,3 +259,18 @@ def test_events_add_assets_and_positions_only_within_a_bound_pruned_on_apply() -
     state.rest_read(3.0, Snapshot(assets=(AssetRow("USDT", {}, True),)))
     assert state.apply(update(E0 + 102, [{"a": "ONEMORE", "wb": "1", "cw": "1"}]), now=4.0, wall=WALL)
     assert list(state.assets) == ["ONEMORE"]
+
+
+def test_readme_says_per_figure_how_fresh_it_is() -> None:
+    """The README's freshness table agrees with FRESHNESS, the one declaration the overlay follows."""
+    from pathlib import Path
+
+    from exporter.streams.events import FRESHNESS
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `") and "event-fresh" in line
+            or line.startswith("| `") and "recomputed" in line or line.startswith("| `") and "REST-only" in line]
+    words = {"event": "event-fresh", "recomputed": "recomputed"}
+    for name, kind in FRESHNESS.items():
+        row = next((r for r in rows if f"`{name}`" in r.split("|")[1]), None)
+        assert row is not None, name
+        assert words[kind] in row.split("|")[2], name

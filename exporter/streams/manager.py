@@ -65,11 +65,18 @@ class Layer:
                 conn.task.cancel()
             self.connections.remove(conn)
 
+    def start(self, then: Callable[[], None]) -> None:
+        """Run the loop (once, whoever asks first) and `then()` on it."""
+        if not self.loop.started:
+            self.loop.start(self._main)
+        self.loop.call(then)
+
     def close(self, timeout: float = 2.0) -> None:
         self.loop.stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def stop_all(self) -> None:
+    async def _main(self, stop: asyncio.Event) -> None:
+        await stop.wait()
         tasks = [c.task for c in self.connections if c.task is not None]
         for task in tasks:
             task.cancel()
@@ -157,17 +164,15 @@ class StreamManager:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        if self.streams and not self.layer.loop.started:
-            self.layer.loop.start(self._main)
+        if self.streams:
+            self.layer.start(self._place_all)
 
     def close(self, timeout: float = 2.0) -> None:
         """Close every connection (never DELETE a listenKey: the user's bots may share it)."""
         self.layer.close(timeout)
 
-    async def _main(self, stop: asyncio.Event) -> None:
+    def _place_all(self) -> None:
         with self._lock:
             members = list(self.streams.values())
         for member in members:
             self._place(member)
-        await stop.wait()
-        await self.layer.stop_all()
