@@ -300,6 +300,40 @@ def test_a_gap_gets_its_own_resync_at_once_not_the_one_an_event_scheduled(live) 
     assert balance_calls(sim) > before  # the gap's own REST resync was made
 
 
+def test_closing_a_losing_long_and_flipping_one_show_one_state_over_the_stream(live) -> None:
+    """Issue 22, defect 3 over a live stream: the closed long's REST maintenance margin and PnL stayed
+    beside the event's wallet (ratio 1.4775 where nothing is open), and a long flipped short kept the
+    long's liquidation price."""
+    sim = Simulator([SimAccount(api_key=A.key, api_secret=A.secret, balances=[balance_row("USDT", "1500")],
+                                positions=[SimPosition("BTCUSDT", "1", "60900", "60000", liquidation_price="59700")])])
+    lv = live(sim, [account(endpoint="account", positions=True)])
+    lv.settled("alpha")
+    usdt, btc = {"alias": "alpha", "asset": "USDT"}, {"alias": "alpha", "symbol": "BTCUSDT", "position_side": "BOTH"}
+    m = lv.metrics()
+    assert value(m, "binance_futures_maint_margin", **usdt) > 0
+    assert value(m, "binance_futures_position_liquidation_price", **btc) == 59700.0
+    sim.latency_s = 2.0  # the refresh the event asks for is slow: what shows meanwhile must be one state
+    flipped = {"s": "BTCUSDT", "pa": "-1", "ep": "60000", "bep": "60000", "up": "0", "mt": "cross", "iw": "0",
+               "ps": "BOTH"}
+    sim.push_event(A.key, "usdm", account_update("1400", "1400", positions=[flipped]))
+    wait_until(lambda: value(lv.metrics(), "binance_futures_position_amount", **btc) == -1.0, timeout=1.0)
+    m = lv.metrics()
+    assert value(m, "binance_futures_position_liquidation_price", **btc) is None  # not the long's 59700
+    assert value(m, "binance_futures_position_mark_price", **btc) is None
+    assert value(m, "binance_futures_cross_unrealized_pnl", **usdt) == 0.0
+    assert value(m, "binance_futures_margin_balance", **usdt) == 1400.0
+    assert value(m, "binance_futures_maint_margin", **usdt) is None  # needs brackets: withheld, never the long's
+    closed = {**flipped, "pa": "0", "ep": "0", "bep": "0"}
+    sim.push_event(A.key, "usdm", account_update("600", "600", positions=[closed], time_ms=now_ms() + 1))
+    wait_until(lambda: value(lv.metrics(), "binance_futures_position_amount", **btc) is None, timeout=1.0)
+    m = lv.metrics()
+    maint = value(m, "binance_futures_maint_margin", **usdt) - value(m, "binance_futures_isolated_maint_margin", **usdt)
+    cross = value(m, "binance_futures_cross_wallet_balance", **usdt) + \
+        value(m, "binance_futures_cross_unrealized_pnl", **usdt)
+    assert maint / cross == 0.0  # the pool's margin ratio as the rules compute it: nothing is open
+    sim.latency_s = 0.0
+
+
 def test_keepalive_puts_and_a_gone_key_is_renewed(live) -> None:
     sim = usdm_sim()
     tuning = Tuning(**{**FAST.__dict__, "keepalive_s": 0.3})
