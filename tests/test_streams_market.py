@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from conftest import wait_until
+from exporter.loopthread import LoopThread
 from exporter.parsing import BadResponse
 from exporter.streams.manager import Layer
 from exporter.streams.market import MarketStreams, mark_stream, parse_mark
@@ -28,25 +29,21 @@ class MarkServer:
     """A Binance-like public stream server: subscriptions per connection, marks pushed on demand."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
         self.subscribed: dict[ServerConnection, set[str]] = {}
         self.messages: list[dict[str, Any]] = []
         self.handshakes = 0
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        ready.wait(5)
+        self.ready = threading.Event()
+        self.thread = LoopThread("mark-server")
+        self.thread.start(self._main)
+        self.ready.wait(5)
+        assert self.thread.loop is not None
+        self.loop = self.thread.loop
 
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._main(ready))
-
-    async def _main(self, ready: threading.Event) -> None:
-        self.stop_event = asyncio.Event()
+    async def _main(self, stop: asyncio.Event) -> None:
         async with serve(self._handle, "127.0.0.1", 0) as server:
             self.port = server.sockets[0].getsockname()[1]
-            ready.set()
-            await self.stop_event.wait()
+            self.ready.set()
+            await stop.wait()
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.handshakes += 1
@@ -86,8 +83,7 @@ class MarkServer:
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(2)
+        self.thread.stop()
 
 
 @pytest.fixture
