@@ -165,3 +165,42 @@ def test_no_import_cycle_in_the_exporter() -> None:
     for name in files:
         visit(name, (name,))
     assert "exporter.streams.connection" in files and "exporter.stream_mux" not in files
+
+
+def test_a_peer_that_does_not_read_is_dropped() -> None:
+    """Issue 22: pongs into an unbounded buffer grew RSS to 1.5 GB while the stream stayed up, and our own
+    ping waited on drain() so its timeout never started. Unread bytes past the bound, or stuck past the
+    write limit for longer than the ping timeout, drop the connection."""
+    from exporter.streams.connection import BoundedConnection
+
+    class Transport:
+        def __init__(self) -> None:
+            self.size, self.aborted = 0, False
+
+        def get_write_buffer_size(self) -> int:
+            return self.size
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    def conn(tuning: Tuning) -> tuple[BoundedConnection, Transport]:
+        ws = object.__new__(BoundedConnection)
+        ws.tuning, ws.dropped, ws._stuck_since, ws.write_limit_high = tuning, None, None, 32 * 1024
+        ws.transport = Transport()  # type: ignore[assignment]
+        return ws, ws.transport  # type: ignore[return-value]
+
+    ws, transport = conn(Tuning(ping_timeout_s=0.2))
+    transport.size = 40 * 1024  # past the write limit, under the bound
+    ws.check_outgoing()
+    assert not transport.aborted
+    ws._stuck_since -= 0.25  # stuck since longer than the ping timeout
+    ws.check_outgoing()
+    assert transport.aborted and ws.dropped == "the server does not read"
+    ws, transport = conn(Tuning())
+    transport.size = 65 * 1024  # past the bound: at once
+    ws.check_outgoing()
+    assert transport.aborted
+    ws, transport = conn(Tuning())
+    transport.size = 1000
+    ws.check_outgoing()
+    assert not transport.aborted and ws.dropped is None
