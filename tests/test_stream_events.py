@@ -274,3 +274,22 @@ def test_readme_says_per_figure_how_fresh_it_is() -> None:
         row = next((r for r in rows if f"`{name}`" in r.split("|")[1]), None)
         assert row is not None, name
         assert words[kind] in row.split("|")[2], name
+
+
+def test_an_account_read_without_positions_never_mixes_rest_pnl_with_a_fill() -> None:
+    """Defect 3 for `positions: false`: the event moved a position the snapshot does not have, so the
+    asset's REST unrealized PnL and maintenance margin no longer describe the account: withheld."""
+    rest = Snapshot(assets=(AssetRow("USDT", {"balance": 1500.0, "cross_wallet_balance": 1500.0,
+                                              "cross_unrealized_pnl": -900.0, "available_balance": 100.0}, False),))
+    state = StreamState()
+    state.connected(now=1.0)
+    state.apply(update(E0, [{"a": "USDT", "wb": "600", "cw": "600"}],
+                       [{"s": "BTCUSDT", "pa": "0", "up": "0", "mt": "cross", "ps": "BOTH"}]), now=2.0, wall=WALL)
+    shown = state.overlay(rest, rest_started=1.5, positions=False)
+    assert shown.positions == ()
+    assert shown.assets[0].values == {"balance": 600.0, "cross_wallet_balance": 600.0}
+    # A funding fee (wallet only, no position) keeps what depends on the positions.
+    state2 = StreamState()
+    state2.connected(now=1.0)
+    state2.apply(update(E0, [{"a": "USDT", "wb": "1499", "cw": "1499"}]), now=2.0, wall=WALL)
+    assert state2.overlay(rest, rest_started=1.5, positions=False).assets[0].values["cross_unrealized_pnl"] == -900.0

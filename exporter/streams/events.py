@@ -414,12 +414,13 @@ class StreamState:
                 return snapshot  # not trusted until REST has read past the gap
             # The REST answer already has what the stream applied before it started.
             assets = {k: v for k, (at, _, v) in self.assets.items() if at > rest_started}
-            moved = {k: v for k, (at, _, v) in self.positions.items() if at > rest_started} if positions else {}
+            moved = {k: v for k, (at, _, v) in self.positions.items() if at > rest_started}
             types = {k: t for k, t in self.margin_types.items() if k in moved}
             totals = {k: v for k, (at, _, v) in self.totals.items() if at > rest_started}
             status = self.status[2] if self.status is not None and self.status[0] > rest_started else None
             modes = {k: v for k, (at, _, v) in self.modes.items() if at > rest_started}
-        return apply_config_modes(apply_account_update(snapshot, assets, moved, totals, status, types), modes)
+        return apply_config_modes(apply_account_update(snapshot, assets, moved, totals, status, types,
+                                                       positions_known=positions), modes)
 
 
 def _margin_asset_of(pos: PositionRow, names: list[str]) -> str | None:
@@ -446,7 +447,8 @@ def _moved_position(pos: PositionRow | None, symbol: str, side: str, change: Map
 def apply_account_update(snapshot: Snapshot, assets: Mapping[str, Mapping[str, float]],
                          positions: Mapping[tuple[str, str], Mapping[str, float]],
                          totals: Mapping[str, float], status: str | None,
-                         margin_types: Mapping[tuple[str, str], str] | None = None) -> Snapshot:
+                         margin_types: Mapping[tuple[str, str], str] | None = None,
+                         positions_known: bool = True) -> Snapshot:
     """ACCOUNT_UPDATE (and riskLevelChange) figures over a REST snapshot: the one place that maps them.
 
     The result is one state of the account (see FRESHNESS): changed assets get their wallet
@@ -455,7 +457,9 @@ def apply_account_update(snapshot: Snapshot, assets: Mapping[str, Mapping[str, f
     whose amount became 0 is closed. From those, each touched asset's unrealized PnL, cross
     unrealized PnL (the sum of `up` over its cross positions) and margin balance are
     recomputed, and its maintenance margin is 0 once no position of it is left; what cannot
-    be recomputed is withheld until REST supplies it.
+    be recomputed is withheld until REST supplies it. `positions_known` False (an account
+    read without positions): no position rows are shown, and what depends on the positions
+    is withheld for the assets a position event touched (the snapshot cannot tell the rest).
     """
     if not (assets or positions or totals or status):
         return snapshot
@@ -486,25 +490,28 @@ def apply_account_update(snapshot: Snapshot, assets: Mapping[str, Mapping[str, f
         change = assets.get(row.asset)
         values = {**row.values, **{k: v for k, v in (change or {}).items() if k in row.values}}
         if row.asset in touched:
-            values = _recomputed(row.asset, values, held, names, bool(positions))
+            values = _recomputed(row.asset, values, held if positions_known else None, names, bool(positions))
         rows.append(AssetRow(row.asset, values, row.zero and not any((change or {}).values())))
     known = {row.asset for row in snapshot.assets}
-    rows += [AssetRow(asset, _recomputed(asset, dict(values), held, names, bool(positions)),
+    rows += [AssetRow(asset, _recomputed(asset, dict(values), held if positions_known else None, names,
+                                         bool(positions)),
                       not any(values.values()))
              for asset, values in assets.items() if asset not in known and values]
     merged = {**snapshot.totals, **totals}
     if assets or positions:
         merged = _account_totals(merged, rows)
-    return dataclasses_replace(snapshot, assets=tuple(rows), positions=tuple(held), totals=merged,
+    return dataclasses_replace(snapshot, assets=tuple(rows),
+                               positions=tuple(held) if positions_known else snapshot.positions, totals=merged,
                                status=status or snapshot.status)
 
 
-def _recomputed(asset: str, values: dict[str, float], held: list[PositionRow], names: list[str],
+def _recomputed(asset: str, values: dict[str, float], held: list[PositionRow] | None, names: list[str],
                 positions_moved: bool) -> dict[str, float]:
-    """An asset's figures after an event: recomputed where exact, withheld where not."""
+    """An asset's figures after an event: recomputed where exact, withheld where not (`held` None:
+    the account's positions are not known)."""
     out = {k: v for k, v in values.items() if FRESHNESS.get(k) == "event" or k not in _ASSET_DERIVED}
-    mine = [p for p in held if _margin_asset_of(p, names) == asset]
-    whose_known = all(_margin_asset_of(p, names) is not None for p in held)
+    mine = [p for p in held or () if _margin_asset_of(p, names) == asset]
+    whose_known = held is not None and all(_margin_asset_of(p, names) is not None for p in held)
     pnl_known = whose_known and all("position_unrealized_pnl" in p.values for p in mine)
     if positions_moved:
         if pnl_known:  # only series the asset's row has (the endpoint's fields): none is invented
