@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden docs mixin prometheusrule lock bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders bench-reloadstorm clean
+.PHONY: test lint venv golden docs mixin prometheusrule lock bench bench-budget bench-subaccounts bench-soak bench-streams bench-streams-1000 bench-slowreaders bench-reloadstorm clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ bench-soak: venv
 
 bench-streams: venv
 	$(VPY) -m benchmarks.streams $(BENCH_ARGS)
+
+# Issue 22: 1000 accounts sharing 50 keys a connection, short phases (about 3 minutes).
+bench-streams-1000: venv
+	$(VPY) -m benchmarks.streams --thousand $(BENCH_ARGS)
 
 bench-slowreaders: venv
 	$(VPY) -m benchmarks.slowreaders $(BENCH_ARGS)

@@ -3,6 +3,8 @@
     python -m benchmarks.streams              # N=300, 60 s phases
     python -m benchmarks.streams --quick      # N=20, short phases (smoke)
     python -m benchmarks.streams --connect-only   # only the connection comparison below
+    python -m benchmarks.streams --thousand       # issue 22: N=1000 sharing 50 keys a connection,
+                                                  # 20 s phases
 
 First, connecting: N accounts' USD-M streams at the default attempt limit
 (`stream_connections_per_5m: 150`), once with one connection per account
@@ -46,6 +48,7 @@ if __package__ in (None, ""):
 
 from benchmarks.procstats import (
     MB,
+    RESULTS,
     BenchParser,
     ExporterProcess,
     SimProcess,
@@ -79,15 +82,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="connection comparison: only the shared run (the other takes 5 minutes at N=300)")
     parser.add_argument("--connect-limit", type=int, default=150,
                         help="stream_connections_per_5m of the connection comparison (the exporter's default)")
+    parser.add_argument("--phase-keys-per-connection", type=int, default=1,
+                        help="stream_keys_per_connection of the idle/load/latency phases")
+    parser.add_argument("--latency-endpoint", choices=("probe", "metrics"), default="probe",
+                        help="where the latency driver looks for its change: /probe (one account) or /metrics")
+    parser.add_argument("--weight-limit", type=int, default=2400,
+                        help="the exporter's weight_limit (the simulator sets no practical limit)")
+    parser.add_argument("--thousand", action="store_true",
+                        help="issue 22's run: 1000 accounts, 50 keys a connection in every part (no unshared "
+                             "run), weight_limit 24000 (so the after-the-gap resyncs of 1000 accounts take seconds, "
+                             "not minutes), 20 s phases, 100 latency samples (on /probe: at 1000 accounts one "
+                             "/metrics takes about a second to render, which would hide the stream's own latency)")
     args = parser.parse(argv)
+    if args.thousand:
+        args.accounts = args.accounts or 1000
+        args.keys_per_connection = args.phase_keys_per_connection = 50
+        args.skip_unshared = True
+        args.weight_limit = 24000
+        args.phase_seconds = args.phase_seconds or 20.0
+        args.latency_samples = args.latency_samples or 100
+        if args.output == RESULTS / "streams.json":
+            args.output = RESULTS / "streams-1000.json"
     fill_defaults(args, accounts=(20, 300), phase_seconds=(8.0, 60.0), latency_samples=(20, 200))
     return args
 
 
 def config(base_url: str, stream_url: str, n: int, streams: bool, interval: float, connect_limit: int = 300,
-           keys_per_connection: int = 1) -> dict:
+           keys_per_connection: int = 1, weight_limit: int = 2400) -> dict:
     cfg = exporter_config(base_url, n, max_concurrency=None, timeout_seconds=None, cache_seconds=None,
-                          weight_limit=2400, scrape_interval_seconds=interval,
+                          weight_limit=weight_limit, scrape_interval_seconds=interval,
                           stream_connections_per_5m=connect_limit, stream_keys_per_connection=keys_per_connection)
     if streams:
         cfg["defaults"].update(user_stream=True, stream_base_url=stream_url + "/private")
@@ -165,12 +188,20 @@ def print_connect(runs: list[dict[str, Any]], n: int, limit: int) -> None:
     print()
 
 
+def resynced(session: requests.Session, url: str, since: float) -> int:
+    """Accounts whose latest successful REST read came after `since` (wall clock)."""
+    body = session.get(f"{url}/metrics", timeout=30).content
+    return sum(1 for _n, _l, v in metric_samples(body, "binance_futures_last_success_timestamp_seconds")
+               if v >= since)
+
+
 def streams_up(session: requests.Session, url: str) -> int:
     body = session.get(f"{url}/metrics", timeout=30).content
     return int(sum(v for _n, _l, v in metric_samples(body, "binance_futures_stream_up")))
 
 
-def latency(sim: SimProcess, session: requests.Session, url: str, n: int, samples: int) -> list[float]:
+def latency(sim: SimProcess, session: requests.Session, url: str, n: int, samples: int,
+            endpoint: str = "probe") -> list[float]:
     out = []
     for k in range(samples):
         index = (k * 7919) % n
@@ -179,11 +210,14 @@ def latency(sim: SimProcess, session: requests.Session, url: str, n: int, sample
         sim.command({"op": "mark", "account": index, "value": value})
         deadline = sent + 10.0
         while time.monotonic() < deadline:
-            body = session.get(f"{url}/probe", params={"target": alias(index)}, timeout=10).content
+            if endpoint == "metrics":
+                body = session.get(f"{url}/metrics", timeout=10).content
+            else:
+                body = session.get(f"{url}/probe", params={"target": alias(index)}, timeout=10).content
             # The load keeps changing balances to the time of the change: any value from our mark on
             # means ours arrived (one account's events arrive in order).
             if any(v >= float(value) - 1e-6 for _n, labels, v in metric_samples(body, "binance_futures_balance")
-                   if labels.get("asset") == "USDT"):
+                   if labels.get("asset") == "USDT" and labels.get("alias") == alias(index)):
                 out.append(time.monotonic() - sent)
                 break
         time.sleep(0.05)
@@ -208,22 +242,32 @@ def main(argv: list[str] | None = None) -> int:
             print_connect(report["connect"], n, args.connect_limit)
             return 0
         # ---- with streams
-        exp = ExporterProcess(config(sim.base_url, stream_url, n, True, args.interval), Path(tmp), name="streams",
-                              log_level="warn").start()
+        exp = ExporterProcess(config(sim.base_url, stream_url, n, True, args.interval,
+                                     keys_per_connection=args.phase_keys_per_connection,
+                                     weight_limit=args.weight_limit),
+                              Path(tmp), name="streams", log_level="warn").start()
         try:
-            t_start = time.monotonic()
+            t_start, started_wall = time.monotonic(), time.time()
             while streams_up(session, exp.base_url) < n:
                 if time.monotonic() - t_start > 600:
                     raise RuntimeError("streams did not all come up")
                 time.sleep(0.5)
             report["connect_s"] = round(time.monotonic() - t_start, 2)
-            log(f"{n} streams up in {report['connect_s']} s; idle phase")
+            # Events show once the account's REST resync after its gap is in: wait for all of them
+            # (a REST read that succeeded after the first stream came up; about the resync).
+            while resynced(session, exp.base_url, started_wall) < n:
+                if time.monotonic() - t_start > 600:
+                    raise RuntimeError("resyncs did not all come in")
+                time.sleep(0.5)
+            report["resynced_s"] = round(time.monotonic() - t_start, 2)
+            log(f"{n} streams up in {report['connect_s']} s, all resynced by REST in {report['resynced_s']} s; "
+                "idle phase")
             report["idle"] = phase(exp, session, args.phase_seconds, args.interval)
             log(f"idle: {report['idle']}; load phase at {args.rate:g} events/s")
             sim.command({"op": "pump", "rate": args.rate, "seconds": 3600})
             report["load"] = phase(exp, session, args.phase_seconds, args.interval)
             log(f"load: {report['load']}; latency")
-            lat = latency(sim, session, exp.base_url, n, args.latency_samples)
+            lat = latency(sim, session, exp.base_url, n, args.latency_samples, args.latency_endpoint)
             report["latency"] = {"samples": len(lat), "p50_ms": round(1000 * (median(lat) or 0), 1),
                                  "p99_ms": round(1000 * (percentile(lat, 99) or 0), 1),
                                  "max_ms": round(1000 * max(lat, default=0), 1)}
@@ -236,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         report["load"]["weight_per_min"] = weight_per_minute(streamed, report["load"]["t0"], report["load"]["t1"])
         # ---- without streams: REST polling only
         mark = len(streamed)
-        exp = ExporterProcess(config(sim.base_url, stream_url, n, False, args.interval), Path(tmp), name="polling",
+        exp = ExporterProcess(config(sim.base_url, stream_url, n, False, args.interval,
+                                     weight_limit=args.weight_limit), Path(tmp), name="polling",
                               log_level="warn").start()
         try:
             report["polling"] = phase(exp, session, args.phase_seconds, args.interval)
@@ -253,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## User data streams: {m['cpu_count']} CPUs ({m['cpu_model']}), Python {m['python']}, {m['date']}\n")
     print_connect(report["connect"], n, args.connect_limit)
     print(f"{n} accounts, one USD-M stream each; scrape every {args.interval:g} s; phases of "
-          f"{args.phase_seconds:g} s; all streams up in {report['connect_s']} s\n")
+          f"{args.phase_seconds:g} s; all streams up in {report['connect_s']} s, all resynced by REST in "
+          f"{report['resynced_s']} s\n")
     rows = []
     for name, label in (("idle", "streams, idle"), ("load", f"streams, {args.rate:g} events/s"),
                         ("polling", "no streams (polling)")):
@@ -266,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nEvent-to-exposition latency under load ({lat['samples']} samples): p50 {fmt(lat['p50_ms'])} ms, "
           f"p99 {fmt(lat['p99_ms'])} ms, max {fmt(lat['max_ms'])} ms")
     print(f"Polling every balance every {max(p99, 0.1):.1f} s (the p99, at least 0.1 s) would cost "
-          f"{report['polling_for_stream_freshness_weight_per_min']:,} weight/min (limit 2,400).")
+          f"{report['polling_for_stream_freshness_weight_per_min']:,} weight/min (limit {args.weight_limit:,}).")
     print(f"JSON: {args.output}  (total {report['duration_s']:.0f}s)")
     return 0
 

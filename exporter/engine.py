@@ -36,8 +36,9 @@ from exporter.governor import Admission
 from exporter.hosts import Host
 from exporter.logs import fields
 from exporter.parsing import Snapshot
-from exporter.stream_events import StreamView
-from exporter.streams import StreamManager, Tuning
+from exporter.streams.events import StreamView
+from exporter.streams.manager import StreamManager
+from exporter.streams.tuning import Tuning
 from exporter.targets import Target, Topology
 from exporter.transport import Pools, Watchdog, detach
 
@@ -74,6 +75,7 @@ class TargetState:
     queued: bool = False
     admitted_at: float | None = None  # monotonic start of the latest admitted refresh
     again: bool = False  # a stream event arrived during the refresh in flight: one more after it
+    again_gap: bool = False  # ... and it was a gap: the one after it is not spaced
     urgent_at: float = float("-inf")  # monotonic time of the latest stream-requested refresh
     urgent_pending: bool = False  # a stream-requested refresh waits for its spacing (queue.later)
     last: Attempt | None = None
@@ -488,8 +490,13 @@ class Engine:
                     state.errors[error.reason] += 1
             state.inflight = None
             again, state.again = state.again, False
+            again_gap, state.again_gap = state.again_gap, False
+        if error is None and snapshot is not None:
+            stream = self.streams.state(target.key)
+            if stream is not None:  # what the stream applied before this read is in it: pruned now
+                stream.rest_read(started, snapshot)
         if again:
-            self.stream_refresh(target.key, False)
+            self.stream_refresh(target.key, again_gap)
         if error is not None:
             log.warning("scrape failed", extra=fields(
                 alias=target.alias, market=target.market, reason=error.reason, status=error.status,
@@ -520,18 +527,23 @@ class Engine:
         Coalesced: while one is queued or pending, more events add nothing; one arriving
         while a refresh is in flight gets exactly one more after it; and an account gets
         at most one stream-requested refresh per STREAM_REFRESH_GAP_S or refresh_after,
-        whichever is longer (a gap always gets its own). The refresh waits for the budget like any
-        other: never a burst of requests.
+        whichever is longer. A gap (a reconnect, a new key) always gets its own, at once: it is
+        queued first and never merged into one an earlier event scheduled for later (that one is
+        dropped: the gap's refresh starts after its event). The refresh waits for the budget like
+        any other: never a burst of requests.
         """
         with self._cond:
             state = self.states.get(key)
             if state is None or self._closed:
                 return
         with state.lock:
-            if state.urgent_pending:
+            if gap:
+                state.urgent_pending = False  # the scheduled one, when due, finds nothing to do
+            elif state.urgent_pending:
                 return
-            if state.inflight is not None:
+            if state.inflight is not None:  # it started before this event or gap: one more after it
                 state.again = True
+                state.again_gap = state.again_gap or gap
                 return
             spacing = max(STREAM_REFRESH_GAP_S, self.config.refresh_after(state.target.account))
             last = max(state.urgent_at, state.admitted_at if state.admitted_at is not None else float("-inf"))
@@ -553,6 +565,8 @@ class Engine:
 
     def _urgent_due(self, state: TargetState) -> None:
         with state.lock:
+            if not state.urgent_pending:  # a gap's refresh came first and covers it
+                return
             state.urgent_pending = False
             state.urgent_at = time.monotonic()
         self._enqueue(state, front=True)

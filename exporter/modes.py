@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from exporter.client import Client, ScrapeError, Skipped
 from exporter.endpoints import ACCOUNT_CONFIG_CALL
 from exporter.logs import fields
-from exporter.parsing import Snapshot
+from exporter.parsing import Snapshot, isolated_for_mode
 from exporter.transport import detach
 
 log = logging.getLogger("exporter.modes")
@@ -59,7 +59,7 @@ class ModeReader:
             self._read(client, deadline, now)
         with self.lock:
             values = dict(self.values)
-        return Snapshot(totals=values).merge(snapshot) if values else snapshot
+        return isolated_for_mode(Snapshot(totals=values).merge(snapshot)) if values else snapshot
 
     def _read(self, client: Client, deadline: float, now: float) -> None:
         try:

@@ -297,7 +297,23 @@ def parse_usdm_account(body: bytes) -> Snapshot:
         totals["multi_assets_mode"] = 1.0 if multi else 0.0
     assets, isolated = _with_isolated_maint(assets, data.get("positions", []), coin=False)
     totals["account_isolated_maint_margin"] = isolated
-    return Snapshot(assets=assets, totals=totals)
+    return isolated_for_mode(Snapshot(assets=assets, totals=totals))
+
+
+def isolated_for_mode(snapshot: Snapshot) -> Snapshot:
+    """`account_isolated_maint_margin` of the pool the account totals are: in single-asset mode the
+    totals are USDT's, so only USDT's isolated maintenance margin is taken out of them (a USDC
+    isolated position belongs to USDC's pool); in Multi-Assets mode every asset's. An unknown mode
+    counts as single-asset, as the rules do (it can only over-warn)."""
+    if "account_isolated_maint_margin" not in snapshot.totals:
+        return snapshot
+    if snapshot.totals.get("multi_assets_mode") == 1.0:  # every asset's (the parse may have had USDT's only)
+        rows = sum((r.values.get("isolated_maint_margin", 0.0) for r in snapshot.assets), 0.0)
+        value = max(rows, snapshot.totals["account_isolated_maint_margin"])
+    else:
+        value = next((r.values.get("isolated_maint_margin", 0.0) for r in snapshot.assets if r.asset == "USDT"), 0.0)
+    return Snapshot(snapshot.assets, {**snapshot.totals, "account_isolated_maint_margin": value},
+                    snapshot.positions, snapshot.account_alias, snapshot.status)
 
 
 def parse_coinm_account(body: bytes) -> Snapshot:

@@ -194,7 +194,7 @@ def scrape_twice(path: str) -> str:
         # exactly once, like every account), and one event that is neither applied nor refreshes.
         stream = engine.streams.state(("pm", "pm"))
         wait_until(lambda: stream.up and engine.states[("pm", "pm")].last_ok is not None, timeout=10)
-        sim.push_event(CREDENTIALS["pm"][0], "pm", {"e": "TRADE_LITE", "E": T0})
+        sim.push_event(CREDENTIALS["pm"][0], "pm", {"e": "TRADE_LITE", "E": int(time.time() * 1000)})  # near the clock
         wait_until(lambda: stream.last_event_wall is not None, timeout=10)
         assert requests.get(url + path, timeout=10).status_code == 200
         resp = requests.get(url + path, timeout=10)

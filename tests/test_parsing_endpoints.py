@@ -75,7 +75,12 @@ def test_account_isolated_maintenance_margin_per_asset() -> None:
         dict(v3["positions"][0], symbol="ETHUSDC", maintMargin="7", isolatedWallet="30"),
     ]
     snap = parsing.parse_usdm_account(json.dumps(v3).encode())
-    assert snap.totals["account_isolated_maint_margin"] == 27.0
+    # Mode unknown (v3): single-asset, whose totals are USDT's: USDC's isolated margin is USDC's pool's.
+    assert snap.totals["account_isolated_maint_margin"] == 20.0
+    multi = parsing.isolated_for_mode(parsing.Snapshot(totals={"multi_assets_mode": 1.0}).merge(snap))
+    assert multi.totals["account_isolated_maint_margin"] == 27.0  # Multi-Assets: every asset's, in USD
+    single = parsing.isolated_for_mode(parsing.Snapshot(totals={"multi_assets_mode": 0.0}).merge(snap))
+    assert single.totals["account_isolated_maint_margin"] == 20.0
     assert {r.asset: r.values["isolated_maint_margin"] for r in snap.assets} == {"USDT": 20.0, "USDC": 7.0}
     v2 = parsing.parse_usdm_account(body("fapi_v2_account", **{"positions__0__maintMargin": "3.5"}))
     assert v2.totals["account_isolated_maint_margin"] == 3.5  # v2 marks it with "isolated": true

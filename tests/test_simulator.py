@@ -267,7 +267,7 @@ def sim() -> Iterator[Simulator]:
 # -- layout --------------------------------------------------------------------------------
 def test_layout_testkit_is_not_shipped_and_demo_needs_only_the_core() -> None:
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    assert 'packages = ["exporter", "exporter.httpserver", "exporter.simulator"]' in pyproject
+    assert 'packages = ["exporter", "exporter.httpserver", "exporter.simulator", "exporter.streams"]' in pyproject
     assert Simulator is KitSimulator
     code = ("import sys, exporter.demo, exporter.cli; "
             "sys.exit(1 if [m for m in sys.modules if m.split('.')[0] in ('testkit', 'tests')] else 0)")

@@ -18,7 +18,7 @@ from exporter.config import Config, ConfigError, parse_config
 from exporter.engine import Engine
 from exporter.httpserver import serve
 from exporter.simulator import SimPortfolio, SimPosition, balance_row, pm_row
-from exporter.streams import Tuning
+from exporter.streams.tuning import Tuning
 from exporter.web import make_app
 from testkit import SimAccount, Simulator
 
@@ -170,7 +170,8 @@ def test_account_update_shows_at_once_then_rest_takes_over(live) -> None:
     assert value(m, "binance_futures_position_amount", alias="alpha", symbol="BTCUSDT", position_side="BOTH") == 0.01
     assert value(m, "binance_futures_position_unrealized_pnl", alias="alpha", symbol="BTCUSDT",
                  position_side="BOTH") == 12.5
-    assert value(m, "binance_futures_available_balance", alias="alpha", asset="USDT") == 23.72469206  # REST's
+    # Not in the event and not computable from it: withheld until REST (issue 22), never REST's old value.
+    assert value(m, "binance_futures_available_balance", alias="alpha", asset="USDT") is None
     assert value(m, "binance_futures_balance", alias="bravo", asset="USDT") == 122607.35137903  # not bravo's
     assert value(m, "binance_futures_stream_events_total", alias="alpha", event="ACCOUNT_UPDATE") == 1.0
     assert value(m, "binance_futures_stream_last_event_timestamp_seconds", alias="alpha") == \
@@ -246,7 +247,7 @@ def test_only_the_events_asked_for_arrive_and_others_count_as_other(live) -> Non
     sim.push_event(A.key, "usdm", {"e": "ACCOUNT_CONFIG_UPDATE", "E": now_ms(), "ai": {"j": True}})
     wait_until(lambda: lv.stream("alpha").events["ACCOUNT_CONFIG_UPDATE"] == 1, timeout=2)
     assert lv.stream("alpha").events["other"] == 0
-    assert lv.stream("alpha").modes["multi_assets_mode"][1] == 1.0  # the hook issue 15's modes read
+    assert lv.stream("alpha").modes["multi_assets_mode"][2] == 1.0  # the hook issue 15's modes read
     coinm = Simulator([SimAccount(api_key=A.key, api_secret=A.secret)])
     lv2 = live(coinm, [account(markets=["coinm"])])
     lv2.settled("alpha", "coinm")
@@ -278,6 +279,60 @@ def test_cut_connection_and_expired_key_come_back_by_themselves(live) -> None:
     lv.close()
     lv.close = lambda: None  # type: ignore[method-assign]
     assert sim.listen_keys.deletes == 0  # never, not even at shutdown
+
+
+def test_a_gap_gets_its_own_resync_at_once_not_the_one_an_event_scheduled(live) -> None:
+    """Issue 22, defect 1: after a reconnect the REST resync waited behind a refresh an earlier
+    event had scheduled max(5 s, refresh_after) later, and the stream's events stayed hidden."""
+    sim = usdm_sim()
+    lv = live(sim, [account()], top={"scrape_interval_seconds": 60}, cache_seconds=90)
+    lv.settled("alpha")
+    sim.push_event(A.key, "usdm", account_update("11", "11"))  # its refresh waits ~90 s (spacing)
+    wait_until(lambda: lv.engine.states[("alpha", "usdm")].urgent_pending, timeout=5)
+    before = balance_calls(sim)
+    sim.drop_streams(A.key)
+    wait_until(lambda: lv.stream("alpha").reconnects == 1 and lv.stream("alpha").up, timeout=10)
+    time.sleep(0.5)  # the issue's timing: an event 0.5 s after the reconnect
+    sim.push_event(A.key, "usdm", account_update("4242", "4242"))
+    pushed = time.monotonic()
+    wait_until(lambda: value(lv.metrics(), "binance_futures_balance", alias="alpha", asset="USDT") == 4242.0,
+               timeout=3.0)
+    assert time.monotonic() - pushed < 3.0
+    assert balance_calls(sim) > before  # the gap's own REST resync was made
+
+
+def test_closing_a_losing_long_and_flipping_one_show_one_state_over_the_stream(live) -> None:
+    """Issue 22, defect 3 over a live stream: the closed long's REST maintenance margin and PnL stayed
+    beside the event's wallet (ratio 1.4775 where nothing is open), and a long flipped short kept the
+    long's liquidation price."""
+    sim = Simulator([SimAccount(api_key=A.key, api_secret=A.secret, balances=[balance_row("USDT", "1500")],
+                                positions=[SimPosition("BTCUSDT", "1", "60900", "60000", liquidation_price="59700")])])
+    lv = live(sim, [account(endpoint="account", positions=True)])
+    lv.settled("alpha")
+    usdt, btc = {"alias": "alpha", "asset": "USDT"}, {"alias": "alpha", "symbol": "BTCUSDT", "position_side": "BOTH"}
+    m = lv.metrics()
+    assert value(m, "binance_futures_maint_margin", **usdt) > 0
+    assert value(m, "binance_futures_position_liquidation_price", **btc) == 59700.0
+    sim.latency_s = 2.0  # the refresh the event asks for is slow: what shows meanwhile must be one state
+    flipped = {"s": "BTCUSDT", "pa": "-1", "ep": "60000", "bep": "60000", "up": "0", "mt": "cross", "iw": "0",
+               "ps": "BOTH"}
+    sim.push_event(A.key, "usdm", account_update("1400", "1400", positions=[flipped]))
+    wait_until(lambda: value(lv.metrics(), "binance_futures_position_amount", **btc) == -1.0, timeout=1.0)
+    m = lv.metrics()
+    assert value(m, "binance_futures_position_liquidation_price", **btc) is None  # not the long's 59700
+    assert value(m, "binance_futures_position_mark_price", **btc) is None
+    assert value(m, "binance_futures_cross_unrealized_pnl", **usdt) == 0.0
+    assert value(m, "binance_futures_margin_balance", **usdt) == 1400.0
+    assert value(m, "binance_futures_maint_margin", **usdt) is None  # needs brackets: withheld, never the long's
+    closed = {**flipped, "pa": "0", "ep": "0", "bep": "0"}
+    sim.push_event(A.key, "usdm", account_update("600", "600", positions=[closed], time_ms=now_ms() + 1))
+    wait_until(lambda: value(lv.metrics(), "binance_futures_position_amount", **btc) is None, timeout=1.0)
+    m = lv.metrics()
+    maint = value(m, "binance_futures_maint_margin", **usdt) - value(m, "binance_futures_isolated_maint_margin", **usdt)
+    cross = value(m, "binance_futures_cross_wallet_balance", **usdt) + \
+        value(m, "binance_futures_cross_unrealized_pnl", **usdt)
+    assert maint / cross == 0.0  # the pool's margin ratio as the rules compute it: nothing is open
+    sim.latency_s = 0.0
 
 
 def test_keepalive_puts_and_a_gone_key_is_renewed(live) -> None:

@@ -23,7 +23,7 @@ from testkit import SimAccount, Simulator
 
 QUIET = logging.getLogger("tests.hostile.wire")  # the hostile side's own errors are the point: not logged
 QUIET.disabled = True
-MODES = ("garbage", "binary", "huge", "absurd", "foreign", "silent", "flood")
+MODES = ("garbage", "binary", "huge", "absurd", "foreign", "silent", "flood", "pingflood")
 
 
 class HostileServer:
@@ -77,6 +77,10 @@ class HostileServer:
             event = json.dumps({"e": "TRADE_LITE", "E": now_ms()})
             while True:
                 await ws.send(event)
+        elif mode == "pingflood":  # issue 22: pings as fast as it can, never reading our pongs
+            ws.transport.pause_reading()
+            for i in range(100_000):
+                await ws.ping(i.to_bytes(4, "big"))
         elif mode == "silent":
             ws.transport.pause_reading()  # handshake done, then nothing: not even pongs
         await asyncio.sleep(3600)
@@ -116,7 +120,7 @@ def test_each_hostile_stream_degrades_alone(hostile: HostileServer) -> None:
         def degraded() -> bool:
             s = {mode: streams.state((mode, "usdm")) for mode in MODES}
             return (all(s[m].events["invalid"] >= 1 and s[m].reconnects >= 1
-                        for m in ("garbage", "binary", "huge", "absurd", "flood"))
+                        for m in ("garbage", "binary", "huge", "absurd", "flood", "pingflood"))
                     and hostile.handshakes["silent"] >= 2 and s["silent"].events["invalid"] == 0
                     and s["foreign"].events["invalid"] >= 2)
         wait_until(degraded, timeout=15)
