@@ -23,10 +23,11 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from exporter.client import REASONS, ScrapeError, Skipped
 from exporter.config import AccountConfig, Config
@@ -34,10 +35,12 @@ from exporter.discovery import DISCOVERY_TIMEOUT_S, Discovery, DiscoveryView, li
 from exporter.discovery import view as discovery_view
 from exporter.governor import Admission
 from exporter.hosts import Host
+from exporter.liverisk import ContractSizes, LiveRiskBook
 from exporter.logs import fields
 from exporter.parsing import Snapshot
 from exporter.streams.events import StreamView
 from exporter.streams.manager import StreamManager
+from exporter.streams.market import MarketStreams
 from exporter.streams.tuning import Tuning
 from exporter.targets import Target, Topology
 from exporter.transport import Pools, Watchdog, detach
@@ -115,6 +118,7 @@ class ScrapeResult:
     targets: list[TargetView]
     hosts: list[HostView]
     discoveries: list[DiscoveryView] = field(default_factory=list)
+    market_streams: list[tuple[str, bool]] = field(default_factory=list)  # (market, up) live risk follows
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,13 @@ class Engine:
         self.streams = StreamManager(self._streaming(), self.stream_refresh, config.stream_connections_per_5m,
                                      self.pools, stream_tuning, on_modes=self._modes_changed,
                                      keys_per_connection=config.stream_keys_per_connection)
+        # Live risk: the public mark-price streams run on the user streams' layer (one loop, one
+        # connection-attempt limiter: Binance counts every WebSocket attempt of the IP).
+        self.market_streams = MarketStreams(self.streams.layer, _market_bases(config), self._mark)
+        self.live = LiveRiskBook(self.market_streams.watch, self.market_streams.state)
+
+    def _mark(self, market: str, symbol: str, price: Decimal, time_ms: int) -> None:
+        self.live.mark(market, symbol, price, time_ms)
 
     def upstream_sockets(self) -> int:
         """Sockets to Binance this config may hold: the hosts' pools and one per user data stream."""
@@ -197,6 +208,8 @@ class Engine:
             state = self.states.get(key)
         if state is not None and state.target.modes is not None:
             state.target.modes.expire()
+        if state is not None and state.target.brackets is not None:
+            state.target.brackets.expire()
 
     def _build(self, account: AccountConfig) -> tuple[list[Target], Discovery | None]:
         """An account's targets and, for a master, its discovery; not yet known to scrapes."""
@@ -235,6 +248,7 @@ class Engine:
                 keys.remove(key)
             if not keys:
                 self.by_alias.pop(key[0], None)
+        self.live.forget(key)
 
     def plan_budgets(self) -> None:
         """Tell each host's governor what a full round costs, so it knows whether to pace."""
@@ -350,6 +364,7 @@ class Engine:
         self.plan_budgets()
         self.streams.limiter.limit = config.stream_connections_per_5m  # read on the loop; an int is atomic
         self.streams.update(self._streaming(), config.stream_keys_per_connection)
+        self.market_streams.bases = _market_bases(config)  # for connections opened from now on
         if self._started:
             self.streams.start()  # a no-op once running; the first streaming account may be new
             deadline = time.monotonic() + STARTUP_SYNC_S
@@ -410,7 +425,16 @@ class Engine:
             states = [s for s in states if self.states.get(s.target.key) is s]
         hosts = {s.target.host for s in states} | {d.host for d in masters}
         return ScrapeResult([self.view(s) for s in states], [host_view(h) for h in _ordered(hosts)],
-                            [discovery_view(d, self._exported_subs(d.master.alias)) for d in masters])
+                            [discovery_view(d, self._exported_subs(d.master.alias)) for d in masters],
+                            self._market_states(states))
+
+    def _market_states(self, states: Iterable[TargetState]) -> list[tuple[str, bool]]:
+        """(market, stream up) of the mark-price streams the scraped accounts' live risk follows now."""
+        wanted: set[str] = set()
+        for state in states:
+            if self._live_risk(state.target):
+                wanted |= {"usdm", "coinm"} if state.target.market == "pm" else {state.target.market}
+        return [(market, up) for market, up in self.live.markets() if market in wanted]
 
     def _refresh(self, state: TargetState, now: float, deadline: float) -> Future[None] | None:
         """Start, queue or skip one target's refresh; returns what the scrape should wait for."""
@@ -455,6 +479,10 @@ class Engine:
             snapshot = target.client.fetch(target.calls, deadline, admission)
             if target.modes is not None:  # read at start, then rarely (modes.py)
                 snapshot = target.modes.refresh(target.client, deadline, snapshot)
+            if target.brackets is not None and snapshot.positions:  # live risk: at start, hourly (liverisk.py)
+                target.brackets.refresh(target.client, deadline)
+                if target.market == "coinm":
+                    self._sizes(target.host).refresh(target.host, self.pools.get(target.host.base_url), deadline)
         except Skipped:  # not sent: no attempt, no error; the account stays as old as it was
             target.host.count_deferred()
             with state.lock:
@@ -495,6 +523,7 @@ class Engine:
             stream = self.streams.state(target.key)
             if stream is not None:  # what the stream applied before this read is in it: pruned now
                 stream.rest_read(started, snapshot)
+            self._hold(state)
         if again:
             self.stream_refresh(target.key, again_gap)
         if error is not None:
@@ -512,6 +541,10 @@ class Engine:
         stream = self.streams.state(target.key)
         if stream is not None and snapshot is not None and ok is not None:
             snapshot = stream.overlay(snapshot, ok.started, target.account.positions)
+        if snapshot is not None and ok is not None and self._live_risk(target):
+            snapshot = self.live.at(target.key, target.market, snapshot, ok.started,
+                                    target.brackets.values if target.brackets is not None else {},
+                                    self._sizes_of(target))
         return TargetView(
             target=target, up=up, snapshot=snapshot,
             duration=None if last is None else last.finished - last.started,
@@ -519,6 +552,38 @@ class Engine:
             assets=frozenset(row.asset for row in ok.snapshot.assets) if ok and ok.snapshot else frozenset(),
             stream=None if stream is None else stream.view(),
         )
+
+    # ---- live risk -----------------------------------------------------------------------------
+    @staticmethod
+    def _live_risk(target: Target) -> bool:
+        """Recomputed at the marks: own-key accounts with live_risk (a sub-account's brackets need its key)."""
+        return target.account.live_risk_on and target.master is None
+
+    def _sizes(self, host: Host) -> ContractSizes:
+        with self._cond:
+            return self.live.sizes.setdefault(host.base_url, ContractSizes())
+
+    def _sizes_of(self, target: Target) -> Mapping[str, Decimal]:
+        if target.market == "usdm":
+            return {}
+        sizes = self.live.sizes.get(target.account.base_url_for("coinm"))
+        return sizes.values if sizes is not None else {}
+
+    def _hold(self, state: TargetState) -> None:
+        """Follow the marks of the symbols in the account's latest coherent state (after a read or an event)."""
+        target = state.target
+        if not self._live_risk(target):
+            return
+        with state.lock:
+            ok = state.last_ok
+        snapshot = ok.snapshot if ok is not None else None
+        stream = self.streams.state(target.key)
+        if stream is not None and snapshot is not None and ok is not None:
+            snapshot = stream.overlay(snapshot, ok.started, target.account.positions)
+        with self._cond:
+            if self.states.get(target.key) is not state:  # removed meanwhile: nothing to follow
+                return
+        self.live.hold(target.key, target.market, snapshot)
 
     # ---- user data streams -----------------------------------------------------------------
     def stream_refresh(self, key: tuple[str, str], gap: bool) -> None:
@@ -536,6 +601,8 @@ class Engine:
             state = self.states.get(key)
             if state is None or self._closed:
                 return
+        if not gap:
+            self._hold(state)  # an event may have opened or closed a position: its mark followed at once
         with state.lock:
             if gap:
                 state.urgent_pending = False  # the scheduled one, when due, finds nothing to do
@@ -742,6 +809,10 @@ class Engine:
                 continue
             assert admission is not None  # `due` empty: the branch above acquired it or looped
             self._start(state, time.monotonic() + state.target.account.timeout_seconds, admission)
+
+
+def _market_bases(config: Config) -> dict[str, str]:
+    return {"usdm": config.market_stream_base_url, "coinm": config.coinm_market_stream_base_url}
 
 
 def _age_key(state: TargetState) -> float:

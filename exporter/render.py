@@ -155,7 +155,8 @@ def risk_families(liquidations: Iterable[tuple[str, str, str, str, float]],
     """Live risk (issue 24): forced closes per account and symbol, and the public market streams.
 
     `liquidations`: (alias, market, symbol, kind, count) with kind "liquidation" or "adl"
-    (exporter.forced_close); `market_streams`: (market, up). The engine's wiring feeds them.
+    (exporter.forced_close); `market_streams`: (market, up). `liquidations_of` and the engine's
+    ScrapeResult.market_streams feed them.
     """
     forced = _counter("liquidation_events")
     up = _gauge("market_stream_up")
@@ -164,6 +165,14 @@ def risk_families(liquidations: Iterable[tuple[str, str, str, str, float]],
     for market, connected in market_streams:
         _put(up, {"market": market}, 1.0 if connected else 0.0)
     yield from (forced, up)
+
+
+def liquidations_of(result: ScrapeResult) -> Iterator[tuple[str, str, str, str, float]]:
+    """The forced closes the scraped accounts' user data streams counted, for risk_families."""
+    for view in result.targets:
+        if view.stream is not None:
+            for symbol, kind, count in view.stream.forced_closes:
+                yield view.target.alias, view.target.market, symbol, kind, float(count)
 
 
 def host_families(hosts: list[HostView]) -> Iterator[Metric]:
@@ -220,6 +229,7 @@ def reload_families(successful: bool, success_at: float) -> Iterator[Metric]:
 def families(result: ScrapeResult, skip_zero: bool, include_exporter: bool) -> Iterator[Metric]:
     """Every family with at least one sample (an empty family says nothing)."""
     for metric in (*target_families(result, skip_zero), *stream_families(result),
+                   *risk_families(liquidations_of(result), result.market_streams),
                    *discovery_families(result.discoveries),
                    *host_families(result.hosts)):
         if metric.samples:

@@ -323,6 +323,8 @@ class LiveRisk:
                  contract_sizes: Mapping[str, Decimal]) -> None:
         self.snapshot = snapshot
         self.market = market
+        self.brackets = brackets  # what it was built with (a caller caching it compares them)
+        self.sizes = contract_sizes
         self._pm = market == "pm"
         self._multi = snapshot.totals.get("multi_assets_mode") == 1.0
         self._positions = [_static(row, index, market == "coinm" or (self._pm and row.symbol in contract_sizes),

@@ -19,6 +19,7 @@ from exporter.config import AccountConfig, Config
 from exporter.endpoints import HOST_KINDS, Call, coinm_calls, pm_calls, sub_account_calls, usdm_calls
 from exporter.governor import Governor
 from exporter.hosts import Host
+from exporter.liverisk import LIVE_MARKETS, BracketReader
 from exporter.modes import ModeReader
 from exporter.transport import Pools
 
@@ -36,6 +37,7 @@ class Target:
     master: str | None = None  # sub-accounts: the master account's alias
     email: str | None = None
     modes: ModeReader | None = None  # USD-M accounts read with their own key
+    brackets: BracketReader | None = None  # live risk (USD-M, COIN-M) of accounts read with their own key
 
     @property
     def key(self) -> tuple[str, str]:
@@ -134,8 +136,10 @@ class Topology:
             calls = coinm_calls(account.endpoint, account.positions)
         else:
             calls = pm_calls(account.positions)
+        live = account.live_risk_on and market in LIVE_MARKETS
         return Target(account.alias, market, account, host, self.client(account, host), calls,
-                      modes=ModeReader(account.alias) if market == "usdm" else None)
+                      modes=ModeReader(account.alias) if market == "usdm" else None,
+                      brackets=BracketReader(account.alias, market) if live else None)
 
     @staticmethod
     def sub_account_target(master: AccountConfig, alias: str, email: str, market: str, host: Host,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dataclasses_replace
 from typing import Any, TypeVar
 
+from exporter.forced_close import ForcedClose, OnceSet
 from exporter.parsing import (
     ASSET_RE,
     POSITION_SIDES,
@@ -246,6 +247,9 @@ EVENT_PAST_S = 3600.0
 MAX_ADDED_ASSETS = 32
 MAX_ADDED_POSITIONS = 256
 SEEN_MARGIN_CALLS = 256  # distinct (event, E) remembered to count a repeated margin call once
+# Symbols an account's forced-close counters may name (a label each): far more than any account holds;
+# past it, a forced close of yet another symbol is counted `invalid` (a hostile stream cannot grow /metrics).
+MAX_FORCED_SYMBOLS = 256
 
 
 _K = TypeVar("_K")
@@ -267,6 +271,7 @@ class StreamView:
     reconnects: int
     margin_calls: int
     last_event: float | None  # wall clock of the latest event applied
+    forced_closes: tuple[tuple[str, str, int], ...] = ()  # (symbol, kind, orders), in first-seen order
 
 
 class StreamState:
@@ -286,6 +291,10 @@ class StreamState:
         self.events = dict.fromkeys(EVENTS, 0)
         self.reconnects = 0
         self.margin_calls = 0
+        # Forced closes (ORDER_TRADE_UPDATE), counted once per order: kept across reconnects (a
+        # counter), and so is the set of orders already counted (one order's updates may straddle one).
+        self.forced: dict[tuple[str, str], int] = {}
+        self.once = OnceSet()
         self._fresh()
 
     def _fresh(self) -> None:
@@ -321,6 +330,19 @@ class StreamState:
     def count(self, kind: str) -> None:
         with self.lock:
             self.events[kind] += 1
+
+    def forced_close(self, close: ForcedClose, wall: float) -> None:
+        """An ORDER_TRADE_UPDATE of a forced close: counted once per order (later updates of it: nothing)."""
+        with self.lock:
+            key = (close.symbol, close.kind)
+            symbols = {symbol for symbol, _ in self.forced}
+            if close.symbol not in symbols and len(symbols) >= MAX_FORCED_SYMBOLS:
+                self.events["invalid"] += 1
+                return
+            self.events["other"] += 1
+            self.last_event_wall = wall
+            if self.once.first(close):
+                self.forced[key] = self.forced.get(key, 0) + 1
 
     def rest_read(self, started: float, snapshot: Snapshot) -> None:
         """A REST read that started at `started` succeeded: what the stream applied before is in it."""
@@ -405,7 +427,7 @@ class StreamState:
     def view(self) -> StreamView:
         with self.lock:
             return StreamView(self.up, tuple(self.events.items()), self.reconnects, self.margin_calls,
-                              self.last_event_wall)
+                              self.last_event_wall, tuple((s, k, n) for (s, k), n in self.forced.items()))
 
     def overlay(self, snapshot: Snapshot, rest_started: float, positions: bool) -> Snapshot:
         """The snapshot as the stream has changed it since the REST fetch that started at `rest_started`."""

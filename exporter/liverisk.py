@@ -1,0 +1,249 @@
+"""Live risk wired to the engine: mark prices in, each account's figures recomputed at scrape time.
+
+The public market streams (streams/market.py) hand every mark price to `LiveRiskBook.mark`,
+which only stores it (a dict assignment on the stream loop: 50 symbols a second cost nothing).
+The work happens lazily, when a scrape or probe renders an account: its latest coherent state
+(the REST snapshot with the user-stream overlay, engine.view) is recomputed by `risk.LiveRisk`
+at the freshest marks. Measured against recomputing at every mark (benchmarks/liverisk.py):
+a scrape every 15 s costs one recomputation per account instead of fifteen per symbol, and
+/metrics is as fresh as the marks either way.
+
+A mark is used only when it is trustworthy and newer than the REST read under it:
+
+* its market's stream is up and the mark arrived at most MARK_FRESH_S ago (a stream that is
+  down is never extrapolated: the account then shows what REST and events last said);
+* it arrived after that REST read started: a read that started later already answered at a
+  newer mark, and replaces the recomputed state (as it did before live risk).
+
+Brackets are per account (Binance adjusts them per user): `BracketReader`, one per own-key
+target with live risk, read at start, then hourly and after an ACCOUNT_CONFIG_UPDATE, riding on
+a successful refresh through the account's client, so its weight is taken from the host's
+budget like any other call. COIN-M contract sizes (public exchangeInfo) are read once per COIN-M
+host (`ContractSizes`), daily after that.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from exporter.client import Client, ScrapeError, Skipped, fetch_brackets, fetch_contract_sizes
+from exporter.hosts import Host
+from exporter.logs import fields
+from exporter.parsing import Bracket, Snapshot
+from exporter.risk import LiveRisk, live_symbols
+from exporter.transport import Transport, detach
+
+log = logging.getLogger("exporter.liverisk")
+
+MARK_FRESH_S = 3.0  # Binance sends each mark every second: two missed updates and it is stale
+BRACKETS_EVERY_S = 3600.0
+BRACKETS_MIN_GAP_S = 60.0  # ACCOUNT_CONFIG_UPDATE brings the read forward, at most once a minute
+SIZES_EVERY_S = 86400.0
+RETRY_S = 60.0
+LIVE_MARKETS = ("usdm", "coinm")  # the markets with a public mark-price stream
+
+
+def symbol_market(market: str, symbol: str) -> str:
+    """The market whose stream carries a symbol's mark (Portfolio Margin holds both kinds)."""
+    if market != "pm":
+        return market
+    return "coinm" if "USD_" in symbol else "usdm"  # BTCUSD_PERP, BTCUSD_250627; never BTCUSDT_250627
+
+
+@dataclass
+class _Reader:
+    """When to read a rarely changing value again, one reader at a time."""
+
+    every_s: float
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    next_at: float = float("-inf")  # monotonic
+    last_at: float = float("-inf")  # monotonic start of the latest read that succeeded
+
+    def claim(self, now: float) -> bool:
+        with self.lock:
+            if now < self.next_at:
+                return False
+            self.next_at = now + RETRY_S  # pushed on after a success
+            return True
+
+    def release(self, now: float, ok: bool, skipped: bool = False) -> None:
+        with self.lock:
+            if skipped:
+                self.next_at = now  # the budget said no: at the next refresh
+            elif ok:
+                self.last_at, self.next_at = now, now + self.every_s
+
+
+@dataclass
+class BracketReader:
+    """One account's brackets in one market (Binance adjusts them per user: `notionalCoef`)."""
+
+    alias: str
+    market: str
+    values: Mapping[str, Sequence[Bracket]] = field(default_factory=dict)
+    reader: _Reader = field(default_factory=lambda: _Reader(BRACKETS_EVERY_S))
+
+    def expire(self) -> None:
+        """ACCOUNT_CONFIG_UPDATE: read again at the next refresh, though not twice within a minute."""
+        with self.reader.lock:
+            self.reader.next_at = min(self.reader.next_at, self.reader.last_at + BRACKETS_MIN_GAP_S)
+
+    def refresh(self, client: Client, deadline: float) -> None:
+        """Read the brackets if due (after a successful refresh, in its fetch thread)."""
+        now = time.monotonic()
+        if not self.reader.claim(now):
+            return
+        try:
+            values = fetch_brackets(client, self.market, deadline)
+        except Skipped:
+            self.reader.release(now, False, skipped=True)
+            return
+        except ScrapeError as exc:
+            log.warning("reading the account's brackets failed; keeping what is known", extra=fields(
+                alias=self.alias, market=self.market, reason=exc.reason, status=exc.status, code=exc.code,
+                error=exc.detail))
+            detach(exc)
+            self.reader.release(now, False)
+            return
+        self.values = values
+        self.reader.release(now, True)
+
+
+class ContractSizes:
+    """COIN-M contract sizes of one COIN-M host (public exchangeInfo, weight 1), shared by its accounts."""
+
+    def __init__(self) -> None:
+        self.values: Mapping[str, Decimal] = {}
+        self.reader = _Reader(SIZES_EVERY_S)
+
+    def refresh(self, host: Host, transport: Transport, deadline: float) -> None:
+        now = time.monotonic()
+        if not self.reader.claim(now):
+            return
+        try:
+            values = fetch_contract_sizes(host, transport, deadline)
+        except Skipped:
+            self.reader.release(now, False, skipped=True)
+            return
+        except ScrapeError as exc:
+            log.warning("reading COIN-M contract sizes failed; keeping what is known", extra=fields(
+                host=host.label, reason=exc.reason, status=exc.status, error=exc.detail))
+            detach(exc)
+            self.reader.release(now, False)
+            return
+        self.values = values
+        self.reader.release(now, True)
+
+
+@dataclass
+class _Cached:
+    base: Snapshot  # the coherent state it was built from (kept alive: compared by identity)
+    risk: LiveRisk
+
+
+Watch = Callable[[str, Iterable[str]], None]
+
+
+class LiveRiskBook:
+    """Latest marks per (market, symbol), which symbols each account holds, and the recomputation."""
+
+    def __init__(self, watch: Watch, markets_up: Callable[[], Mapping[str, bool]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`watch(market, symbols)`: follow exactly these symbols' marks; `markets_up()`: market -> stream up."""
+        self._watch = watch
+        self._markets_up = markets_up
+        self._clock = clock
+        self._marks: dict[tuple[str, str], tuple[Decimal, float]] = {}  # -> (mark, monotonic arrival)
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}  # target key -> (market, symbol)
+        self._watched: dict[str, frozenset[str]] = {}
+        self._cache: dict[tuple[str, str], _Cached] = {}
+        self.sizes: dict[str, ContractSizes] = {}  # COIN-M base URL -> its contract sizes
+
+    # ---- the market streams' side --------------------------------------------------------------
+    def mark(self, market: str, symbol: str, price: Decimal, time_ms: int) -> None:
+        """The market stream's sink (on the stream loop): store, nothing else."""
+        self._marks[(market, symbol)] = (price, self._clock())
+
+    def markets(self) -> list[tuple[str, bool]]:
+        """(market, stream up) of every market whose marks some account needs now."""
+        with self._lock:
+            wanted = [m for m in LIVE_MARKETS if self._watched.get(m)]
+        up = self._markets_up()
+        return [(m, bool(up.get(m))) for m in wanted]
+
+    # ---- which symbols -------------------------------------------------------------------------
+    def hold(self, key: tuple[str, str], market: str, snapshot: Snapshot | None) -> None:
+        """The account's latest coherent state: follow the marks of the symbols it holds (None: none)."""
+        held = frozenset() if snapshot is None else frozenset(
+            (symbol_market(market, s), s) for s in live_symbols(snapshot))
+        with self._lock:
+            if self._held.get(key, frozenset()) == held:
+                return
+            if held:
+                self._held[key] = held
+            else:
+                self._held.pop(key, None)
+                self._cache.pop(key, None)
+            changed = self._rewatch()
+        for name, symbols in changed:
+            self._watch(name, symbols)
+
+    def _rewatch(self) -> list[tuple[str, frozenset[str]]]:
+        """(market, symbols) whose wanted set changed (call locked); marks of dropped symbols go."""
+        union: dict[str, set[str]] = {m: set() for m in LIVE_MARKETS}
+        for held in self._held.values():
+            for name, symbol in held:
+                union[name].add(symbol)
+        changed = []
+        for name, symbols in union.items():
+            frozen = frozenset(symbols)
+            if frozen != self._watched.get(name, frozenset()):
+                self._watched[name] = frozen
+                changed.append((name, frozen))
+                for stale in [k for k in self._marks if k[0] == name and k[1] not in frozen]:
+                    self._marks.pop(stale, None)
+        return changed
+
+    # ---- the recomputation -----------------------------------------------------------------------
+    def fresh_marks(self, market: str, symbols: Iterable[str], rest_started: float) -> dict[str, Decimal]:
+        """The marks of `symbols` that are trustworthy now and newer than the REST read under them."""
+        up = self._markets_up()
+        now = self._clock()
+        out: dict[str, Decimal] = {}
+        for symbol in symbols:
+            name = symbol_market(market, symbol)
+            entry = self._marks.get((name, symbol))
+            if entry is None or not up.get(name):
+                continue
+            price, at = entry
+            if at >= rest_started and now - at <= MARK_FRESH_S:
+                out[symbol] = price
+        return out
+
+    def at(self, key: tuple[str, str], market: str, snapshot: Snapshot, rest_started: float,
+           brackets: Mapping[str, Sequence[Bracket]], sizes: Mapping[str, Decimal]) -> Snapshot:
+        """The account's coherent state recomputed at the fresh marks (itself when there are none)."""
+        symbols = live_symbols(snapshot)
+        if not symbols:
+            return snapshot
+        marks = self.fresh_marks(market, symbols, rest_started)
+        if not marks:
+            return snapshot
+        cached = self._cache.get(key)
+        if cached is None or cached.base is not snapshot or cached.risk.brackets is not brackets \
+                or cached.risk.sizes is not sizes:
+            cached = _Cached(snapshot, LiveRisk(snapshot, market, brackets, sizes))
+            with self._lock:
+                if key in self._held:  # a target that left meanwhile is not cached again
+                    self._cache[key] = cached
+        return cached.risk.at(marks)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """A target left (reload, removal): its symbols are no longer followed for it."""
+        self.hold(key, "usdm", None)
