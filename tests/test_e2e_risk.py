@@ -100,7 +100,8 @@ def risk_stack(tmp_path_factory) -> Iterator[PromAPI]:
         accounts.append({"alias": alias, "api_key": key, "api_secret": secret, **settings})
     config = {"defaults": {"base_url": base, "coinm_base_url": base, "pm_base_url": base, "sapi_base_url": base,
                            "endpoint": "account", "positions": True, "cache_seconds": 0, "timeout_seconds": 3,
-                           "max_margin_ratio": 0.8, "min_liquidation_distance": 0.03},
+                           "max_margin_ratio": 0.8, "min_liquidation_distance": 0.03,
+                           "live_risk": False},  # static marks, no market streams (test_live_risk.py)
               "scrape_interval_seconds": 1, "accounts": accounts}
     config_path = write_config(tmp / "config.yaml", config)
     exporter_port, prom_port = free_port(), free_port()

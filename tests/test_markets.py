@@ -77,7 +77,8 @@ def sim() -> Simulator:
 
 def config(sim: Simulator, **account: object) -> dict:
     urls = {k: sim.base_url for k in ("base_url", "coinm_base_url", "pm_base_url", "sapi_base_url")}
-    return {"defaults": {**urls, "cache_seconds": 0, "timeout_seconds": 3},
+    # live_risk off: the simulator here has no market streams (live risk: test_live_risk.py)
+    return {"defaults": {**urls, "cache_seconds": 0, "timeout_seconds": 3, "live_risk": False},
             "accounts": [{"alias": "desk", "api_key": KEY, "api_secret": SECRET, **account}]}
 
 

@@ -20,7 +20,7 @@ KEY = "pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv6a81va65sdf19v8a65a1"
 def test_urls_follow_binance_per_market() -> None:
     assert stream_url("wss://fstream.binance.com/private", "usdm", Secret(KEY)) == (
         f"wss://fstream.binance.com/private/ws?listenKey={KEY}"
-        "&events=ACCOUNT_UPDATE/MARGIN_CALL/ACCOUNT_CONFIG_UPDATE/listenKeyExpired")
+        "&events=ACCOUNT_UPDATE/MARGIN_CALL/ACCOUNT_CONFIG_UPDATE/listenKeyExpired/ORDER_TRADE_UPDATE")
     assert stream_url("wss://dstream.binance.com", "coinm", Secret(KEY)) == f"wss://dstream.binance.com/ws/{KEY}"
     assert stream_url("wss://fstream.binance.com/pm", "pm", Secret(KEY)) == f"wss://fstream.binance.com/pm/ws/{KEY}"
 
