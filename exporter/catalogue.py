@@ -50,6 +50,15 @@ from exporter.schema import (
 )
 
 Freshness = Literal["rest", "event-fresh", "live"]
+# Recomputed at every mark price by live risk (exporter/liverisk.py, risk.py) for accounts with
+# `live_risk` (own key, USD-M and COIN-M; Portfolio Margin: the position figures but the liquidation
+# price). Multi-Assets mode's account totals and cross liquidation prices keep their REST value.
+LIVE_RISK = frozenset({
+    "position_mark_price", "position_unrealized_pnl", "position_notional", "position_maint_margin",
+    "position_isolated_margin", "position_liquidation_price",
+    "unrealized_pnl", "cross_unrealized_pnl", "margin_balance", "maint_margin", "isolated_maint_margin",
+    "account_unrealized_pnl", "account_margin_balance", "account_cross_unrealized_pnl", "account_maint_margin",
+    "account_isolated_maint_margin"})
 ALL_MARKETS = ("usdm", "coinm", "pm")
 
 # Where each field-fed family comes from: (market, endpoint, the layout of its answer).
@@ -108,10 +117,12 @@ class Family:
 
 def _families(labels: tuple[str, ...], event_fresh: tuple[str, ...], *rows: tuple[str, str],
               sources: dict[str, tuple[tuple[str, str], ...]] | None = None) -> tuple[Family, ...]:
-    """Families of one label set; those named in `event_fresh` are overlaid by user data stream events.
+    """Families of one label set; those named in `event_fresh` are overlaid by user data stream events,
+    those in LIVE_RISK recomputed at every mark price (live wins: it moves between events too).
     `sources`: where the families come from that no field of a layout feeds alone (worked out by the
     parser from several fields, or read by its own code)."""
-    out = tuple(Family(name, labels, text, freshness="event-fresh" if name in event_fresh else "rest",
+    out = tuple(Family(name, labels, text, freshness="live" if name in LIVE_RISK
+                       else "event-fresh" if name in event_fresh else "rest",
                        declared_sources=(sources or {}).get(name, ())) for name, text in rows)
     unknown = set(event_fresh) - {f.name for f in out}
     if unknown:

@@ -233,6 +233,8 @@ class LiveRiskBook:
         if not symbols:
             return snapshot
         marks = self.fresh_marks(market, symbols, rest_started)
+        if market == "pm":  # a CM position is told from a UM one by its contract size: none, not recomputed
+            marks = {s: m for s, m in marks.items() if symbol_market(market, s) == "usdm" or s in sizes}
         if not marks:
             return snapshot
         cached = self._cache.get(key)
