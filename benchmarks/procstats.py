@@ -367,10 +367,11 @@ class SimProcess:
     """`benchmarks.simserver` in its own process (its CPU stays out of the exporter's and driver's)."""
 
     def __init__(self, accounts: int, assets: int = 5, latency_ms: float = 0.0, seed: int = 0, *,
-                 weight_limit: int | None = None, sub_accounts: int = 0, request_log: bool = False) -> None:
+                 weight_limit: int | None = None, sub_accounts: int = 0, request_log: bool = False,
+                 positions: int = 0, symbols: int = 50) -> None:
         self.args = [sys.executable, "-m", "benchmarks.simserver", f"--accounts={accounts}",
                      f"--assets={assets}", f"--latency-ms={latency_ms}", f"--seed={seed}",
-                     f"--sub-accounts={sub_accounts}"]
+                     f"--sub-accounts={sub_accounts}", f"--positions={positions}", f"--symbols={symbols}"]
         if weight_limit is not None:  # else simserver's default: no practical limit on /fapi
             self.args.append(f"--weight-limit={weight_limit}")
         if request_log:

@@ -20,6 +20,14 @@ per stdin line with one JSON line on stdout:
     {"op": "streams"}                        -> {"open": open user data stream connections,
                                                  "handshakes": accepted since start,
                                                  "subscriptions": listenKeys on the open connections}
+    {"op": "market_urls"}                    -> {"usdm": ..., "coinm": ...} market-stream bases (--positions)
+    {"op": "set_mark", "symbol": S, "price": P}  -> S's mark is P now, published on the market streams
+    {"op": "market_streams"}                 -> {"connections": n, "subscriptions": [...]} (USD-M)
+
+With `--positions N` (issue 24), every account also holds N USD-M cross positions over `--symbols`
+symbols (SYM00USDT, ...; account i holds symbols i*N .. i*N+N-1, modulo), small beside its USDT
+wallet, and the simulator's market walks their marks every second (REST follows them, the market
+streams carry them; no liquidation).
 
 and stops when stdin closes (so it never outlives the driver). Accounts use
 `procstats.credentials(i, seed)`, with `--assets` non-zero balance rows each
@@ -46,7 +54,8 @@ if __package__ in (None, ""):  # `python benchmarks/simserver.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.procstats import ASSETS, credentials
-from exporter.simulator import format_decimal
+from exporter.simulator import SimPosition, format_decimal
+from exporter.simulator.market import SimMarket
 from testkit import Fault, SimAccount, SimFutures, SimSubAccount, Simulator
 
 
@@ -75,14 +84,30 @@ def sub_email(index: int) -> str:
     return f"sub-{index:04d}@bench.example"
 
 
-def build_accounts(count: int, assets: int, seed: int = 0, sub_accounts: int = 0) -> list[SimAccount]:
+def symbol_name(index: int) -> str:
+    return f"SYM{index:02d}USDT"
+
+
+def positions_of(index: int, positions: int, symbols: int) -> list[SimPosition]:
+    """`positions` small cross positions of account `index` (longs and shorts), the same every run."""
+    out = []
+    for n in range(positions):
+        k = (index * positions + n) % symbols
+        amount = ("" if (index + n) % 2 == 0 else "-") + f"{1 + k % 7}.000"
+        out.append(SimPosition(symbol_name(k), amount, f"{100 + k}.5", leverage=10))
+    return out
+
+
+def build_accounts(count: int, assets: int, seed: int = 0, sub_accounts: int = 0, positions: int = 0,
+                   symbols: int = 50) -> list[SimAccount]:
     accounts = []
     for index in range(count):
         key, secret = credentials(index, seed)
         subs = [SimSubAccount(email=sub_email(i), usdm=SimFutures(balances=balance_rows(100_000 + i, assets, seed)))
                 for i in range(sub_accounts if index == 0 else 0)]
         accounts.append(SimAccount(api_key=key, api_secret=secret, account_alias=f"A{index:04d}",
-                                   balances=balance_rows(index, assets, seed), sub_accounts=subs))
+                                   balances=balance_rows(index, assets, seed), sub_accounts=subs,
+                                   positions=positions_of(index, positions, symbols)))
     return accounts
 
 
@@ -97,11 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sub-accounts", type=int, default=0, help="sub-accounts of account 0 (a master key)")
     parser.add_argument("--request-log", action="store_true", help="keep a log of every request (op requests)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--positions", type=int, default=0, help="USD-M positions per account, marks moving")
+    parser.add_argument("--symbols", type=int, default=50, help="symbols the positions spread over")
     args = parser.parse_args(argv)
 
-    sim = Simulator(build_accounts(args.accounts, args.assets, args.seed, args.sub_accounts),
+    market = None
+    if args.positions:
+        market = SimMarket(marks={symbol_name(k): f"{100 + k}" for k in range(args.symbols)}, volatility=0.0005)
+    sim = Simulator(build_accounts(args.accounts, args.assets, args.seed, args.sub_accounts, args.positions,
+                                   args.symbols),
                     latency_s=args.latency_ms / 1000.0, weight_limit=args.weight_limit,
-                    sapi_weight_limit=args.sapi_weight_limit, request_log=args.request_log)
+                    sapi_weight_limit=args.sapi_weight_limit, request_log=args.request_log, market=market)
+    sim.auto_liquidate = False
     index_of = {credentials(i, args.seed)[0]: i for i in range(args.accounts)}
     rows = {i: balance_rows(i, args.assets, args.seed) for i in range(args.accounts)}
 
@@ -158,6 +190,16 @@ def main(argv: list[str] | None = None) -> int:
                 elif op == "streams":
                     reply = {"open": sim.open_streams(), "handshakes": sim.stream_connections,
                              "subscriptions": sim.stream_subscriptions()}
+                elif op == "market_urls":
+                    reply = {"usdm": sim.market_stream_url, "coinm": sim.coinm_market_stream_url}
+                elif op == "set_mark":
+                    assert sim.market is not None, "start the simulator with --positions"
+                    sim.market.set_mark(str(cmd["symbol"]), str(cmd["price"]))
+                    sim.publish_marks()
+                    reply = {"ok": True}
+                elif op == "market_streams":
+                    reply = {"connections": sim.market_connections("usdm"),
+                             "subscriptions": sim.market_subscriptions("usdm")}
                 elif op == "faults":
                     for key, spec in cmd["faults"].items():
                         sim.set_fault(key, None if spec is None else Fault(**spec))

@@ -25,6 +25,7 @@ host (`ContractSizes`), daily after that.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +47,23 @@ BRACKETS_MIN_GAP_S = 60.0  # ACCOUNT_CONFIG_UPDATE brings the read forward, at m
 SIZES_EVERY_S = 86400.0
 RETRY_S = 60.0
 LIVE_MARKETS = ("usdm", "coinm")  # the markets with a public mark-price stream
+# Every account's brackets of every symbol (about 550 on USD-M, ten brackets each) would cost hundreds
+# of MB at 300 accounts; nearly all accounts share Binance's tables, so each distinct table is kept once.
+MAX_TABLES = 100_000
+_tables: dict[tuple[Bracket, ...], tuple[Bracket, ...]] = {}
+_tables_lock = threading.Lock()
+
+
+def shared_tables(brackets: Mapping[str, Sequence[Bracket]]) -> dict[str, tuple[Bracket, ...]]:
+    """The same brackets, each distinct table one object process-wide (bounded: past MAX_TABLES, a new set)."""
+    out = {}
+    with _tables_lock:
+        if len(_tables) > MAX_TABLES:
+            _tables.clear()
+        for symbol, table in brackets.items():
+            key = tuple(table)
+            out[sys.intern(symbol)] = _tables.setdefault(key, key)
+    return out
 
 
 def symbol_market(market: str, symbol: str) -> str:
@@ -110,7 +128,7 @@ class BracketReader:
             detach(exc)
             self.reader.release(now, False)
             return
-        self.values = values
+        self.values = shared_tables(values)
         self.reader.release(now, True)
 
 

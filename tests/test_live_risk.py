@@ -267,8 +267,9 @@ def test_liquidation_and_adl_are_counted_once_within_a_second(stack: Stack) -> N
     assert time.monotonic() - pushed <= FORCED_WITHIN_S + 0.2
     sim.auto_deleverage(KEY, "coinm", "BTCUSD_PERP")
     wait_until(lambda: count("oneway", "coinm", "BTCUSD_PERP", "adl") == 1.0, timeout=FORCED_WITHIN_S)
-    # Each order's NEW and FILLED counted once, and no more later.
-    time.sleep(0.3)  # noqa: a second update of an order already arrived; nothing must move now
+    # Each order's NEW and FILLED both arrived (counted as `other` events), the order counted once.
+    oneway, hedged = (stack.engine.streams.state(("oneway", "usdm")), stack.engine.streams.state(("hedge", "usdm")))
+    wait_until(lambda: oneway.events["other"] >= 4 and hedged.events["other"] >= 2, timeout=FORCED_WITHIN_S)
     assert count("oneway", "usdm", "ETHUSDT", "liquidation") == 1.0
     assert count("hedge", "usdm", "ETHUSDT", "adl") == 1.0
 
@@ -283,3 +284,14 @@ def test_market_stream_subscribes_each_symbol_once(stack: Stack) -> None:
     sim.auto_deleverage(KEY, "usdm", "ADAUSDT")  # ADA closes (an ACCOUNT_UPDATE): its mark is dropped
     wait_until(lambda: "adausdt@markPrice@1s" not in sim.market_subscriptions("usdm"), timeout=5)
     assert sim.market_connections("usdm") == 1
+
+
+def test_bracket_tables_are_shared_between_accounts() -> None:
+    """Every account reads every symbol's brackets: equal tables are one object (RSS, benchmarks.liverisk)."""
+    from exporter.liverisk import shared_tables
+    from exporter.simulator.market import USDM_BRACKETS
+
+    first = shared_tables({"BTCUSDT": list(USDM_BRACKETS)})
+    second = shared_tables({"BTCUSDT": tuple(USDM_BRACKETS), "ETHUSDT": list(USDM_BRACKETS)})
+    assert first["BTCUSDT"] is second["BTCUSDT"] is second["ETHUSDT"]
+    assert first["BTCUSDT"] == tuple(USDM_BRACKETS)
