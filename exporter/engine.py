@@ -35,7 +35,7 @@ from exporter.discovery import DISCOVERY_TIMEOUT_S, Discovery, DiscoveryView, li
 from exporter.discovery import view as discovery_view
 from exporter.governor import Admission
 from exporter.hosts import Host
-from exporter.liverisk import ContractSizes, LiveRiskBook
+from exporter.liverisk import LIVE_MARKETS, ContractSizes, LiveRiskBook
 from exporter.logs import fields
 from exporter.parsing import Snapshot
 from exporter.streams.events import StreamView
@@ -193,8 +193,10 @@ class Engine:
         self.live.mark(market, symbol, price, time_ms)
 
     def upstream_sockets(self) -> int:
-        """Sockets to Binance this config may hold: the hosts' pools and one per user data stream."""
-        return self.pools.connections() + len(self.streams.streams)
+        """Sockets to Binance this config may hold: the hosts' pools, one per user data stream, and one per
+        market's mark-price stream when an account has live risk (more past 1,024 symbols: rare)."""
+        live = any(a.live_risk_on for a in self.config.accounts)
+        return self.pools.connections() + len(self.streams.streams) + (len(LIVE_MARKETS) if live else 0)
 
     def _streaming(self) -> list[Target]:
         """The targets with a user data stream: own-key accounts with `user_stream: true`."""

@@ -295,3 +295,32 @@ def test_bracket_tables_are_shared_between_accounts() -> None:
     second = shared_tables({"BTCUSDT": tuple(USDM_BRACKETS), "ETHUSDT": list(USDM_BRACKETS)})
     assert first["BTCUSDT"] is second["BTCUSDT"] is second["ETHUSDT"]
     assert first["BTCUSDT"] == tuple(USDM_BRACKETS)
+
+
+def test_demo_shows_risk_moving_every_second() -> None:
+    """--demo: `degen`'s SOLUSDT mark, PnL and the USDT margin balance move from one second to the next."""
+    from exporter.demo import start_demo
+
+    demo, config = start_demo()
+    engine = Engine(config)
+    try:
+        for future in engine.start():
+            future.result(timeout=10)
+
+        def figures() -> tuple[float, float, float] | None:
+            result = engine.scrape(["degen"], 5.0)
+            snap = result.targets[0].snapshot
+            if snap is None or not snap.positions or result.market_streams != [("usdm", True)]:
+                return None
+            (sol,) = snap.positions
+            (usdt,) = (a for a in snap.assets if a.asset == "USDT")
+            return (sol.values["position_mark_price"], sol.values["position_unrealized_pnl"],
+                    usdt.values["margin_balance"])
+
+        first = wait_until(figures, timeout=15)
+        moved = wait_until(lambda: (f := figures()) is not None and all(a != b for a, b in zip(f, first)) and f,
+                           timeout=3)
+        assert moved != first
+    finally:
+        engine.close()
+        demo.stop()
