@@ -19,6 +19,11 @@ mark each second, its REST answers follow them, its market streams carry them), 
    (and /probe of an account holding the symbol) back to back until the price shows: mark-to-
    exposition latency, p50 and p99.
 
+With `--orders` (a third run): live risk and every account's USD-M user data stream (sharing
+connections, 100 keys each), the exporter's CPU for `--seconds` idle, then while the simulator
+pushes 1,000 ordinary ORDER_TRADE_UPDATE events a second across the accounts (issue 24's goal:
+dropping them costs under 10 % of one core).
+
 Writes benchmarks/results/liverisk.json (--quick: liverisk-quick.json).
 """
 
@@ -101,12 +106,55 @@ def stream_forms(held: int, seconds: int = 3) -> dict[str, Any]:
             "all_market": {"messages_per_s": 1, "bytes_per_s": len(array), "cpu_ms_per_s": cost_ms(all_at_once)}}
 
 
-def config(base_url: str, urls: dict[str, str], n: int, live: bool, interval: float) -> dict:
+def config(base_url: str, urls: dict[str, str], n: int, live: bool, interval: float,
+           stream_url: str | None = None) -> dict:
+    streams = {} if stream_url is None else {"stream_keys_per_connection": 100, "stream_connections_per_5m": 300}
     cfg = exporter_config(base_url, n, max_concurrency=None, timeout_seconds=None, cache_seconds=None,
                           weight_limit=24000, scrape_interval_seconds=interval,
-                          market_stream_base_url=urls["usdm"], coinm_market_stream_base_url=urls["coinm"])
+                          market_stream_base_url=urls["usdm"], coinm_market_stream_base_url=urls["coinm"], **streams)
     cfg["defaults"].update(endpoint="account", positions=True, live_risk=live)
+    if stream_url is not None:
+        cfg["defaults"].update(user_stream=True, stream_base_url=stream_url + "/private")
     return cfg
+
+
+def cpu_pct(exp: ExporterProcess, seconds: float) -> float:
+    assert exp.ps is not None
+    start = sample(exp.ps)
+    time.sleep(seconds)
+    end = sample(exp.ps)
+    return round(100 * (end["cpu"] - start["cpu"]) / (end["t"] - start["t"]), 2)
+
+
+def orders_run(args: Any, tmp: Path, log: Any) -> dict[str, Any]:
+    """Exporter CPU idle and under 1,000 ordinary order events a second (user streams on, shared)."""
+    with SimProcess(args.accounts, assets=2, positions=args.positions, symbols=args.symbols) as sim:
+        urls = sim.command({"op": "market_urls"})
+        stream_url = sim.command({"op": "stream_url"})["url"]
+        session = requests.Session()
+        exp = ExporterProcess(config(sim.base_url, urls, args.accounts, True, args.interval, stream_url),
+                              tmp / "orders").start()
+        try:
+            warm = time.monotonic()
+            while time.monotonic() - warm < 300:
+                text = session.get(f"{exp.base_url}/metrics", timeout=60).text
+                if text.count("binance_futures_stream_up{") >= args.accounts and " 0.0\n" not in "".join(
+                        line + "\n" for line in text.splitlines() if line.startswith("binance_futures_stream_up{")):
+                    break
+                time.sleep(1.0)
+            log(f"orders: streams up in {time.monotonic() - warm:.0f}s")
+            time.sleep(5.0)  # the resyncs after the connections
+            idle = cpu_pct(exp, args.seconds)
+            sim.command({"op": "orders", "rate": 1000, "seconds": args.seconds + 5})
+            time.sleep(1.0)
+            loaded = cpu_pct(exp, args.seconds)
+            pushed = sim.command({"op": "streams"})
+            result = {"idle_cpu_pct": idle, "orders_1000_per_s_cpu_pct": loaded,
+                      "order_events_cpu_pct": round(loaded - idle, 2), "stream_connections": pushed["open"]}
+            log(f"orders: {result}")
+            return result
+        finally:
+            exp.stop()
 
 
 def weight_per_minute(sim: SimProcess, since: int, t0: float, t1: float) -> float:
@@ -205,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--forms-only", action="store_true")
     parser.add_argument("--no-compare", action="store_true", help="skip the run with live_risk off")
+    parser.add_argument("--orders", action="store_true", help="a third run: 1,000 order events a second")
+    parser.add_argument("--orders-only", action="store_true", help="only that run")
     args = parser.parse(argv)
     fill_defaults(args, accounts=(20, 300), seconds=(10.0, 45.0), samples=(4, 20))
     started = time.monotonic()
@@ -218,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"stream forms: {report['stream_forms']}")
     if not args.forms_only:
         with tempfile.TemporaryDirectory() as tmp:
-            report["live_risk"] = run(args, True, Path(tmp), log)
-            if not args.no_compare:
-                report["polling_only"] = run(args, False, Path(tmp), log)
+            if not args.orders_only:
+                report["live_risk"] = run(args, True, Path(tmp), log)
+                if not args.no_compare:
+                    report["polling_only"] = run(args, False, Path(tmp), log)
+            if args.orders or args.orders_only:
+                report["order_events"] = orders_run(args, Path(tmp), log)
     write_json(Path(args.output), report)
     print(json.dumps(report, indent=2))
     return 0

@@ -23,6 +23,8 @@ per stdin line with one JSON line on stdout:
     {"op": "market_urls"}                    -> {"usdm": ..., "coinm": ...} market-stream bases (--positions)
     {"op": "set_mark", "symbol": S, "price": P}  -> S's mark is P now, published on the market streams
     {"op": "market_streams"}                 -> {"connections": n, "subscriptions": [...]} (USD-M)
+    {"op": "orders", "rate": 1000, "seconds": 20}  -> in the background, `rate` ordinary ORDER_TRADE_UPDATE
+                                                 events a second on the accounts' USD-M streams, in turn
 
 With `--positions N` (issue 24), every account also holds N USD-M cross positions over `--symbols`
 symbols (SYM00USDT, ...; account i holds symbols i*N .. i*N+N-1, modulo), small beside its USDT
@@ -153,6 +155,22 @@ def main(argv: list[str] | None = None) -> int:
             mark(n % args.accounts, f"{time.time():.6f}")
             n += 1
 
+    def orders(rate: float, seconds: float) -> None:
+        """Ordinary order events (a bot's limit orders), the kind the exporter must drop cheaply."""
+        start, n = time.monotonic(), 0
+        while n < rate * seconds and not stop_pump.is_set():
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            order = {"s": "SYM00USDT", "c": f"web_{n:016d}", "S": "BUY", "o": "LIMIT", "f": "GTC", "q": "0.001",
+                     "p": "97103.04", "ap": "0", "sp": "0", "x": "NEW", "X": "NEW", "i": 8886774 + n, "l": "0",
+                     "z": "0", "L": "0", "N": "USDT", "n": "0", "T": int(time.time() * 1000), "t": 0, "b": "0",
+                     "a": "9.91", "m": False, "R": False, "wt": "CONTRACT_PRICE", "ot": "LIMIT", "ps": "BOTH",
+                     "cp": False, "rp": "0", "V": "EXPIRE_TAKER", "pm": "NONE", "gtd": 0}
+            sim.push_event(credentials(n % args.accounts, args.seed)[0], "usdm",
+                           {"e": "ORDER_TRADE_UPDATE", "E": int(time.time() * 1000), "T": order["T"], "o": order})
+            n += 1
+
     print(sim.start(), flush=True)
     try:
         for line in sys.stdin:
@@ -182,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
                     reply = {"ok": True}
                 elif op == "pump":
                     threading.Thread(target=pump, args=(float(cmd["rate"]), float(cmd["seconds"])),
+                                     daemon=True).start()
+                    reply = {"ok": True}
+                elif op == "orders":
+                    stop_pump.clear()
+                    threading.Thread(target=orders, args=(float(cmd["rate"]), float(cmd["seconds"])),
                                      daemon=True).start()
                     reply = {"ok": True}
                 elif op == "pump_stop":
