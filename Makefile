@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden docs mixin prometheusrule lock bench bench-budget bench-subaccounts bench-soak bench-streams bench-streams-1000 bench-slowreaders bench-reloadstorm clean
+.PHONY: test lint venv golden docs mixin prometheusrule lock bench bench-budget bench-subaccounts bench-soak bench-streams bench-streams-1000 bench-slowreaders bench-reloadstorm bench-liverisk clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ bench-streams: venv
 # Issue 22: 1000 accounts sharing 50 keys a connection, short phases (about 3 minutes).
 bench-streams-1000: venv
 	$(VPY) -m benchmarks.streams --thousand $(BENCH_ARGS)
+
+# Issue 24: live risk, 300 accounts x 5 positions over 50 symbols (about 2 minutes; --orders adds
+# 1,000 order events a second).
+bench-liverisk: venv
+	$(VPY) -m benchmarks.liverisk $(BENCH_ARGS)
 
 bench-slowreaders: venv
 	$(VPY) -m benchmarks.slowreaders $(BENCH_ARGS)

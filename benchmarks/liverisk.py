@@ -192,8 +192,8 @@ def latencies(sim: SimProcess, session: requests.Session, url: str, samples: int
     out: dict[str, list[float]] = {"metrics": [], "probe": []}
     for path in ("metrics", "probe"):
         for i in range(samples):
-            k = rng.randrange(symbols)
-            holder = next(a for a in range(n) if any((a * positions + p) % symbols == k for p in range(positions)))
+            holder = rng.randrange(n)
+            k = (holder * positions + rng.randrange(positions)) % symbols
             price = f"{100 + k}.{rng.randrange(10**7, 10**8)}"
             needle = f'symbol="SYM{k:02d}USDT"}} {float(price)!r}'
             target = f"{url}/metrics" if path == "metrics" else f"{url}/probe?target={alias(holder)}"

@@ -224,7 +224,8 @@ class LiveRiskBook:
             if frozen != self._watched.get(name, frozenset()):
                 self._watched[name] = frozen
                 changed.append((name, frozen))
-                for stale in [k for k in self._marks if k[0] == name and k[1] not in frozen]:
+                # list(): one atomic copy (the stream loop may add a mark meanwhile)
+                for stale in [k for k in list(self._marks) if k[0] == name and k[1] not in frozen]:
                     self._marks.pop(stale, None)
         return changed
 

@@ -167,3 +167,16 @@ def test_forced_close_quick(tmp_path: Path) -> None:
     assert {"prefilter_ordinary_str_ns", "json_loads_ordinary_ns", "forced_close_whole_path_ns",
             "core_share_at_1000_events_per_s"} <= results.keys()
     assert all(value > 0 for value in results.values())
+
+
+def test_liverisk_quick(tmp_path: Path) -> None:
+    output = tmp_path / "liverisk.json"
+    _finish(_start(["-m", "benchmarks.liverisk", "--quick", "--accounts", "4", "--seconds", "2", "--samples", "2",
+                    "--interval", "1", "--output", str(output)]))
+    report = json.loads(output.read_text())
+    assert [f["symbols_held"] for f in report["stream_forms"]] == [50, 550]
+    live, polling = report["live_risk"], report["polling_only"]
+    assert live["market_streams"]["connections"] == 1 and live["market_streams"]["subscriptions"] == 4 * 5
+    # Every sample saw its mark (the harness found the new price in the exposition).
+    assert live["latency"]["metrics"]["samples"] == 2 and live["latency"]["probe"]["samples"] == 2
+    assert {"cpu_pct", "rss_mb", "rest_weight_per_min"} <= polling.keys()
