@@ -318,7 +318,7 @@ def test_demo_shows_risk_moving_every_second() -> None:
                     usdt.values["margin_balance"])
 
         first = wait_until(figures, timeout=15)
-        moved = wait_until(lambda: (f := figures()) is not None and all(a != b for a, b in zip(f, first)) and f,
+        moved = wait_until(lambda: (f := figures()) is not None and all(a != b for a, b in zip(f, first, strict=True)) and f,
                            timeout=3)
         assert moved != first
     finally:
