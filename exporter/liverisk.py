@@ -208,9 +208,9 @@ class LiveRiskBook:
             else:
                 self._held.pop(key, None)
                 self._cache.pop(key, None)
-            changed = self._rewatch()
-        for name, symbols in changed:
-            self._watch(name, symbols)
+            # Told under the lock: two accounts' changes at once must not reach the stream in reverse.
+            for name, symbols in self._rewatch():
+                self._watch(name, symbols)
 
     def _rewatch(self) -> list[tuple[str, frozenset[str]]]:
         """(market, symbols) whose wanted set changed (call locked); marks of dropped symbols go."""

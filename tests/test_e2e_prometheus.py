@@ -163,8 +163,14 @@ def test_dashboard_queries_return_data_and_low_balance_alert_fires(prometheus_wi
     queries = dashboard_queries()
     assert len(queries) >= 20
 
-    # Every panel query returns data (a PromQL error fails at once via PromAPI).
-    pending = dict(queries)
+    # Every panel query returns data (a PromQL error fails at once via PromAPI), except the forced-close
+    # panel: its series are born with a liquidation, which the demo's `degen` meets only minutes in
+    # (test_live_risk counts them); its query is still run, so a PromQL error in it fails here.
+    event_born = {w: q for w, q in queries if "binance_futures_liquidation_events_total" in q}
+    assert len(event_born) == 1, event_born
+    for expr in event_born.values():
+        api.query(expr)
+    pending = {w: q for w, q in queries if w not in event_born}
 
     def all_have_data():
         for where, expr in list(pending.items()):

@@ -40,6 +40,8 @@ class Layer:
         self.loop = LoopThread(name)
         self.link = Link(self.tuning, self.limiter, self.rng, self.rest)
         self.connections: list[Connection] = []
+        self._start_lock = threading.Lock()  # market streams start it from fetch threads too
+        self._closed = False
 
     async def rest(self, call: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
@@ -66,12 +68,17 @@ class Layer:
             self.connections.remove(conn)
 
     def start(self, then: Callable[[], None]) -> None:
-        """Run the loop (once, whoever asks first) and `then()` on it."""
-        if not self.loop.started:
-            self.loop.start(self._main)
+        """Run the loop (once, whoever asks first; never again once closed) and `then()` on it."""
+        with self._start_lock:
+            if self._closed:
+                return
+            if not self.loop.started:
+                self.loop.start(self._main)
         self.loop.call(then)
 
     def close(self, timeout: float = 2.0) -> None:
+        with self._start_lock:
+            self._closed = True
         self.loop.stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
