@@ -90,6 +90,7 @@ class TargetView:
     errors: tuple[tuple[str, int], ...]
     assets: frozenset[str] = frozenset()  # the assets of the latest successful fetch, even if too old now
     stream: StreamView | None = None  # user_stream accounts only
+    down_reason: str | None = None  # why `up` is 0: an error reason, "deferred" or "stale"
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class Engine:
     def _waiting_data(self, host: Host) -> bool:
         """Does a first data fetch a scrape asked for still wait on this host? Metadata waits for it."""
         with self._cond:
-            return any(s.cold and (s.queued or s.inflight is not None)
+            return any(s.last is None and (s.queued or s.inflight is not None)
                        for s in self.states.values() if s.target.host is host)
 
     def _run_meta(self, job: MetaJob, admission: Admission) -> Future[None] | None:
@@ -265,25 +266,29 @@ class Engine:
 
     def replan(self, log_hosts: Iterable[Host] = ()) -> None:
         """After the targets changed: metadata jobs to match, and each host's governor and queue told
-        what a full round costs (whether to pace) and which metadata to read; log `log_hosts`' plan."""
+        what a full round costs (whether to pace), which metadata to read and the refresh interval
+        the plan promises; log `log_hosts`' plan."""
         with self._cond:
             self._sync_meta()
             targets = [s.target for s in self.states.values()]
-            by_host: dict[Host, list[MetaJob]] = {}
-            for job in self.meta.values():
-                by_host.setdefault(job.host, []).append(job)
-        rounds: dict[Host, int] = {}
+            jobs = list(self.meta.values())
+        plans = compute_plans(targets, jobs, self.config.scrape_interval_seconds, self._periodic())
         largest: dict[Host, int] = {}
         for target in targets:
-            rounds[target.host] = rounds.get(target.host, 0) + target.weight
             largest[target.host] = max(largest.get(target.host, 0), target.weight)
-        for plan_host, weight in rounds.items():
-            other = sum(j.weight / j.kind.interval_s for j in by_host.get(plan_host, ())) * 60.0
-            plan_host.governor.plan(weight, self.config.scrape_interval_seconds, largest[plan_host], other)
-        for host in {*rounds, *by_host}:
-            self.scheduler.set_host_plan(host, by_host.get(host, []), rounds.get(host, 0))
+        by_host: dict[Host, list[MetaJob]] = {}
+        for job in jobs:
+            by_host.setdefault(job.host, []).append(job)
+        for host, plan in plans.items():
+            host.governor.plan(plan.round_weight, self.config.scrape_interval_seconds, largest[host],
+                               plan.other_per_minute)
+        for host in {*plans, *by_host}:
+            known = plans.get(host)
+            self.scheduler.set_host_plan(host, by_host.get(host, []), known.round_weight if known else 0,
+                                         known.refresh_every_s if known else float("inf"))
+        log_hosts = list(log_hosts)
         if log_hosts:
-            self.log_budget(log_hosts)
+            log_budget(p for h, p in plans.items() if h in log_hosts)
 
     def plan_budgets(self) -> None:
         self.replan()
@@ -311,7 +316,8 @@ class Engine:
             self._sync_meta()
             targets = [s.target for s in self.states.values()]
             jobs = list(self.meta.values())
-        return compute_plans(targets, jobs, self.config.scrape_interval_seconds, self._periodic(), hosts)
+        return list(compute_plans(targets, jobs, self.config.scrape_interval_seconds, self._periodic(),
+                                  hosts).values())
 
     def log_budget(self, hosts: Iterable[Host] | None = None) -> None:
         """Say what freshness the accounts get within each host's weight budget (at start, after discovery)."""
@@ -552,8 +558,16 @@ class Engine:
         stream = self.streams.state(target.key)
         if stream is not None and snapshot is not None and ok is not None:
             snapshot = stream.overlay(snapshot, ok.started, target.account.positions)
+        if up:
+            down = None
+        elif last is not None and last.error is not None:
+            down = last.error.reason  # the latest fetch failed
+        elif ok is not None:
+            down = "stale"  # its latest values are older than max_data_age_seconds
+        else:
+            down = "deferred"  # no fetch yet: waiting for the budget (a cold start) or a back-off, or in flight
         return TargetView(
-            target=target, up=up, snapshot=snapshot,
+            target=target, up=up, snapshot=snapshot, down_reason=down,
             duration=None if last is None else last.finished - last.started,
             last_success=None if ok is None else ok.fetched_at, errors=errors,
             assets=frozenset(row.asset for row in ok.snapshot.assets) if ok and ok.snapshot else frozenset(),

@@ -75,6 +75,10 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
                       ("alias", "master", "email"))
     up = _gauge("up", "1 while the account has values to export: its latest fetch succeeded, no longer "
                 "ago than max_data_age_seconds.", ACCOUNT_LABELS)
+    down_reason = _gauge("down_reason", "Why up is 0, while it is: 1 for the reason, one of the error reasons of "
+                         "scrape_errors_total (the latest fetch failed), deferred (no fetch yet: waiting for the "
+                         "weight budget, e.g. during a cold start, or for a back-off) or stale (the latest values "
+                         "are older than max_data_age_seconds).", ("alias", "market", "reason"))
     duration = _gauge("request_duration_seconds", "How long the account's latest fetch took.", ACCOUNT_LABELS)
     last_success = _gauge("last_success_timestamp_seconds", "When the account's latest successful fetch "
                           "(the values exported) was made, Unix seconds.", ACCOUNT_LABELS)
@@ -102,6 +106,8 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
             seen_sub.add(target.alias)
             _put(sub_info, {"alias": target.alias, "master": target.master, "email": target.email or ""}, 1.0)
         _put(up, acct, 1.0 if view.up else 0.0)
+        if view.down_reason is not None:
+            _put(down_reason, {**acct, "reason": view.down_reason}, 1.0)
         if view.duration is not None:
             _put(duration, acct, view.duration)
         if view.last_success is not None:
@@ -141,8 +147,8 @@ def target_families(result: ScrapeResult, skip_zero: bool) -> Iterator[Metric]:
     yield status
     yield from positions.values()
     yield position_info
-    yield from (max_margin_ratio, min_liq_distance, min_uni_mmr, host_info, sub_info, up, duration, last_success,
-                errors)
+    yield from (max_margin_ratio, min_liq_distance, min_uni_mmr, host_info, sub_info, up, down_reason, duration,
+                last_success, errors)
 
 
 def stream_families(result: ScrapeResult) -> Iterator[Metric]:

@@ -44,6 +44,10 @@ from exporter.targets import Target
 
 log = logging.getLogger("exporter.engine")  # the budget lines keep the logger they always had
 
+# A refresh whose data is older than this share of the plan's refresh interval is not paced:
+# enough above 1 that the steady flow (each account refreshed about every refresh_every_s) never
+# takes it, so only refreshes a cold start's burst held back at the cap catch up at once.
+OVERDUE_SHARE = 1.25
 # listenKey keep-alive (PUT, weight 1) every 30 minutes per user data stream: counted in the plan.
 KEEPALIVE_WEIGHT = 1
 KEEPALIVE_EVERY_S = 30 * 60.0
@@ -114,8 +118,8 @@ class BudgetPlan:
 
 def compute_plans(targets: Iterable[Target], jobs: Iterable[MetaJob], interval: float,
                   extra: dict[Host, list[PeriodicRead]] | None = None,
-                  hosts: Iterable[Host] | None = None) -> list[BudgetPlan]:
-    """What the reads cost each host and, within its budget, how fresh the data will be."""
+                  hosts: Iterable[Host] | None = None) -> dict[Host, BudgetPlan]:
+    """What the reads cost each host and, within its budget, how fresh the data will be (hosts in label order)."""
     wanted = None if hosts is None else set(hosts)
     rounds: dict[Host, list[Target]] = {}
     for target in targets:
@@ -127,7 +131,7 @@ def compute_plans(targets: Iterable[Target], jobs: Iterable[MetaJob], interval: 
             line = periodic.setdefault(job.host, {})
             key = (job.kind.name, job.weight, job.kind.interval_s)
             line[key] = line.get(key, 0) + 1
-    plans = []
+    plans = {}
     for host in ordered(rounds):
         weights = [t.weight for t in rounds[host]]
         reads = [PeriodicRead(k, w, i, n) for (k, w, i), n in sorted(periodic.get(host, {}).items())]
@@ -138,8 +142,8 @@ def compute_plans(targets: Iterable[Target], jobs: Iterable[MetaJob], interval: 
         data_rate = max(rate - other / WINDOW_S, rate * 0.05)
         every = max(interval, sum(weights) / data_rate)
         max_age = min(t.account.max_data_age_seconds for t in rounds[host])
-        plans.append(BudgetPlan(host.label, len(weights), sum(weights), demand, host.governor.cap, every, max_age,
-                                tuple(reads)))
+        plans[host] = BudgetPlan(host.label, len(weights), sum(weights), demand, host.governor.cap, every, max_age,
+                                 tuple(reads))
     return plans
 
 
@@ -172,6 +176,7 @@ class HostQueue:
         self.meta_credit = 0.0
         self.meta_credit_at = time.monotonic()
         self.round_weight = 0  # a full round of the host's data: headroom kept for it
+        self.refresh_every_s = float("inf")  # the plan's promise: data older than this (with slack) catches up
         self.thread: threading.Thread | None = None
         self.stopped = False  # its host left the config: the dispatcher ends
 
@@ -201,14 +206,23 @@ class Scheduler:
             queue = self._queues.get(host)
             return bool(queue and queue.heap)
 
-    def admit(self, state: TargetState) -> Admission | None:
-        """Weight for a scrape's refresh now, if the host has room and nobody queued before it.
+    def paced(self, state: TargetState, now: float) -> bool:
+        """Does this refresh wait for the steady rate? Not a target's first fetch (a cold start goes
+        as fast as the 60 s cap allows), nor one whose data is well past the plan's promise (after a
+        cold start's burst, the refreshes the cap held back go as soon as the window has room)."""
+        if state.cold:
+            return False
+        queue = self._queues.get(state.target.host)
+        promise = queue.refresh_every_s if queue is not None else float("inf")
+        admitted = state.admitted_at
+        return admitted is None or now - admitted <= promise * OVERDUE_SHARE
 
-        A target's first fetch is not paced: a cold start goes as fast as the 60 s cap allows."""
+    def admit(self, state: TargetState) -> Admission | None:
+        """Weight for a scrape's refresh now, if the host has room and nobody queued before it."""
         host = state.target.host
         if host.backoff.remaining()[0] != 0 or self.busy(host):
             return None
-        return host.governor.try_acquire(state.target.weight, pace=not state.cold)
+        return host.governor.try_acquire(state.target.weight, pace=self.paced(state, time.monotonic()))
 
     def enqueue(self, state: TargetState, front: bool = False) -> None:
         """Queue a refresh, oldest data first; `front`: ahead of every other (a stream event).
@@ -239,8 +253,9 @@ class Scheduler:
             self._cond.notify_all()
 
     # ---- metadata ----------------------------------------------------------------------------
-    def set_host_plan(self, host: Host, jobs: list[MetaJob], round_weight: int) -> None:
-        """The host's metadata jobs (kept ones keep their schedule) and what a round of its data weighs."""
+    def set_host_plan(self, host: Host, jobs: list[MetaJob], round_weight: int, refresh_every_s: float) -> None:
+        """The host's metadata jobs (kept ones keep their schedule), what a round of its data weighs,
+        and how often the plan promises to refresh each account."""
         with self._cond:
             if self.closed:
                 return
@@ -250,6 +265,7 @@ class Scheduler:
             queue.meta = list(jobs)
             queue.meta_rate = sum(j.weight / j.kind.interval_s for j in jobs if j.kind.interval_s > 0)
             queue.round_weight = round_weight
+            queue.refresh_every_s = refresh_every_s
             self._cond.notify_all()
 
     def leftover_meta(self, jobs: Iterable[MetaJob]) -> list[tuple[MetaJob, Admission]]:
@@ -366,13 +382,14 @@ class Scheduler:
                             heapq.heappop(queue.heap)
                             continue
                         paused = host.backoff.remaining()[0]
-                        wait = paused or host.governor.wait_time(state.target.weight, pace=not state.cold)
+                        pace = self.paced(state, now)
+                        wait = paused or host.governor.wait_time(state.target.weight, pace=pace)
                         if paused:
                             host.governor.stall()
                         if wait > 0:
                             self._cond.wait(min(wait, 1.0, next_due, meta_wait if queue.meta else 1.0))
                             continue
-                        admission = host.governor.try_acquire(state.target.weight, pace=not state.cold)
+                        admission = host.governor.try_acquire(state.target.weight, pace=pace)
                         if admission is None:
                             self._cond.wait(0.05)
                             continue
