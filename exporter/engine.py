@@ -91,6 +91,9 @@ class TargetView:
     assets: frozenset[str] = frozenset()  # the assets of the latest successful fetch, even if too old now
     stream: StreamView | None = None  # user_stream accounts only
     down_reason: str | None = None  # why `up` is 0: an error reason, "deferred" or "stale"
+    # What the view was made from, compared item by item (`is`, then ==): equal while nothing it
+    # shows changed, so the renderer reuses what it encoded for it (render.Fragments).
+    version: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -550,11 +553,14 @@ class Engine:
         up = (last is not None and last.error is None and ok is not None
               and time.monotonic() - ok.finished <= target.account.max_data_age_seconds)
         snapshot = ok.snapshot if up and ok is not None else None
-        if snapshot is not None:
-            for kind in KINDS:
-                job = self.meta.get((target.key, kind.name))
-                if job is not None:
-                    snapshot = job.overlay(snapshot)
+        metadata: list[object] = []
+        for kind in KINDS:
+            job = self.meta.get((target.key, kind.name))
+            if job is not None:
+                value = job.value
+                metadata.append(value)
+                if snapshot is not None and value is not None:
+                    snapshot = kind.apply(snapshot, value)
         stream = self.streams.state(target.key)
         if stream is not None and snapshot is not None and ok is not None:
             snapshot = stream.overlay(snapshot, ok.started, target.account.positions)
@@ -566,12 +572,14 @@ class Engine:
             down = "stale"  # its latest values are older than max_data_age_seconds
         else:
             down = "deferred"  # no fetch yet: waiting for the budget (a cold start) or a back-off, or in flight
+        stream_view = None if stream is None else stream.view()
         return TargetView(
+            version=(target, target.host.label, up, down, last, ok, errors, stream_view, *metadata),
             target=target, up=up, snapshot=snapshot, down_reason=down,
             duration=None if last is None else last.finished - last.started,
             last_success=None if ok is None else ok.fetched_at, errors=errors,
             assets=frozenset(row.asset for row in ok.snapshot.assets) if ok and ok.snapshot else frozenset(),
-            stream=None if stream is None else stream.view(),
+            stream=stream_view,
         )
 
     # ---- user data streams -----------------------------------------------------------------

@@ -107,8 +107,3 @@ class MetaJob:
         """Not sent (budget, back-off): again shortly."""
         with self.lock:
             self.due_at = now + 1.0
-
-    def overlay(self, snapshot: Snapshot) -> Snapshot:
-        with self.lock:
-            value = self.value
-        return snapshot if value is None else self.kind.apply(snapshot, value)

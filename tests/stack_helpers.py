@@ -67,7 +67,8 @@ def metric_catalogue() -> dict[str, frozenset[str]]:
 
     The families of balances, totals and positions come from exporter/schema.py (a module of plain
     dataclasses, imported); the rest (thresholds, health, hosts, build info) from the renderer's
-    `_gauge("name", help, labels)` and `CounterMetricFamily(f"{NS}_name", help, labels=[...])` calls,
+    `_gauge("name", help, labels)` (`_tgauge`, `_tcounter`: the per-target families) and
+    `CounterMetricFamily(f"{NS}_name", help, labels=[...])` calls,
     read with `ast`, so this works while the engine is being rebuilt. Counters get `_total`.
     """
     from exporter import schema
@@ -79,12 +80,13 @@ def metric_catalogue() -> dict[str, frozenset[str]]:
             continue
         fn, args = node.func.id, node.args
         kwargs = {k.arg: k.value for k in node.keywords}
-        if fn == "_gauges" and args and isinstance(args[0], ast.Name):
+        if fn in ("_gauges", "_tgauges") and args and isinstance(args[0], ast.Name):
             for family in getattr(schema, args[0].id):
                 families[f"{schema.NS}_{family.name}"] = frozenset(family.labels)
-        elif fn == "_gauge" and args and isinstance(args[0], ast.Constant):
+        elif fn in ("_gauge", "_tgauge", "_tcounter") and args and isinstance(args[0], ast.Constant):
             labels = args[2] if len(args) > 2 else kwargs["labels"]
-            families[f"{schema.NS}_{args[0].value}"] = frozenset(_const_labels(labels, schema))
+            suffix = "_total" if fn == "_tcounter" else ""
+            families[f"{schema.NS}_{args[0].value}{suffix}"] = frozenset(_const_labels(labels, schema))
         elif fn in ("GaugeMetricFamily", "CounterMetricFamily") and args:
             name = _fstring_name(args[0], schema.NS)
             if name is None:  # f"{NS}_{f.name}": the schema families above
