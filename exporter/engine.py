@@ -534,11 +534,13 @@ class Engine:
             state.inflight = None
             again, state.again = state.again, False
         if error is None:  # its metadata may be read now (in leftover weight)
+            due = False
             for kind in KINDS:
                 job = self.meta.get((target.key, kind.name))
                 if job is not None:
-                    job.data_arrived(finished)
-            self.scheduler.notify()
+                    due = job.data_arrived(finished) or due
+            if due:
+                self.scheduler.notify()
         if again:
             self.stream_refresh(target.key, False)
         if error is not None:

@@ -67,11 +67,13 @@ class MetaJob:
     def weight(self) -> int:
         return self.call.weight
 
-    def data_arrived(self, now: float) -> None:
-        """The target's data is in: a never-read job is due now (in leftover weight)."""
+    def data_arrived(self, now: float) -> bool:
+        """The target's data is in: a never-read job is due now (in leftover weight). True if it became due."""
         with self.lock:
             if not self.read_once and self.due_at == float("inf"):
                 self.due_at = now
+                return True
+            return False
 
     def begin(self, now: float) -> None:
         """A read was admitted: not due again until it ends (or, if it never reports, a retry later)."""

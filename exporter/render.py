@@ -39,35 +39,50 @@ def _gauge(name: str, text: str, labels: tuple[str, ...]) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{NS}_{name}", text, labels=list(labels))
 
 
-class _Sink:
-    """One family's samples of one target: as a MetricFamily holds them, without its checks
-    (its name, type and help are the renderer's own, fixed), so a fragment costs little."""
+class _Spec:
+    """A per-target family's name, help and type: made once, shared by every target's sink."""
 
-    __slots__ = ("documentation", "name", "once_per_alias", "sample_name", "samples", "type")
+    __slots__ = ("documentation", "name", "once_per_alias", "sample_name", "type")
 
     def __init__(self, name: str, documentation: str, typ: str) -> None:
         self.name = name
         self.documentation = documentation
         self.type = typ
         self.sample_name = name + "_total" if typ == "counter" else name
-        self.samples: list[tuple[dict[str, str], float]] = []  # (labels, value): Samples only when asked for
         self.once_per_alias = False
 
 
-def _tgauge(name: str, text: str, labels: tuple[str, ...]) -> _Sink:
-    return _Sink(f"{NS}_{name}", text, "gauge")
+_SPECS: dict[str, _Spec] = {}
 
 
-def _tgauges(families: tuple[Family, ...]) -> dict[str, _Sink]:
-    return {f.name: _Sink(f"{NS}_{f.name}", f.help, "gauge") for f in families}
+def _spec(name: str, text: str, typ: str) -> _Spec:
+    spec = _SPECS.get(name)
+    if spec is None:
+        spec = _SPECS[name] = _Spec(f"{NS}_{name}", text, typ)
+    return spec
 
 
-def _tcounter(name: str, text: str, labels: tuple[str, ...]) -> _Sink:
-    return _Sink(f"{NS}_{name}", text, "counter")
+Pairs = list[tuple[dict[str, str], float]]  # (labels, value): Samples only when asked for
+Fragment = dict[_Spec, Pairs]  # one target's samples, by family (only families with samples)
 
 
-def _tput(family: _Sink, labels: dict[str, str], value: float) -> None:
-    family.samples.append((labels, value))
+def _tgauge(name: str, text: str, labels: tuple[str, ...]) -> _Spec:
+    return _spec(name, text, "gauge")
+
+
+def _tgauges(families: tuple[Family, ...]) -> dict[str, _Spec]:
+    return {f.name: _spec(f.name, f.help, "gauge") for f in families}
+
+
+def _tcounter(name: str, text: str, labels: tuple[str, ...]) -> _Spec:
+    return _spec(name, text, "counter")
+
+
+def _tput(out: Fragment, spec: _Spec, labels: dict[str, str], value: float) -> None:
+    pairs = out.get(spec)
+    if pairs is None:
+        pairs = out[spec] = []
+    pairs.append((labels, value))
 
 
 def _put(family: Metric, labels: dict[str, str], value: float) -> None:
@@ -78,121 +93,144 @@ def _put(family: Metric, labels: dict[str, str], value: float) -> None:
     family.samples.append(Sample(name, labels, value, None))
 
 
-def target_fragment(view: TargetView | None, skip_zero: bool) -> list[_Sink]:
-    """Everything labelled by one account and market: balances, totals, positions, thresholds, health.
+class _TargetSpecs:
+    """The per-target families, declared once."""
 
-    The same families in the same order for every target (most of them empty), so fragments
-    of several targets are put together family by family (`TargetFamilies`)."""
-    assets = _tgauges(ASSET_FAMILIES)
-    totals = _tgauges(ACCOUNT_FAMILIES)
-    positions = _tgauges(POSITION_FAMILIES)
-    min_available = _tgauge("min_available_balance", "Configured low-balance threshold "
-                           "(min_available_balance) per account, market and asset.", ASSET_LABELS)
-    min_account_available = _tgauge("min_account_available_balance", "Configured account-level low-balance "
-                                   "threshold (min_account_available_balance), USD value of a Multi-Assets mode "
-                                   "account's pool; USD-M only.", ACCOUNT_LABELS)
-    position_info = _tgauge("position_info", "A position's margin type (cross or isolated) and margin asset "
-                           "(COIN-M: the coin); always 1. Absent where Binance's answer does not say "
-                           "(USD-M sub-accounts).", POSITION_INFO_LABELS)
-    info = _tgauge("account_info", "Binance's accountAlias for an account (balance endpoints only); always 1.",
-                  ("alias", "market", "account_alias"))
-    status = _tgauge("pm_account_status", "Portfolio Margin accountStatus as a state set: 1 for the current "
-                    "status, 0 for the other documented ones; a status Binance added since shows as its own "
-                    "state (a plain upper-case word) or as OTHER.", ("alias", "market", "status"))
-    max_margin_ratio = _tgauge("max_margin_ratio", "Configured margin-ratio alert threshold (max_margin_ratio).",
+    def __init__(self) -> None:
+        assets = _tgauges(ASSET_FAMILIES)
+        totals = _tgauges(ACCOUNT_FAMILIES)
+        positions = _tgauges(POSITION_FAMILIES)
+        min_available = _tgauge("min_available_balance", "Configured low-balance threshold "
+                                "(min_available_balance) per account, market and asset.", ASSET_LABELS)
+        min_account_available = _tgauge("min_account_available_balance", "Configured account-level low-balance "
+                                        "threshold (min_account_available_balance), USD value of a Multi-Assets mode "
+                                        "account's pool; USD-M only.", ACCOUNT_LABELS)
+        position_info = _tgauge("position_info", "A position's margin type (cross or isolated) and margin asset "
+                                "(COIN-M: the coin); always 1. Absent where Binance's answer does not say "
+                                "(USD-M sub-accounts).", POSITION_INFO_LABELS)
+        info = _tgauge("account_info", "Binance's accountAlias for an account (balance endpoints only); always 1.",
+                       ("alias", "market", "account_alias"))
+        status = _tgauge("pm_account_status", "Portfolio Margin accountStatus as a state set: 1 for the current "
+                         "status, 0 for the other documented ones; a status Binance added since shows as its own "
+                         "state (a plain upper-case word) or as OTHER.", ("alias", "market", "status"))
+        max_margin_ratio = _tgauge("max_margin_ratio", "Configured margin-ratio alert threshold (max_margin_ratio).",
+                                   ACCOUNT_LABELS)
+        min_liq_distance = _tgauge("min_liquidation_distance", "Configured minimum distance from mark price to "
+                                   "liquidation price, as a fraction of mark price (min_liquidation_distance).",
+                                   ACCOUNT_LABELS)
+        min_uni_mmr = _tgauge("min_uni_mmr", "Configured Portfolio Margin uniMMR alert threshold (min_uni_mmr).",
                               ACCOUNT_LABELS)
-    min_liq_distance = _tgauge("min_liquidation_distance", "Configured minimum distance from mark price to "
-                              "liquidation price, as a fraction of mark price (min_liquidation_distance).",
-                              ACCOUNT_LABELS)
-    min_uni_mmr = _tgauge("min_uni_mmr", "Configured Portfolio Margin uniMMR alert threshold (min_uni_mmr).",
-                         ACCOUNT_LABELS)
-    host_info = _tgauge("account_host_info", "The API host an account's market is fetched from (whose budget, "
-                       "back-off and bans apply to it); always 1.", ("alias", "market", "host"))
-    sub_info = _tgauge("sub_account_info", "Sub-accounts found through a master account's key; always 1.",
-                      ("alias", "master", "email"))
-    up = _tgauge("up", "1 while the account has values to export: its latest fetch succeeded, no longer "
-                "ago than max_data_age_seconds.", ACCOUNT_LABELS)
-    down_reason = _tgauge("down_reason", "Why up is 0, while it is: 1 for the reason, one of the error reasons of "
-                         "scrape_errors_total (the latest fetch failed), deferred (no fetch yet: waiting for the "
-                         "weight budget, e.g. during a cold start, or for a back-off) or stale (the latest values "
-                         "are older than max_data_age_seconds).", ("alias", "market", "reason"))
-    duration = _tgauge("request_duration_seconds", "How long the account's latest fetch took.", ACCOUNT_LABELS)
-    last_success = _tgauge("last_success_timestamp_seconds", "When the account's latest successful fetch "
-                          "(the values exported) was made, Unix seconds.", ACCOUNT_LABELS)
-    errors = _tcounter("scrape_errors", "Failed fetches by account and reason.", ("alias", "market", "reason"))
-    sub_info.once_per_alias = True  # a sub-account's markets are several targets: one series
-    if view is None:  # the shape only
-        return _ordered_sinks(assets, min_available, min_account_available, info, totals, status, positions,
-                              position_info, max_margin_ratio, min_liq_distance, min_uni_mmr, host_info, sub_info,
-                              up, down_reason, duration, last_success, errors)
+        host_info = _tgauge("account_host_info", "The API host an account's market is fetched from (whose budget, "
+                            "back-off and bans apply to it); always 1.", ("alias", "market", "host"))
+        sub_info = _tgauge("sub_account_info", "Sub-accounts found through a master account's key; always 1.",
+                           ("alias", "master", "email"))
+        up = _tgauge("up", "1 while the account has values to export: its latest fetch succeeded, no longer "
+                     "ago than max_data_age_seconds.", ACCOUNT_LABELS)
+        down_reason = _tgauge("down_reason", "Why up is 0, while it is: 1 for the reason, one of the error reasons of "
+                              "scrape_errors_total (the latest fetch failed), deferred (no fetch yet: waiting for the "
+                              "weight budget, e.g. during a cold start, or for a back-off) or stale (the latest values "
+                              "are older than max_data_age_seconds).", ("alias", "market", "reason"))
+        duration = _tgauge("request_duration_seconds", "How long the account's latest fetch took.", ACCOUNT_LABELS)
+        last_success = _tgauge("last_success_timestamp_seconds", "When the account's latest successful fetch "
+                               "(the values exported) was made, Unix seconds.", ACCOUNT_LABELS)
+        errors = _tcounter("scrape_errors", "Failed fetches by account and reason.", ("alias", "market", "reason"))
+        sub_info.once_per_alias = True  # a sub-account's markets are several targets: one series
+        self.assets, self.totals, self.positions = assets, totals, positions
+        self.info, self.status, self.position_info = info, status, position_info
+        self.order = [*assets.values(), min_available, min_account_available, info, *totals.values(), status,
+                      *positions.values(), position_info, max_margin_ratio, min_liq_distance, min_uni_mmr,
+                      host_info, sub_info, up, down_reason, duration, last_success, errors]
+        self.named = dict(min_available=min_available, min_account_available=min_account_available,
+                          max_margin_ratio=max_margin_ratio, min_liq_distance=min_liq_distance,
+                          min_uni_mmr=min_uni_mmr, host_info=host_info, sub_info=sub_info, up=up,
+                          down_reason=down_reason, duration=duration, last_success=last_success, errors=errors)
+
+
+_TARGET_SPECS: _TargetSpecs | None = None
+
+
+def _target_specs() -> _TargetSpecs:
+    global _TARGET_SPECS
+    if _TARGET_SPECS is None:
+        _TARGET_SPECS = _TargetSpecs()
+    return _TARGET_SPECS
+
+
+def target_fragment(view: TargetView, skip_zero: bool) -> Fragment:
+    """Everything labelled by one account and market: balances, totals, positions, thresholds, health;
+    by family, only the families with samples (`_TargetSpecs.order` puts targets' fragments together)."""
+    specs = _target_specs()
+    named = specs.named
+    min_available, min_account_available = named["min_available"], named["min_account_available"]
+    max_margin_ratio, min_liq_distance = named["max_margin_ratio"], named["min_liq_distance"]
+    min_uni_mmr, host_info, sub_info, up = named["min_uni_mmr"], named["host_info"], named["sub_info"], named["up"]
+    down_reason, duration, last_success = named["down_reason"], named["duration"], named["last_success"]
+    errors = named["errors"]
+    out: Fragment = {}
     target = view.target
     account = target.account
     acct = {"alias": target.alias, "market": target.market}
     if target.market != "pm":
         for asset, amount in account.min_available_balance.items():
             if asset in view.assets:  # only assets the account holds in this market
-                _tput(min_available, {**acct, "asset": asset}, amount)
+                _tput(out, min_available, {**acct, "asset": asset}, amount)
         if target.market == "usdm" and account.min_account_available_balance is not None:
-            _tput(min_account_available, acct, account.min_account_available_balance)
+            _tput(out, min_account_available, acct, account.min_account_available_balance)
         if account.max_margin_ratio is not None:
-            _tput(max_margin_ratio, acct, account.max_margin_ratio)
+            _tput(out, max_margin_ratio, acct, account.max_margin_ratio)
     elif account.min_uni_mmr is not None:
-        _tput(min_uni_mmr, acct, account.min_uni_mmr)
+        _tput(out, min_uni_mmr, acct, account.min_uni_mmr)
     if account.min_liquidation_distance is not None:  # Portfolio Margin has positions too
-        _tput(min_liq_distance, acct, account.min_liquidation_distance)
-    _tput(host_info, {**acct, "host": target.host.label}, 1.0)
+        _tput(out, min_liq_distance, acct, account.min_liquidation_distance)
+    _tput(out, host_info, {**acct, "host": target.host.label}, 1.0)
     if target.master is not None:
-        _tput(sub_info, {"alias": target.alias, "master": target.master, "email": target.email or ""}, 1.0)
-    _tput(up, acct, 1.0 if view.up else 0.0)
+        _tput(out, sub_info, {"alias": target.alias, "master": target.master, "email": target.email or ""}, 1.0)
+    _tput(out, up, acct, 1.0 if view.up else 0.0)
     if view.down_reason is not None:
-        _tput(down_reason, {**acct, "reason": view.down_reason}, 1.0)
+        _tput(out, down_reason, {**acct, "reason": view.down_reason}, 1.0)
     if view.duration is not None:
-        _tput(duration, acct, view.duration)
+        _tput(out, duration, acct, view.duration)
     if view.last_success is not None:
-        _tput(last_success, acct, view.last_success)
+        _tput(out, last_success, acct, view.last_success)
     for reason, count in view.errors:
-        _tput(errors, {**acct, "reason": reason}, count)
+        _tput(out, errors, {**acct, "reason": reason}, count)
     snap = view.snapshot
     if snap is not None:
-        _snapshot(acct, view, snap, skip_zero, assets, totals, positions, info, status, position_info)
-    return _ordered_sinks(assets, min_available, min_account_available, info, totals, status, positions,
-                          position_info, max_margin_ratio, min_liq_distance, min_uni_mmr, host_info, sub_info,
-                          up, down_reason, duration, last_success, errors)
+        _snapshot(out, acct, view, snap, skip_zero, specs)
+    return out
 
 
-def _ordered_sinks(assets: dict[str, _Sink], min_available: _Sink, min_account_available: _Sink, info: _Sink,
-                   totals: dict[str, _Sink], status: _Sink, positions: dict[str, _Sink], *rest: _Sink) -> list[_Sink]:
-    """The exposition's family order."""
-    return [*assets.values(), min_available, min_account_available, info, *totals.values(), status,
-            *positions.values(), *rest]
-
-
-def _snapshot(acct: dict[str, str], view: TargetView, snap: Snapshot, skip_zero: bool,
-              assets: dict[str, _Sink], totals: dict[str, _Sink], positions: dict[str, _Sink], info: _Sink,
-              status: _Sink, position_info: _Sink) -> None:
+def _snapshot(out: Fragment, acct: dict[str, str], view: TargetView, snap: Snapshot, skip_zero: bool,
+              specs: _TargetSpecs) -> None:
     """The samples of one target's values."""
     account = view.target.account
+    assets, totals, positions, info, status, position_info = (specs.assets, specs.totals, specs.positions, specs.info,
+                                                               specs.status, specs.position_info)
     if snap.account_alias:
-        _tput(info, {**acct, "account_alias": snap.account_alias}, 1.0)
+        _tput(out, info, {**acct, "account_alias": snap.account_alias}, 1.0)
     for row in snap.assets:  # the hot loop: samples appended directly
         if skip_zero and row.zero and row.asset not in account.min_available_balance:
             continue
         labels = {**acct, "asset": row.asset}
         for name, value in row.values.items():
-            assets[name].samples.append((labels, value))
+            spec = assets[name]
+            pairs = out.get(spec)
+            if pairs is None:
+                pairs = out[spec] = []
+            pairs.append((labels, value))
     for name, value in snap.totals.items():
-        totals[name].samples.append((acct, value))
+        _tput(out, totals[name], acct, value)
     if snap.status is not None:
         states = PM_ACCOUNT_STATUSES if snap.status in PM_ACCOUNT_STATUSES else (*PM_ACCOUNT_STATUSES,
                                                                                   snap.status)
         for state in states:
-            _tput(status, {**acct, "status": state}, 1.0 if state == snap.status else 0.0)
+            _tput(out, status, {**acct, "status": state}, 1.0 if state == snap.status else 0.0)
     for pos in snap.positions:
         labels = {**acct, "symbol": pos.symbol, "position_side": pos.side}
         for name, value in pos.values.items():
-            _tput(positions[name], labels, value)
+            _tput(out, positions[name], labels, value)
         if pos.margin_type is not None:
-            _tput(position_info, {**labels, "margin_type": pos.margin_type,
+            _tput(out, position_info, {**labels, "margin_type": pos.margin_type,
                                  "margin_asset": pos.margin_asset or ""}, 1.0)
 
 
@@ -290,6 +328,11 @@ def reload_families(successful: bool, success_at: float) -> Iterator[Metric]:
     yield from (ok, at)
 
 
+# The text kept for reuse, at most: a quarter of what the HTTP front may buffer for answers in flight
+# (httpserver.MAX_BUFFERED_BYTES, 64 MiB); 500 accounts with 5 assets take 2.3 MB.
+FRAGMENTS_MAX_BYTES = 16 << 20
+
+
 class Fragments:
     """Each target's families rendered and encoded once per change of what it shows, reused until then.
 
@@ -297,17 +340,20 @@ class Fragments:
     per family, the samples and their text-format lines. A scrape takes the
     bytes of every unchanged target as they are, whatever the format (the
     samples serve OpenMetrics) and the `name[]` filter (whole families). One
-    entry per target, each about the size of its part of the exposition:
-    the memory follows the accounts, like the exposition the HTTP front
-    already holds per request. Entries of targets no longer seen go at the
-    next scrape that covers more targets than are kept.
+    entry per target, each about the size of its part of the exposition, up
+    to `max_bytes` of text in all (past it, further targets are encoded at
+    every scrape, as before). Entries of targets no longer seen go at the
+    next /metrics scrape.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = FRAGMENTS_MAX_BYTES) -> None:
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, str], _Entry] = {}
+        self._sizes: dict[tuple[str, str], int] = {}
+        self._bytes = 0
+        self.max_bytes = max_bytes
 
-    def get(self, view: TargetView, skip_zero: bool) -> list[Part]:
+    def get(self, view: TargetView, skip_zero: bool) -> dict[_Spec, Part]:
         key = view.target.key
         version = (*view.version, skip_zero)
         with self._lock:
@@ -316,58 +362,54 @@ class Fragments:
             return entry[1]
         # The target's label strings outlive its values: a new fetch re-encodes the values only.
         encoder = entry[2] if entry is not None and entry[0][0] is view.target else Encoder()
-        sinks = target_fragment(view, skip_zero)
+        items = list(target_fragment(view, skip_zero).items())
         with encoder.lock:  # two scrapes of one changed target (/metrics and /probe) may meet here
-            encoded = encode_parts([(sink.sample_name, sink.samples) for sink in sinks], encoder)
-        parts = [(sink.samples, text) for sink, text in zip(sinks, encoded, strict=True)]
+            encoded = encode_parts([(spec.sample_name, pairs) for spec, pairs in items], encoder)
+        parts = {spec: (pairs, text) for (spec, pairs), text in zip(items, encoded, strict=True)}
+        size = sum(len(text) for _, text in parts.values())
         with self._lock:
-            self._entries[key] = (version, parts, encoder)
+            kept = self._bytes - self._sizes.get(key, 0) + size
+            if kept <= self.max_bytes:  # past the bound: this target is encoded at every scrape instead
+                self._entries[key] = (version, parts, encoder)
+                self._sizes[key] = size
+                self._bytes = kept
         return parts
 
     def prune(self, keep: set[tuple[str, str]]) -> None:
         with self._lock:
             if len(self._entries) > len(keep):
                 self._entries = {k: v for k, v in self._entries.items() if k in keep}
+                self._sizes = {k: v for k, v in self._sizes.items() if k in keep}
+                self._bytes = sum(self._sizes.values())
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
-_Entry = tuple[tuple[object, ...], list[Part], Encoder]
+_Entry = tuple[tuple[object, ...], dict[_Spec, Part], Encoder]
 
 
 def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
     return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
 
 
-_SHAPE: list[_Sink] | None = None
-
-
-def _shape() -> list[_Sink]:
-    """The target families' names, help and types, in order (as every fragment has them)."""
-    global _SHAPE
-    if _SHAPE is None:
-        _SHAPE = target_fragment(None, False)
-    return _SHAPE
-
-
 def target_families(result: ScrapeResult, skip_zero: bool, cache: Fragments | None = None) -> Iterator[Metric]:
     """Everything labelled by account, family by family, from each target's (cached) fragment."""
     cache = cache if cache is not None else Fragments()
     fragments = [(view.target.alias, cache.get(view, skip_zero)) for view in result.targets]
-    for index, sink in enumerate(_shape()):
+    for spec in _target_specs().order:
         parts: list[Part] = []
         seen: set[str] = set()
         for alias, fragment in fragments:
-            part = fragment[index]
-            if part[0]:
-                if sink.once_per_alias:
+            part = fragment.get(spec)
+            if part is not None:
+                if spec.once_per_alias:
                     if alias in seen:
                         continue
                     seen.add(alias)
                 parts.append(part)
         if parts:
-            yield EncodedFamily(sink.name, sink.documentation, sink.type, sink.sample_name, parts)
+            yield EncodedFamily(spec.name, spec.documentation, spec.type, spec.sample_name, parts)
 
 
 def families(result: ScrapeResult, skip_zero: bool, include_exporter: bool,

@@ -89,3 +89,20 @@ def test_reused_bytes_are_what_encoding_afresh_gives(sim: Simulator) -> None:
         assert len(fragments) == len(engine.states)
     finally:
         engine.close()
+
+
+def test_the_cache_keeps_within_its_bound(sim: Simulator) -> None:
+    """Past `max_bytes`, targets are encoded at every scrape (right, only not reused)."""
+    engine = Engine(parse_config(config_dict(sim.base_url, cache_seconds=3600), "test.yaml", {}))
+    try:
+        result = engine.scrape(engine.aliases(), None)
+        small = render.Fragments(max_bytes=1)
+        first = [small.get(view, False) for view in result.targets]
+        again = [small.get(view, False) for view in engine.scrape(engine.aliases(), None).targets]
+        assert len(small) == 0 and all(a is not b and a == b for a, b in zip(first, again, strict=True))
+        roomy = render.Fragments()
+        first = [roomy.get(view, False) for view in result.targets]
+        again = [roomy.get(view, False) for view in engine.scrape(engine.aliases(), None).targets]
+        assert len(roomy) == len(ACCOUNTS) and all(a is b for a, b in zip(first, again, strict=True))
+    finally:
+        engine.close()
