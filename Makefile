@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders clean
+.PHONY: test lint venv golden prometheusrule bench bench-budget bench-subaccounts bench-soak bench-streams bench-slowreaders bench-encode clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-streams: venv
 
 bench-slowreaders: venv
 	$(VPY) -m benchmarks.slowreaders $(BENCH_ARGS)
+
+bench-encode: venv
+	$(VPY) -m benchmarks.encode $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
