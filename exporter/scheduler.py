@@ -8,16 +8,17 @@ allow. Two classes of read share a host's budget, in this order:
 * data (balance, account, positions): what a scrape asked for. A target
   never fetched yet goes first and is not paced (a cold start goes at the
   speed the budget's 60 s window allows, not one account at a time).
-* metadata (`metadata.py`: margin modes, and any other kind registered
-  there): values that change rarely, read every `interval_s`. A host's
+* metadata (`metadata.py`: margin modes, and any other kind listed in
+  metakinds.py): values that change rarely, read every `interval_s`. A host's
   metadata waits until every target on the host has had its first data
   fetch; then it runs in the weight data leaves over (while no data waits
-  and a full round of data still fits the window), or failing that in its
+  and a full round of data still fits the window; not paced, so where a
+  round fits the cap it goes at once), or failing that in its
   planned share of the budget (`meta_rate`), one read at a time, so a whole
   round of it spreads over its interval instead of going at once after a
   restart or a reload.
 
-The plan (`budget_plans`) counts every periodic read: data rounds at the
+The plan (`compute_plans`) counts every periodic read: data rounds at the
 scrape interval, metadata at its interval, listenKey keep-alives and
 sub-account discovery, and turns the budget into the refresh interval the
 start-up log and the README promise.
@@ -284,7 +285,7 @@ class Scheduler:
                         or host.backoff.remaining()[0] > 0 or self._waiting_data(host):
                     continue
                 room = max(0, min(queue.round_weight, int(host.governor.cap) - job.weight))
-                admission = host.governor.try_acquire(job.weight, headroom=room)
+                admission = host.governor.try_acquire(job.weight, pace=False, headroom=room)
                 if admission is not None:
                     job.begin(now)
                     admitted.append((job, admission))
@@ -310,7 +311,7 @@ class Scheduler:
             return None, None, 1.0
         if not queue.heap:  # leftover: no data waits; keep a full data round's room in the window
             room = max(0, min(queue.round_weight, int(host.governor.cap) - job.weight))
-            admission = host.governor.try_acquire(job.weight, headroom=room)
+            admission = host.governor.try_acquire(job.weight, pace=False, headroom=room)
             if admission is not None:
                 return job, admission, 0.0
         # the planned share: credit accrues at meta_rate, one read's worth at most
