@@ -293,9 +293,6 @@ class Engine:
         if log_hosts:
             log_budget(p for h, p in plans.items() if h in log_hosts)
 
-    def plan_budgets(self) -> None:
-        self.replan()
-
     def _periodic(self) -> dict[Host, list[PeriodicRead]]:
         """The periodic reads that are not metadata jobs: listenKey keep-alives, sub-account lists."""
         extra: dict[Host, list[PeriodicRead]] = {}
