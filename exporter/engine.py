@@ -283,7 +283,7 @@ class Engine:
         for job in jobs:
             by_host.setdefault(job.host, []).append(job)
         for host, plan in plans.items():
-            host.governor.plan(plan.round_weight, self.config.scrape_interval_seconds, largest[host],
+            host.governor.plan(plan.round_weight, self.config.scrape_interval_seconds, largest.get(host, 1),
                                plan.other_per_minute)
         for host in {*plans, *by_host}:
             known = plans.get(host)

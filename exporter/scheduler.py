@@ -133,8 +133,9 @@ def compute_plans(targets: Iterable[Target], jobs: Iterable[MetaJob], interval: 
             key = (job.kind.name, job.weight, job.kind.interval_s)
             line[key] = line.get(key, 0) + 1
     plans = {}
-    for host in ordered(rounds):
-        weights = [t.weight for t in rounds[host]]
+    others = [h for h in (extra or {}) if (wanted is None or h in wanted) and h not in rounds]
+    for host in ordered([*rounds, *others]):  # a master's /sapi host lists sub-accounts before it has any
+        weights = [t.weight for t in rounds.get(host, ())]
         reads = [PeriodicRead(k, w, i, n) for (k, w, i), n in sorted(periodic.get(host, {}).items())]
         reads += (extra or {}).get(host, [])
         other = sum(p.per_minute for p in reads)
@@ -142,7 +143,7 @@ def compute_plans(targets: Iterable[Target], jobs: Iterable[MetaJob], interval: 
         rate = host.governor.rate  # weight per second: the cap over its 61 s window
         data_rate = max(rate - other / WINDOW_S, rate * 0.05)
         every = max(interval, sum(weights) / data_rate)
-        max_age = min(t.account.max_data_age_seconds for t in rounds[host])
+        max_age = min((t.account.max_data_age_seconds for t in rounds.get(host, ())), default=float("inf"))
         plans[host] = BudgetPlan(host.label, len(weights), sum(weights), demand, host.governor.cap, every, max_age,
                                  tuple(reads))
     return plans
@@ -151,6 +152,8 @@ def compute_plans(targets: Iterable[Target], jobs: Iterable[MetaJob], interval: 
 def log_budget(plans: Iterable[BudgetPlan]) -> None:
     """Say what freshness the accounts get within each host's weight budget (at start, after discovery)."""
     for plan in plans:
+        if not plan.accounts:  # only periodic reads (a master's sub-account list before any sub-account)
+            continue
         info = fields(host=plan.host, accounts=plan.accounts, demand_per_minute=round(plan.demand_per_minute),
                       budget_per_minute=round(plan.budget_per_minute),
                       refresh_every_s=round(plan.refresh_every_s, 1))

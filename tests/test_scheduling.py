@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from conftest import parse_metrics, value, wait_until
 from testkit import SimAccount, Simulator
 from testkit.simulator import LoggedRequest
@@ -168,3 +170,27 @@ def test_a_cold_start_over_one_minutes_budget_completes_in_the_time_the_budget_a
         assert worst_window(log) <= 300
     finally:
         sim.stop()
+
+
+def test_the_plan_counts_every_periodic_read() -> None:
+    """Mode reads, listenKey keep-alives and sub-account lists share the budget with the data: the plan
+    shows each with its weight and interval, and the data's refresh interval is what they leave."""
+    from exporter.config import parse_config
+    from exporter.engine import Engine
+
+    accounts = [{"alias": f"s{i}", "api_key": "k", "api_secret": "s", "user_stream": True} for i in range(4)]
+    accounts.append({"alias": "desk", "api_key": "k", "api_secret": "s",
+                     "sub_accounts": {"include": ["*"], "discovery_interval_seconds": 300}})
+    engine = Engine(parse_config({"accounts": accounts, "weight_limit": 120}, "c.yaml", {}))
+    try:
+        plans = {p.host: p for p in engine.budget_plans()}
+    finally:
+        engine.close()
+    fapi = plans["fapi.binance.com"]
+    assert [(p.kind, p.weight, p.interval_s, p.count) for p in fapi.periodic] == [
+        ("modes", 5, 900.0, 5), ("listenKey keep-alive", 1, 1800.0, 4)]
+    other = 5 * 5 * 60 / 900 + 4 * 60 / 1800
+    assert fapi.demand_per_minute == pytest.approx(25 * 60 / 15 + other)
+    assert fapi.refresh_every_s == pytest.approx(25 / (60 / 61 - other / 60))  # cap 60 over 61 s, less the rest
+    sapi = plans["api.binance.com"]
+    assert [(p.kind, p.weight, p.interval_s, p.count) for p in sapi.periodic] == [("sub-account list", 1, 300.0, 1)]
