@@ -194,3 +194,38 @@ def test_the_plan_counts_every_periodic_read() -> None:
     assert fapi.refresh_every_s == pytest.approx(25 / (60 / 61 - other / 60))  # cap 60 over 61 s, less the rest
     sapi = plans["api.binance.com"]
     assert [(p.kind, p.weight, p.interval_s, p.count) for p in sapi.periodic] == [("sub-account list", 1, 300.0, 1)]
+
+
+def test_the_readmes_budget_tables_follow_the_plan() -> None:
+    """The README's refresh intervals are what the plan computes (balance, account + positions, Portfolio
+    Margin, COIN-M columns), and its periodic reads carry the declared weights and intervals."""
+    import re
+
+    from conftest import REPO
+    from exporter.config import parse_config
+    from exporter.endpoints import ACCOUNT_CONFIG_CALL
+    from exporter.engine import Engine
+    from exporter.listenkey import LISTEN_KEY_WEIGHT
+    from exporter.modes import MODES_EVERY_S
+    from exporter.scheduler import KEEPALIVE_EVERY_S, KEEPALIVE_WEIGHT
+    from exporter.streams import KEEPALIVE_S
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    columns = [{}, {"endpoint": "account", "positions": True}, {"markets": ["pm"]}, {"markets": ["coinm"]}]
+    rows = re.findall(r"^\| (\d+) \| (.+) \|$", readme.split("| accounts on one host |")[1].split("\n\n")[0], re.M)
+    assert [int(n) for n, _ in rows] == [10, 30, 60, 100, 300, 500, 1000]
+    for n, cells in rows:
+        for column, cell in zip(columns, cells.split(" | ")[:4], strict=True):
+            accounts = [{"alias": f"a{i}", "api_key": "k", "api_secret": "s", **column} for i in range(int(n))]
+            engine = Engine(parse_config({"accounts": accounts, "scrape_interval_seconds": 15}, "c.yaml", {}))
+            try:
+                (plan,) = engine.budget_plans()
+            finally:
+                engine.close()
+            shown = f"{plan.refresh_every_s:.0f} s"
+            assert cell == (f"*{shown}*" if plan.refresh_every_s > 300 else shown), (n, column, cell)
+    modes_row = next(line for line in readme.splitlines() if line.startswith("| margin modes of"))
+    assert f"| {ACCOUNT_CONFIG_CALL.weight} | every {MODES_EVERY_S / 60:.0f} minutes |" in modes_row
+    keepalive_row = next(line for line in readme.splitlines() if line.startswith("| listenKey keep-alive"))
+    assert KEEPALIVE_WEIGHT == LISTEN_KEY_WEIGHT and KEEPALIVE_EVERY_S == KEEPALIVE_S
+    assert f"| {KEEPALIVE_WEIGHT} | every {KEEPALIVE_EVERY_S / 60:.0f} minutes |" in keepalive_row
