@@ -181,7 +181,7 @@ class Engine:
     def _waiting_data(self, host: Host) -> bool:
         """Does a first data fetch a scrape asked for still wait on this host? Metadata waits for it."""
         with self._cond:
-            return any(s.last is None and (s.queued or s.inflight is not None)
+            return any(s.last is None and (s.asked or s.queued or s.inflight is not None)
                        for s in self.states.values() if s.target.host is host)
 
     def _run_meta(self, job: MetaJob, admission: Admission) -> Future[None] | None:
@@ -432,6 +432,8 @@ class Engine:
                 self._start_discovery(discovery)  # in the background: this scrape uses what is known
         with self._cond:
             states = [self.states[k] for k in self.keys_for(aliases) if k in self.states]
+        for state in states:  # all of them before any starts: a fast first answer must not let metadata in
+            state.asked = True
         waits: list[Future[None]] = []
         for state in sorted(states, key=age_key):
             future = self._refresh(state, now, deadline)

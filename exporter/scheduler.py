@@ -73,6 +73,7 @@ class TargetState:
     again: bool = False  # a stream event arrived during the refresh in flight: one more after it
     urgent_at: float = float("-inf")  # monotonic time of the latest stream-requested refresh
     urgent_pending: bool = False  # a stream-requested refresh waits for its spacing (queue.later)
+    asked: bool = False  # a scrape asked for it: until its first attempt, metadata of its host waits
     last: Attempt | None = None
     last_ok: Attempt | None = None
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
