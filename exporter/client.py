@@ -158,6 +158,15 @@ class Client:
             snapshot = snapshot.merge(self._call(call, deadline))
         return snapshot
 
+    def call_admitted(self, call: Call, deadline: float, admission: Admission) -> Any:
+        """One call whose weight the caller already took (a metadata read): not sent, and
+        refunded, if a pause began or the IP's total ran out since."""
+        self.clock.ensure(deadline)
+        if self.host.backoff.remaining()[0] > 0 or not self.host.governor.ip_room(call.weight):
+            self.host.governor.refund(admission, call.weight)
+            raise Skipped()
+        return self._call(call, deadline)
+
     def call(self, call: Call, deadline: float) -> Any:
         """One call outside a refresh (sub-account discovery): its weight is taken here."""
         self.clock.ensure(deadline)

@@ -167,3 +167,15 @@ def test_forced_close_quick(tmp_path: Path) -> None:
     assert {"prefilter_ordinary_str_ns", "json_loads_ordinary_ns", "forced_close_whole_path_ns",
             "core_share_at_1000_events_per_s"} <= results.keys()
     assert all(value > 0 for value in results.values())
+
+
+def test_encode_quick_beside_another_checkout(tmp_path: Path) -> None:
+    """Quick mode, with this checkout as its own baseline: both trees run, both cases, every answer 200."""
+    out_json = tmp_path / "encode.json"
+    out = _finish(_start(["-m", "benchmarks.encode", "--accounts", "5", "--scrapes", "2", "--baseline", str(REPO),
+                          "--output", str(out_json)]))
+    assert "| N | case |" in out
+    report = json.loads(out_json.read_text())
+    runs = {(r["tree"], r["accounts"], r["case"]) for r in report["runs"]}
+    assert runs == {(t, 5, c) for t in ("this", "baseline") for c in ("changed", "unchanged")}
+    assert all(r["body_bytes"] > 0 for r in report["runs"])
