@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: test lint venv golden docs mixin prometheusrule lock bench bench-budget bench-subaccounts bench-soak bench-streams bench-streams-1000 bench-slowreaders bench-reloadstorm bench-liverisk clean
+.PHONY: test lint venv golden docs mixin prometheusrule lock bench bench-budget bench-subaccounts bench-soak bench-streams bench-streams-1000 bench-slowreaders bench-reloadstorm bench-encode bench-liverisk clean
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,9 @@ bench-slowreaders: venv
 
 bench-reloadstorm: venv
 	$(VPY) -m benchmarks.reloadstorm $(BENCH_ARGS)
+
+bench-encode: venv
+	$(VPY) -m benchmarks.encode $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -73,10 +73,10 @@ def alias(index: int) -> str:
     return f"acc-{index:04d}"
 
 
-def child_env() -> dict[str, str]:
+def child_env(repo: Path = REPO) -> dict[str, str]:
     """The driver's environment, with the repo importable even when not pip-installed."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("MALLOC_ARENA_MAX", "2")  # as the Dockerfile and the systemd unit run the exporter
     return env
@@ -493,6 +493,7 @@ class ExporterProcess:
     log_level: str = "warn"
     extra_args: tuple[str, ...] = ()  # more flags, e.g. --web.config.file=...
     verify: bool | str = True  # for an https exporter: the CA file the readiness check trusts
+    repo: Path = REPO  # the checkout whose exporter runs (benchmarks.encode: another tree side by side)
     proc: subprocess.Popen[str] | None = None
     base_url: str = ""
     ps: psutil.Process | None = None
@@ -509,7 +510,7 @@ class ExporterProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", f"--config.file={config_path}",
              "--web.listen-address=127.0.0.1:0", f"--log.level={self.log_level}", *self.extra_args],
-            cwd=REPO, env=child_env(), text=True, stdin=subprocess.DEVNULL,
+            cwd=self.repo, env=child_env(self.repo), text=True, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=self._stderr,
         )
         threading.Thread(target=_pump_lines, args=(self.proc.stdout, self._stdout), daemon=True).start()

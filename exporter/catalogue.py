@@ -284,6 +284,10 @@ SUB_ACCOUNT_INFO = Family("sub_account_info", ("alias", "master", "email"), "Sub
                           "account's key; always 1.", declared_sources=_SUB_ACCOUNT_LIST)
 UP = _live("up", ACCOUNT_LABELS, "1 while the account has values to export: its latest fetch succeeded, no longer "
            "ago than max_data_age_seconds.", _each(ALL_MARKETS, _EXPORTER))
+DOWN_REASON = _live("down_reason", ("alias", "market", "reason"), "Why up is 0, while it is: 1 for the reason, one "
+                    "of the error reasons of scrape_errors_total (the latest fetch failed), deferred (no fetch yet: "
+                    "waiting for the weight budget, e.g. during a cold start, or for a back-off) or stale (the latest "
+                    "values are older than max_data_age_seconds).", _each(ALL_MARKETS, _EXPORTER))
 REQUEST_DURATION_SECONDS = _live("request_duration_seconds", ACCOUNT_LABELS, "How long the account's latest fetch "
                                  "took.", _each(ALL_MARKETS, _EXPORTER))
 LAST_SUCCESS_TIMESTAMP_SECONDS = _live("last_success_timestamp_seconds", ACCOUNT_LABELS, "When the account's "
@@ -362,7 +366,7 @@ SECTIONS: tuple[tuple[str, tuple[Family, ...]], ...] = (
     ("Per account", (MIN_ACCOUNT_AVAILABLE_BALANCE, ACCOUNT_INFO) + ACCOUNT_FAMILIES + (PM_ACCOUNT_STATUS,)),
     ("Per position", POSITION_FAMILIES + (POSITION_INFO,)),
     ("Per account: thresholds, host and health", (
-        MAX_MARGIN_RATIO, MIN_LIQUIDATION_DISTANCE, MIN_UNI_MMR, ACCOUNT_HOST_INFO, SUB_ACCOUNT_INFO, UP,
+        MAX_MARGIN_RATIO, MIN_LIQUIDATION_DISTANCE, MIN_UNI_MMR, ACCOUNT_HOST_INFO, SUB_ACCOUNT_INFO, UP, DOWN_REASON,
         REQUEST_DURATION_SECONDS, LAST_SUCCESS_TIMESTAMP_SECONDS, SCRAPE_ERRORS)),
     ("User data streams", (STREAM_UP, STREAM_EVENTS, STREAM_RECONNECTS, STREAM_LAST_EVENT_TIMESTAMP_SECONDS,
                            MARGIN_CALL_EVENTS)),

@@ -158,6 +158,15 @@ class Client:
             snapshot = snapshot.merge(self._call(call, deadline))
         return snapshot
 
+    def call_admitted(self, call: Call, deadline: float, admission: Admission) -> Any:
+        """One call whose weight the caller already took (a metadata read): not sent, and
+        refunded, if a pause began or the IP's total ran out since."""
+        self.clock.ensure(deadline)
+        if self.host.backoff.remaining()[0] > 0 or not self.host.governor.ip_room(call.weight):
+            self.host.governor.refund(admission, call.weight)
+            raise Skipped()
+        return self._call(call, deadline)
+
     def call(self, call: Call, deadline: float) -> Any:
         """One call outside a refresh (sub-account discovery): its weight is taken here."""
         self.clock.ensure(deadline)
@@ -235,13 +244,19 @@ def handle_answer(host: Host, call: Call, resp: Response, sent_at: float) -> Any
     raise error
 
 
-def public_call(host: Host, transport: Transport, call: Call, deadline: float) -> Any:
-    """One unsigned public GET (`/dapi/v1/exchangeInfo`), its weight taken from the host's budget first.
+def public_call(host: Host, transport: Transport, call: Call, deadline: float,
+                admission: Admission | None = None) -> Any:
+    """One unsigned public GET (`/dapi/v1/exchangeInfo`), its weight taken from the host's budget first
+    (`admission`: the caller took it already, a metadata read; refunded if not sent).
 
     Skipped when the budget or a back-off says no; otherwise the parsed answer or a ScrapeError,
     as for a signed call (no retry: the caller reads again at its next turn).
     """
-    if host.backoff.remaining()[0] > 0 or not host.governor.ip_room(call.weight) \
+    if admission is not None:
+        if host.backoff.remaining()[0] > 0 or not host.governor.ip_room(call.weight):
+            host.governor.refund(admission, call.weight)
+            raise Skipped()
+    elif host.backoff.remaining()[0] > 0 or not host.governor.ip_room(call.weight) \
             or not host.governor.try_acquire(call.weight, pace=False):
         raise Skipped()
     query = "&".join(f"{name}={value}" for name, value in call.params)

@@ -10,16 +10,20 @@ back-off ends. A scrape never waits for budget: meanwhile it exports the
 account's last successful fetch, for at most `max_data_age_seconds`.
 
 Nothing runs unless a scrape asked for it: the queues only hold accounts a
-scrape wanted, each once, and empty as they are served. The one exception is
-a user data stream (`user_stream: true`): its events and reconnects put the
-account at the front of its host's queue (see `stream_refresh`), within the
-same budget.
+scrape wanted, each once, and empty as they are served. The exceptions are
+a user data stream (`user_stream: true`), whose events and reconnects put the
+account at the front of its host's queue (see `stream_refresh`), and an
+account's metadata (margin modes), read on its own schedule once its data is
+in: both within the same budget.
+
+The engine ties the parts together: targets and their state (here), the
+host queues, dispatchers, admission and budget plan (scheduler.py), the
+metadata kinds (metadata.py), sub-account discovery (discovery.py) and the
+user data streams (streams.py).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
@@ -29,15 +33,32 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from exporter.client import REASONS, ScrapeError, Skipped
+from exporter.client import ScrapeError, Skipped, public_call
 from exporter.config import AccountConfig, Config
-from exporter.discovery import DISCOVERY_TIMEOUT_S, Discovery, DiscoveryView, list_emails, select
+from exporter.discovery import Discovery, DiscoveryView
+from exporter.discovery import start as discovery_start
 from exporter.discovery import view as discovery_view
+from exporter.endpoints import SUB_ACCOUNT_PAGE_SIZE
 from exporter.governor import Admission
 from exporter.hosts import Host
-from exporter.liverisk import LIVE_MARKETS, ContractSizes, LiveRiskBook
+from exporter.liverisk import LIVE_MARKETS, LiveRiskBook
 from exporter.logs import fields
-from exporter.parsing import Snapshot
+from exporter.metadata import MetaJob
+from exporter.metakinds import KINDS
+from exporter.parsing import Bracket, Snapshot
+from exporter.scheduler import (
+    KEEPALIVE_EVERY_S,
+    KEEPALIVE_WEIGHT,
+    Attempt,
+    BudgetPlan,
+    PeriodicRead,
+    Scheduler,
+    TargetState,
+    age_key,
+    compute_plans,
+    log_budget,
+    ordered,
+)
 from exporter.streams.events import StreamView
 from exporter.streams.manager import StreamManager
 from exporter.streams.market import MarketStreams
@@ -62,31 +83,6 @@ PAUSE_REASONS = ("rate_limited", "ip_banned")
 
 
 @dataclass(frozen=True)
-class Attempt:
-    started: float  # monotonic
-    finished: float  # monotonic
-    fetched_at: float  # wall clock, when the answer arrived
-    snapshot: Snapshot | None
-    error: ScrapeError | None
-
-
-@dataclass
-class TargetState:
-    target: Target
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    inflight: Future[None] | None = None
-    queued: bool = False
-    admitted_at: float | None = None  # monotonic start of the latest admitted refresh
-    again: bool = False  # a stream event arrived during the refresh in flight: one more after it
-    again_gap: bool = False  # ... and it was a gap: the one after it is not spaced
-    urgent_at: float = float("-inf")  # monotonic time of the latest stream-requested refresh
-    urgent_pending: bool = False  # a stream-requested refresh waits for its spacing (queue.later)
-    last: Attempt | None = None
-    last_ok: Attempt | None = None
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-
-
-@dataclass(frozen=True)
 class TargetView:
     """What the renderer reads about one target in one scrape."""
 
@@ -98,6 +94,10 @@ class TargetView:
     errors: tuple[tuple[str, int], ...]
     assets: frozenset[str] = frozenset()  # the assets of the latest successful fetch, even if too old now
     stream: StreamView | None = None  # user_stream accounts only
+    down_reason: str | None = None  # why `up` is 0: an error reason, "deferred" or "stale"
+    # What the view was made from, compared item by item (`is`, then ==): equal while nothing it
+    # shows changed, so the renderer reuses what it encoded for it (render.Fragments).
+    version: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,32 +119,6 @@ class ScrapeResult:
     hosts: list[HostView]
     discoveries: list[DiscoveryView] = field(default_factory=list)
     market_streams: list[tuple[str, bool]] = field(default_factory=list)  # (market, up) live risk follows
-
-
-@dataclass(frozen=True)
-class BudgetPlan:
-    host: str
-    accounts: int
-    round_weight: int  # refreshing every account on the host once
-    demand_per_minute: float  # at the configured scrape interval
-    budget_per_minute: float
-    refresh_every_s: float  # how often each account can be refreshed within the budget
-    max_data_age_s: float
-
-    @property
-    def fits(self) -> bool:
-        return self.demand_per_minute <= self.budget_per_minute
-
-
-class _HostQueue:
-    """Targets of one host waiting for budget or the end of a back-off, oldest data first."""
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[float, int, TargetState]] = []
-        # Stream-requested refreshes waiting for their spacing: (due, seq, state), soonest first.
-        self.later: list[tuple[float, int, TargetState]] = []
-        self.thread: threading.Thread | None = None
-        self.stopped = False  # its host left the config: the dispatcher ends
 
 
 @dataclass(frozen=True)
@@ -170,17 +144,16 @@ class Engine:
         self.states: dict[tuple[str, str], TargetState] = {}
         self.by_alias: dict[str, list[tuple[str, str]]] = {}
         self.pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="fetch")
-        self._cond = threading.Condition()
-        self._queues: dict[Host, _HostQueue] = {}
-        self._seq = itertools.count()
-        self._closed = False
+        self._cond = threading.Condition()  # an RLock: the dispatchers ask waiting_data() while holding it
+        self.scheduler = Scheduler(self._cond, self._current, self._start, self._urgent_due, self._run_meta,
+                                   self._waiting_data)
+        self.meta: dict[tuple[tuple[str, str], str], MetaJob] = {}  # (target key, kind): one per target and kind
         self.discoveries: dict[str, Discovery] = {}  # replaced, never changed in place: read without a lock
         self._subs_of: dict[str, list[str]] = {}  # master alias -> sub-account aliases, in order
         self._started = False
         for account in config.accounts:
             self._register(account.alias, *self._build(account))
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
-        self.plan_budgets()
         self.streams = StreamManager(self._streaming(), self.stream_refresh, config.stream_connections_per_5m,
                                      self.pools, stream_tuning, on_modes=self._modes_changed,
                                      keys_per_connection=config.stream_keys_per_connection)
@@ -188,6 +161,8 @@ class Engine:
         # connection-attempt limiter: Binance counts every WebSocket attempt of the IP).
         self.market_streams = MarketStreams(self.streams.layer, _market_bases(config), self._mark)
         self.live = LiveRiskBook(self.market_streams.watch, self.market_streams.state)
+
+        self.replan()
 
     def _mark(self, market: str, symbol: str, price: Decimal, time_ms: int) -> None:
         self.live.mark(market, symbol, price, time_ms)
@@ -205,13 +180,58 @@ class Engine:
                     if s.target.account.user_stream and s.target.master is None]
 
     def _modes_changed(self, key: tuple[str, str]) -> None:
-        """ACCOUNT_CONFIG_UPDATE: the modes the REST side caches are old; read them at the next refresh."""
+        """ACCOUNT_CONFIG_UPDATE: the modes the REST side caches are old; read them soon (in leftover weight)."""
         with self._cond:
-            state = self.states.get(key)
-        if state is not None and state.target.modes is not None:
-            state.target.modes.expire()
-        if state is not None and state.target.brackets is not None:
-            state.target.brackets.expire()
+            jobs = [self.meta.get((key, kind)) for kind in ("modes", "brackets")]
+        for job in jobs:
+            if job is not None:
+                job.expire(time.monotonic())
+        with self._cond:
+            self._cond.notify_all()
+
+    def _current(self, state: TargetState) -> bool:
+        """Is this still the target's state (not removed or replaced by a reload)?"""
+        with self._cond:
+            return self.states.get(state.target.key) is state
+
+    def _waiting_data(self, host: Host) -> bool:
+        """Does a first data fetch a scrape asked for still wait on this host? Metadata waits for it."""
+        with self._cond:
+            return any(s.last is None and (s.asked or s.queued or s.inflight is not None)
+                       for s in self.states.values() if s.target.host is host)
+
+    def _run_meta(self, job: MetaJob, admission: Admission) -> Future[None] | None:
+        """Read one metadata job in a fetch thread; None: not started (its weight goes back)."""
+        try:
+            job.inflight = future = self.pool.submit(self._read_meta, job, admission)
+        except RuntimeError:  # shut down, or replaced by a reload
+            return None
+        return future
+
+    def _read_meta(self, job: MetaJob, admission: Admission) -> None:
+        deadline = time.monotonic() + self.default_budget
+        try:
+            if job.kind.public:  # unsigned (COIN-M exchangeInfo): no key, no signature
+                answer = public_call(job.host, job.client.transport, job.call, deadline, admission)
+            else:
+                answer = job.client.call_admitted(job.call, deadline, admission)
+        except Skipped:
+            job.retry_soon(time.monotonic())
+            return
+        except ScrapeError as exc:
+            log.warning(f"reading the account's {job.kind.name} failed; keeping what is known", extra=fields(
+                alias=job.key[0], market=job.key[1], reason=exc.reason, status=exc.status, code=exc.code,
+                error=exc.detail))
+            detach(exc)
+            job.done(time.monotonic(), None, failed=True)
+            return
+        except Exception as exc:  # a bug: never let it out of the thread
+            log.error("unexpected error reading metadata", exc_info=True,
+                      extra=fields(alias=job.key[0], market=job.key[1]))
+            detach(exc)
+            job.done(time.monotonic(), None, failed=True)
+            return
+        job.done(time.monotonic(), job.kind.value(answer), failed=False)
 
     def _build(self, account: AccountConfig) -> tuple[list[Target], Discovery | None]:
         """An account's targets and, for a master, its discovery; not yet known to scrapes."""
@@ -252,53 +272,76 @@ class Engine:
                 self.by_alias.pop(key[0], None)
         self.live.forget(key)
 
-    def plan_budgets(self) -> None:
-        """Tell each host's governor what a full round costs, so it knows whether to pace."""
-        rounds: dict[Host, int] = {}
-        largest: dict[Host, int] = {}
+    def _sync_meta(self) -> None:
+        """One metadata job per target and kind that applies (call with _cond held); kept targets keep theirs."""
+        jobs: dict[tuple[tuple[str, str], str], MetaJob] = {}
+        for key, state in self.states.items():
+            target = state.target
+            for kind in KINDS:
+                if kind.applies(target):
+                    job = self.meta.get((key, kind.name))
+                    if job is None or job.client is not target.client:
+                        job = MetaJob(kind, key, target.host, target.client, kind.call(target))
+                    jobs[(key, kind.name)] = job
+        for gone in self.meta.keys() - jobs.keys():
+            self.meta[gone].alive = False
+        self.meta = jobs
+
+    def replan(self, log_hosts: Iterable[Host] = ()) -> None:
+        """After the targets changed: metadata jobs to match, and each host's governor and queue told
+        what a full round costs (whether to pace), which metadata to read and the refresh interval
+        the plan promises; log `log_hosts`' plan."""
         with self._cond:
+            self._sync_meta()
             targets = [s.target for s in self.states.values()]
+            jobs = list(self.meta.values())
+        plans = compute_plans(targets, jobs, self.config.scrape_interval_seconds, self._periodic())
+        largest: dict[Host, int] = {}
         for target in targets:
-            rounds[target.host] = rounds.get(target.host, 0) + target.weight
             largest[target.host] = max(largest.get(target.host, 0), target.weight)
-        for host, weight in rounds.items():
-            host.governor.plan(weight, self.config.scrape_interval_seconds, largest[host])
+        by_host: dict[Host, list[MetaJob]] = {}
+        for job in jobs:
+            by_host.setdefault(job.host, []).append(job)
+        for host, plan in plans.items():
+            host.governor.plan(plan.round_weight, self.config.scrape_interval_seconds, largest.get(host, 1),
+                               plan.other_per_minute)
+        for host in {*plans, *by_host}:
+            known = plans.get(host)
+            self.scheduler.set_host_plan(host, by_host.get(host, []), known.round_weight if known else 0,
+                                         known.refresh_every_s if known else float("inf"))
+        log_hosts = list(log_hosts)
+        if log_hosts:
+            log_budget(p for h, p in plans.items() if h in log_hosts)
+
+    def _periodic(self) -> dict[Host, list[PeriodicRead]]:
+        """The periodic reads that are not metadata jobs: listenKey keep-alives, sub-account lists."""
+        extra: dict[Host, list[PeriodicRead]] = {}
+        streaming = self._streaming()
+        for target in streaming:
+            extra.setdefault(target.host, []).append(
+                PeriodicRead("listenKey keep-alive", KEEPALIVE_WEIGHT, KEEPALIVE_EVERY_S, 1))
+        for discovery in self.discoveries.values():
+            rules = discovery.master.sub_accounts
+            if rules is not None:
+                with self._cond:
+                    subs = len(self._subs_of.get(discovery.master.alias, ()))
+                pages = subs // SUB_ACCOUNT_PAGE_SIZE + 1
+                extra.setdefault(discovery.host, []).append(
+                    PeriodicRead("sub-account list", pages, rules.discovery_interval_seconds, 1))
+        return {h: _merge_reads(r) for h, r in extra.items()}
 
     def budget_plans(self, hosts: Iterable[Host] | None = None) -> list[BudgetPlan]:
         """What the accounts cost each host and, within its budget, how fresh their data will be."""
-        rounds: dict[Host, list[int]] = {}
         with self._cond:
+            self._sync_meta()
             targets = [s.target for s in self.states.values()]
-        wanted = None if hosts is None else set(hosts)
-        for target in targets:
-            if wanted is None or target.host in wanted:
-                rounds.setdefault(target.host, []).append(target.weight)
-        plans = []
-        interval = self.config.scrape_interval_seconds
-        for host in _ordered(rounds):
-            weights = rounds[host]
-            demand = sum(weights) * 60.0 / interval
-            cap = host.governor.cap
-            every = max(interval, sum(weights) / host.governor.rate)
-            max_age = min(t.account.max_data_age_seconds for t in targets if t.host is host)
-            plans.append(BudgetPlan(host.label, len(weights), sum(weights), demand, cap, every, max_age))
-        return plans
+            jobs = list(self.meta.values())
+        return list(compute_plans(targets, jobs, self.config.scrape_interval_seconds, self._periodic(),
+                                  hosts).values())
 
     def log_budget(self, hosts: Iterable[Host] | None = None) -> None:
         """Say what freshness the accounts get within each host's weight budget (at start, after discovery)."""
-        for plan in self.budget_plans(hosts):
-            info = fields(host=plan.host, accounts=plan.accounts, demand_per_minute=round(plan.demand_per_minute),
-                          budget_per_minute=round(plan.budget_per_minute),
-                          refresh_every_s=round(plan.refresh_every_s, 1))
-            if plan.fits:
-                log.info("weight budget: every account refreshed each scrape", extra=info)
-            elif plan.refresh_every_s <= plan.max_data_age_s:
-                log.warning("weight budget: scraping every account every time would exceed the budget; "
-                            "each account is refreshed about every refresh_every_s seconds instead", extra=info)
-            else:
-                log.warning("weight budget: accounts cannot be refreshed within max_data_age_seconds and will "
-                            "show up=0 between refreshes; scrape less often, raise max_data_age_seconds, "
-                            "or shard with /probe over several IPs", extra=info)
+        log_budget(self.budget_plans(hosts))
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> list[Future[None]]:
@@ -352,18 +395,14 @@ class Engine:
                     if name in self.by_alias:
                         order[name] = self.by_alias[name]
             self.by_alias = {**order, **self.by_alias}
-            for host in dropped:
-                queue = self._queues.pop(host, None)
-                if queue is not None:
-                    queue.stopped = True
-            self._cond.notify_all()
+            self.scheduler.drop_hosts(dropped)
         if config.max_concurrency != previous.max_concurrency:
             pool, self.pool = self.pool, ThreadPoolExecutor(max_workers=config.max_concurrency,
                                                            thread_name_prefix="fetch")
             pool.shutdown(wait=False)  # its fetches in flight finish, then its threads end
             self.pools.resize(config.max_concurrency)  # as many connections per host as fetch threads
         self.default_budget = max((a.timeout_seconds for a in config.accounts), default=5.0)
-        self.plan_budgets()
+        self.replan()
         self.streams.limiter.limit = config.stream_connections_per_5m  # read on the loop; an int is atomic
         self.streams.update(self._streaming(), config.stream_keys_per_connection)
         self.market_streams.bases = _market_bases(config)  # for connections opened from now on
@@ -379,9 +418,7 @@ class Engine:
 
     def close(self) -> None:
         """Stop promptly: cut every request in flight, whatever the upstream does."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self.scheduler.close()
         self.streams.close()
         self.watchdog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -416,17 +453,28 @@ class Engine:
                 self._start_discovery(discovery)  # in the background: this scrape uses what is known
         with self._cond:
             states = [self.states[k] for k in self.keys_for(aliases) if k in self.states]
+        for state in states:  # all of them before any starts: a fast first answer must not let metadata in
+            state.asked = True
         waits: list[Future[None]] = []
-        for state in sorted(states, key=_age_key):
+        for state in sorted(states, key=age_key):
             future = self._refresh(state, now, deadline)
             if future is not None:
                 waits.append(future)
         if waits:
             wait_futures(waits, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE_S)
+        # Metadata after the data: what the weight left over admits now goes within this scrape.
+        jobs = [job for st in states for kind in KINDS if (job := self.meta.get((st.target.key, kind.name)))]
+        for job, admission in self.scheduler.leftover_meta(jobs) if jobs else ():
+            if self._run_meta(job, admission) is None:
+                job.host.governor.refund(admission, admission.weight)
+                job.retry_soon(time.monotonic())
+        reads = [f for job in jobs if (f := job.inflight) is not None and not f.done()]
+        if reads:
+            wait_futures(reads, timeout=max(0.0, deadline - time.monotonic()) + WAIT_GRACE_S)
         with self._cond:  # targets removed meanwhile (a sub-account without that futures account) are gone
             states = [s for s in states if self.states.get(s.target.key) is s]
         hosts = {s.target.host for s in states} | {d.host for d in masters}
-        return ScrapeResult([self.view(s) for s in states], [host_view(h) for h in _ordered(hosts)],
+        return ScrapeResult([self.view(s) for s in states], [host_view(h) for h in ordered(hosts)],
                             [discovery_view(d, self._exported_subs(d.master.alias)) for d in masters],
                             self._market_states(states))
 
@@ -448,12 +496,12 @@ class Engine:
             if state.admitted_at is not None and now - state.admitted_at < self.config.refresh_after(target.account):
                 return None
             queued = state.queued
-        if not queued and host.backoff.remaining()[0] == 0 and not self._host_busy(host):
-            admission = host.governor.try_acquire(target.weight)
+        if not queued:
+            admission = self.scheduler.admit(state)
             if admission is not None:
                 return self._start(state, min(deadline, now + target.account.timeout_seconds), admission)
         host.count_deferred()
-        self._enqueue(state)
+        self.scheduler.enqueue(state)
         return None
 
     def _start(self, state: TargetState, deadline: float, admission: Admission) -> Future[None] | None:
@@ -479,12 +527,6 @@ class Engine:
         error: ScrapeError | None = None
         try:
             snapshot = target.client.fetch(target.calls, deadline, admission)
-            if target.modes is not None:  # read at start, then rarely (modes.py)
-                snapshot = target.modes.refresh(target.client, deadline, snapshot)
-            if target.brackets is not None and snapshot.positions:  # live risk: at start, hourly (liverisk.py)
-                target.brackets.refresh(target.client, deadline)
-                if target.market == "coinm":
-                    self._sizes(target.host).refresh(target.host, self.pools.get(target.host.base_url), deadline)
         except Skipped:  # not sent: no attempt, no error; the account stays as old as it was
             target.host.count_deferred()
             with state.lock:
@@ -526,6 +568,14 @@ class Engine:
             if stream is not None:  # what the stream applied before this read is in it: pruned now
                 stream.rest_read(started, snapshot)
             self._hold(state)
+        if error is None:  # its metadata may be read now (in leftover weight)
+            due = False
+            for kind in KINDS:
+                job = self.meta.get((target.key, kind.name))
+                if job is not None:
+                    due = job.data_arrived(finished) or due
+            if due:
+                self.scheduler.notify()
         if again:
             self.stream_refresh(target.key, again_gap)
         if error is not None:
@@ -540,19 +590,41 @@ class Engine:
         up = (last is not None and last.error is None and ok is not None
               and time.monotonic() - ok.finished <= target.account.max_data_age_seconds)
         snapshot = ok.snapshot if up and ok is not None else None
+        metadata: list[object] = []
+        for kind in KINDS:
+            job = self.meta.get((target.key, kind.name))
+            if job is not None:
+                value = job.value
+                metadata.append(value)
+                if snapshot is not None and value is not None:
+                    snapshot = kind.apply(snapshot, value)
         stream = self.streams.state(target.key)
         if stream is not None and snapshot is not None and ok is not None:
             snapshot = stream.overlay(snapshot, ok.started, target.account.positions)
+        marks: Mapping[str, Decimal] = {}
+        sizes: Mapping[str, Decimal] = {}
         if snapshot is not None and ok is not None and self._live_risk(target):
-            snapshot = self.live.at(target.key, target.market, snapshot, ok.started,
-                                    target.brackets.values if target.brackets is not None else {},
-                                    self._sizes_of(target))
+            sizes = self._sizes_of(target)
+            marks = self.live.marks_for(target.market, snapshot, ok.started, sizes)
+            snapshot = self.live.at(target.key, target.market, snapshot, marks, self._brackets_of(target), sizes)
+        if up:
+            down = None
+        elif last is not None and last.error is not None:
+            down = last.error.reason  # the latest fetch failed
+        elif ok is not None:
+            down = "stale"  # its latest values are older than max_data_age_seconds
+        else:
+            down = "deferred"  # no fetch yet: waiting for the budget (a cold start) or a back-off, or in flight
+        stream_view = None if stream is None else stream.view()
         return TargetView(
-            target=target, up=up, snapshot=snapshot,
+            # live risk: the marks it was recomputed at (and the contract sizes) are part of what it shows
+            version=(target, target.host.label, up, down, last, ok, errors, stream_view, *metadata,
+                     tuple(marks.items()), sizes),
+            target=target, up=up, snapshot=snapshot, down_reason=down,
             duration=None if last is None else last.finished - last.started,
             last_success=None if ok is None else ok.fetched_at, errors=errors,
             assets=frozenset(row.asset for row in ok.snapshot.assets) if ok and ok.snapshot else frozenset(),
-            stream=None if stream is None else stream.view(),
+            stream=stream_view,
         )
 
     # ---- live risk -----------------------------------------------------------------------------
@@ -561,15 +633,24 @@ class Engine:
         """Recomputed at the marks: own-key accounts with live_risk (a sub-account's brackets need its key)."""
         return target.account.live_risk_on and target.master is None
 
-    def _sizes(self, host: Host) -> ContractSizes:
-        with self._cond:
-            return self.live.sizes.setdefault(host.base_url, ContractSizes())
+    def _brackets_of(self, target: Target) -> Mapping[str, Sequence[Bracket]]:
+        job = self.meta.get((target.key, "brackets"))
+        value = job.value if job is not None else None
+        return value if value is not None else {}
 
     def _sizes_of(self, target: Target) -> Mapping[str, Decimal]:
+        """COIN-M contract sizes: the target's own read; Portfolio Margin: a COIN-M account's on the same host."""
         if target.market == "usdm":
             return {}
-        sizes = self.live.sizes.get(target.account.base_url_for("coinm"))
-        return sizes.values if sizes is not None else {}
+        if target.market == "coinm":
+            job = self.meta.get((target.key, "contract_sizes"))
+            return job.value if job is not None and job.value is not None else {}
+        base = target.account.base_url_for("coinm")
+        for (_, kind), job in list(self.meta.items()):
+            if kind == "contract_sizes" and job.value is not None and job.host.base_url == base:
+                sizes: Mapping[str, Decimal] = job.value
+                return sizes
+        return {}
 
     def _hold(self, state: TargetState) -> None:
         """Follow the marks of the symbols in the account's latest coherent state (after a read or an event)."""
@@ -601,7 +682,7 @@ class Engine:
         """
         with self._cond:
             state = self.states.get(key)
-            if state is None or self._closed:
+            if state is None or self.scheduler.closed:
                 return
         if not gap:
             self._hold(state)  # an event may have opened or closed a position: its mark followed at once
@@ -623,14 +704,9 @@ class Engine:
             else:
                 state.urgent_at = now
         if wait > 0:  # the host's dispatcher queues it when due: no thread per waiting account
-            with self._cond:
-                if self._closed or self.states.get(key) is not state:
-                    return
-                queue = self._queue(state.target.host)
-                heapq.heappush(queue.later, (now + wait, next(self._seq), state))
-                self._cond.notify_all()
+            self.scheduler.later(state, now + wait)
             return
-        self._enqueue(state, front=True)
+        self.scheduler.enqueue(state, front=True)
 
     def _urgent_due(self, state: TargetState) -> None:
         with state.lock:
@@ -638,95 +714,39 @@ class Engine:
                 return
             state.urgent_pending = False
             state.urgent_at = time.monotonic()
-        self._enqueue(state, front=True)
+        self.scheduler.enqueue(state, front=True)
 
-    # ---- sub-accounts --------------------------------------------------------------------
+    # ---- sub-accounts (discovery.Members) ------------------------------------------------
     def _start_discovery(self, discovery: Discovery) -> Future[None] | None:
-        with discovery.lock:
-            if discovery.running:
-                return None
-            discovery.running = True
-            discovery.ran_at = time.monotonic()
-        try:
-            return self.pool.submit(self._discover, discovery)
-        except RuntimeError:  # shut down (or replaced by a reload): again at the next scrape
-            with discovery.lock:
-                discovery.running, discovery.ran_at = False, None
-            return None
-
-    def _discover(self, discovery: Discovery) -> None:
-        """List the master's sub-accounts, then add and remove their targets to match."""
-        master = discovery.master
-        try:
-            emails = list_emails(discovery.client, time.monotonic() + DISCOVERY_TIMEOUT_S)
-        except Skipped:
-            log.info("sub-account discovery deferred (budget or back-off)", extra=fields(master=master.alias))
-            with discovery.lock:
-                discovery.running, discovery.ran_at = False, None  # again at the next scrape
-            return
-        except Exception as exc:  # a ScrapeError, or a bug: never let it out of the thread
-            error = (ScrapeError(exc.reason, exc.detail, exc.status, exc.code) if isinstance(exc, ScrapeError)
-                     else ScrapeError("bad_response", f"internal error: {type(exc).__name__}"))
-            if not isinstance(exc, ScrapeError):
-                log.error("unexpected error in sub-account discovery", exc_info=True,
-                          extra=fields(master=master.alias))
-            detach(exc)
-            with discovery.lock:
-                discovery.errors[error.reason] += 1
-                discovery.running = False
-            log.warning("sub-account discovery failed", extra=fields(
-                master=master.alias, reason=error.reason, status=error.status, code=error.code, error=error.detail))
-            return
-        try:
-            self._apply_discovery(discovery, emails)
-        except Exception:  # a bug: log it, keep the targets as they were, try again next interval
-            log.error("unexpected error applying sub-account discovery", exc_info=True,
-                      extra=fields(master=master.alias))
-        finally:
-            with discovery.lock:
-                discovery.running = False
+        return discovery_start(discovery, lambda run: self.pool.submit(run), self)
 
     def _exported_subs(self, master: str) -> int:
         with self._cond:
             return sum(1 for alias in self._subs_of.get(master, ()) if self.by_alias.get(alias))
 
-    def _apply_discovery(self, discovery: Discovery, emails: list[str]) -> None:
-        master = discovery.master
-        assert master.sub_accounts is not None
+    def discovery_current(self, discovery: Discovery) -> bool:
         with self._cond:
-            if self.discoveries.get(master.alias) is not discovery:  # its master was removed or changed
-                return
-            taken = {a for a in self.by_alias if a not in self._subs_of[master.alias]}
-        wanted: dict[tuple[str, str], Target] = {}
-        aliases: list[str] = []
-        now = time.monotonic()
-        for email, alias in select(master.sub_accounts, emails):
-            if alias in taken or alias in aliases:
-                log.warning("sub-account skipped: its alias is taken", extra=fields(master=master.alias, alias=alias))
-                continue
-            aliases.append(alias)
-            for market in master.sub_accounts.markets:
-                if not discovery.skip(email, market, now):
-                    wanted[(alias, market)] = self.topology.sub_account_target(master, alias, email, market,
-                                                                              discovery.host, discovery.client)
+            return self.discoveries.get(discovery.master.alias) is discovery
+
+    def taken_aliases(self, master: str) -> set[str]:
         with self._cond:
-            if self.discoveries.get(master.alias) is not discovery:
-                return
-            previous = list(self._subs_of[master.alias])
+            return {a for a in self.by_alias if a not in self._subs_of.get(master, ())}
+
+    def swap_subs(self, discovery: Discovery, wanted: dict[tuple[str, str], Target],
+                  aliases: list[str]) -> list[str] | None:
+        master = discovery.master.alias
+        with self._cond:
+            if self.discoveries.get(master) is not discovery:
+                return None
+            previous = list(self._subs_of[master])
             old = {key for alias in previous for key in self.by_alias.get(alias, ())}
             for key in old - wanted.keys():
                 self.remove_target(key)
             for key, target in wanted.items():
                 if key not in self.states:
                     self.add_target(target)
-            self._subs_of[master.alias] = aliases
-        with discovery.lock:
-            discovery.listed = True
-        self.plan_budgets()
-        log.info("sub-accounts discovered", extra=fields(master=master.alias, found=len(aliases),
-                                                        listed=len(emails)))
-        if set(aliases) != set(previous):
-            self.log_budget([discovery.host])
+            self._subs_of[master] = aliases
+        return previous
 
     def _no_futures_account(self, state: TargetState) -> None:
         """A sub-account without this futures account: no target and no error, for a while."""
@@ -738,92 +758,10 @@ class Engine:
         log.info("sub-account has no futures account of this market", extra=fields(
             master=target.master, alias=target.alias, market=target.market))
 
-    # ---- the queue -----------------------------------------------------------------------
-    def _host_busy(self, host: Host) -> bool:
-        with self._cond:
-            queue = self._queues.get(host)
-            return bool(queue and queue.heap)
-
-    def _enqueue(self, state: TargetState, front: bool = False) -> None:
-        """Queue a refresh, oldest data first; `front`: ahead of every other (a stream event).
-
-        Moving a queued target to the front pushes a second entry; the dispatcher
-        skips whichever entry comes second (the target is no longer queued then).
-        """
-        host = state.target.host
-        with state.lock:
-            if state.inflight is not None or (state.queued and not front):
-                return
-            state.queued = True
-            age = float("-inf") if front or state.admitted_at is None else state.admitted_at
-        with self._cond:
-            if self._closed or self.states.get(state.target.key) is not state:
-                # closing, or removed by a reload since the scrape looked at it (its host may be gone:
-                # a queue now would start a dispatcher that waits forever)
-                return
-            heapq.heappush(self._queue(host).heap, (age, next(self._seq), state))
-            self._cond.notify_all()
-
-    def _queue(self, host: Host) -> _HostQueue:
-        """The host's queue, and its dispatcher thread from the first use on (call with _cond held)."""
-        queue = self._queues.setdefault(host, _HostQueue())
-        if queue.thread is None:
-            queue.thread = threading.Thread(target=self._dispatch, args=(host, queue),
-                                            name=f"dispatch-{host.kind}", daemon=True)
-            queue.thread.start()
-        return queue
-
-    def _dispatch(self, host: Host, queue: _HostQueue) -> None:
-        """Start queued refreshes of one host, oldest data first, as its budget and back-off allow;
-        move stream-requested refreshes whose spacing has passed to the front of the queue."""
-        while True:
-            due: list[TargetState] = []
-            with self._cond:
-                if self._closed or queue.stopped:
-                    return
-                now = time.monotonic()
-                while queue.later and queue.later[0][0] <= now:
-                    due.append(heapq.heappop(queue.later)[2])
-                if not due:
-                    next_due = queue.later[0][0] - now if queue.later else None
-                    if not queue.heap:
-                        self._cond.wait(next_due)
-                        continue
-                    state = queue.heap[0][2]
-                    if self.states.get(state.target.key) is not state or not state.queued:  # removed, or started
-                        heapq.heappop(queue.heap)
-                        continue
-                    paused = host.backoff.remaining()[0]
-                    wait = paused or host.governor.wait_time(state.target.weight)
-                    if paused:
-                        host.governor.stall()
-                    if wait > 0:
-                        self._cond.wait(min(wait, 1.0, next_due if next_due is not None else 1.0))
-                        continue
-                    admission = host.governor.try_acquire(state.target.weight)
-                    if admission is None:
-                        self._cond.wait(0.05)
-                        continue
-                    heapq.heappop(queue.heap)
-            if due:  # outside _cond: _enqueue takes the state's lock first
-                for waiting in due:
-                    self._urgent_due(waiting)
-                continue
-            assert admission is not None  # `due` empty: the branch above acquired it or looped
-            self._start(state, time.monotonic() + state.target.account.timeout_seconds, admission)
 
 
 def _market_bases(config: Config) -> dict[str, str]:
     return {"usdm": config.market_stream_base_url, "coinm": config.coinm_market_stream_base_url}
-
-
-def _age_key(state: TargetState) -> float:
-    return state.admitted_at if state.admitted_at is not None else float("-inf")
-
-
-def _ordered(hosts: Iterable[Host]) -> list[Host]:
-    return sorted(hosts, key=lambda h: (h.label, h.kind))
-
 
 def host_view(host: Host) -> HostView:
     deferred, limited = host.counters()
@@ -838,3 +776,12 @@ def host_view(host: Host) -> HostView:
         deferred=deferred,
         limited={429: limited.get(429, 0), 418: limited.get(418, 0)},
     )
+
+
+def _merge_reads(reads: list[PeriodicRead]) -> list[PeriodicRead]:
+    """Equal reads as one line with their count."""
+    merged: dict[tuple[str, int, float], int] = {}
+    for read in reads:
+        key = (read.kind, read.weight, read.interval_s)
+        merged[key] = merged.get(key, 0) + read.count
+    return [PeriodicRead(k, w, i, n) for (k, w, i), n in merged.items()]

@@ -79,15 +79,16 @@ class Governor:
             self.cap = float(weight_limit) * share
             self._rate = self.cap / (WINDOW_S + WINDOW_SLACK_S)
 
-    def plan(self, round_weight: int, interval_s: float, largest_call: int) -> None:
+    def plan(self, round_weight: int, interval_s: float, largest_call: int, other_per_minute: float = 0.0) -> None:
         """Burst freely (within the cap) when rounds at `interval_s` fit it; else pace every call.
 
-        `round_weight`: what refreshing every account on this host once costs.
+        `round_weight`: what refreshing every account on this host once costs;
+        `other_per_minute`: the host's other periodic reads (metadata, keep-alives).
         When it fits, the cap alone limits (an extra scrape or an HA pair can only
         borrow from the same 60 s). When it doesn't, bursts would come back every
         minute as the window slides; a steady flow refreshes accounts evenly.
         """
-        per_minute = round_weight * WINDOW_S / interval_s
+        per_minute = round_weight * WINDOW_S / interval_s + other_per_minute
         burst = self.cap if per_minute <= self.cap else largest_call
         with self._lock:
             self._tau = min(burst, self.cap) / self._rate
@@ -121,23 +122,27 @@ class Governor:
             return 0.0
         return max(0.0, self._tat - self._tau - now)
 
-    def wait_time(self, weight: int) -> float:
-        """Seconds until `try_acquire(weight)` can succeed, as far as the budget is concerned."""
+    def wait_time(self, weight: int, pace: bool = True) -> float:
+        """Seconds until `try_acquire(weight, pace)` can succeed, as far as the budget is concerned."""
         with self._lock:
             now = self._monotonic()
             self._expire(now)
-            return max(self._cap_wait(now, weight), self._ip_blocked(weight), self._pace_wait(now))
+            return max(self._cap_wait(now, weight), self._ip_blocked(weight), self._pace_wait(now) if pace else 0.0)
 
-    def try_acquire(self, weight: int, pace: bool = True) -> Admission | None:
+    def try_acquire(self, weight: int, pace: bool = True, headroom: int = 0) -> Admission | None:
         """Take `weight` from the budget for requests about to be sent; None: don't send them.
 
         `pace=False` is for single follow-ups of an admitted refresh (a retry, a clock
-        re-sync): they still count against the cap and the IP total, but don't wait
-        for the steady rate.
+        re-sync) and for an account's first fetch (a cold start goes at the cap's
+        speed): they still count against the cap and the IP total, but don't wait
+        for the steady rate. `headroom`: weight that must still fit the cap after
+        this (metadata keeps room for a round of data).
         """
         with self._lock:
             now = self._monotonic()
             self._expire(now)
+            if headroom and self._cap_wait(now, weight + headroom) > 0:
+                return None
             if self._cap_wait(now, weight) > 0 or self._ip_blocked(weight) > 0:
                 self._stall_locked(now)
                 return None

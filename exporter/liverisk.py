@@ -15,11 +15,10 @@ A mark is used only when it is trustworthy and newer than the REST read under it
 * it arrived after that REST read started: a read that started later already answered at a
   newer mark, and replaces the recomputed state (as it did before live risk).
 
-Brackets are per account (Binance adjusts them per user): `BracketReader`, one per own-key
-target with live risk, read at start, then hourly and after an ACCOUNT_CONFIG_UPDATE, riding on
-a successful refresh through the account's client, so its weight is taken from the host's
-budget like any other call. COIN-M contract sizes (public exchangeInfo) are read once per COIN-M
-host (`ContractSizes`), daily after that.
+Brackets are per account (Binance adjusts them per user) and COIN-M contract sizes come from the
+public exchangeInfo: both are metadata kinds (`BRACKETS`, `CONTRACT_SIZES`, listed in metakinds.py),
+read by the host's dispatcher once the account's data is in, in the weight the data leaves over and
+counted in the budget plan (metadata.py, scheduler.py), then hourly (daily for contract sizes).
 """
 
 from __future__ import annotations
@@ -29,15 +28,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
-from exporter.client import Client, ScrapeError, Skipped, fetch_brackets, fetch_contract_sizes
-from exporter.hosts import Host
-from exporter.logs import fields
+from exporter.endpoints import CONTRACT_SIZES_CALL, LEVERAGE_BRACKET_CALLS
+from exporter.metadata import MetadataKind
 from exporter.parsing import Bracket, Snapshot
 from exporter.risk import LiveRisk, live_symbols
-from exporter.transport import Transport, detach
+
+if TYPE_CHECKING:
+    from exporter.targets import Target
 
 log = logging.getLogger("exporter.liverisk")
 
@@ -73,89 +74,26 @@ def symbol_market(market: str, symbol: str) -> str:
     return "coinm" if "USD_" in symbol else "usdm"  # BTCUSD_PERP, BTCUSD_250627; never BTCUSDT_250627
 
 
-@dataclass
-class _Reader:
-    """When to read a rarely changing value again, one reader at a time."""
-
-    every_s: float
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    next_at: float = float("-inf")  # monotonic
-    last_at: float = float("-inf")  # monotonic start of the latest read that succeeded
-
-    def claim(self, now: float) -> bool:
-        with self.lock:
-            if now < self.next_at:
-                return False
-            self.next_at = now + RETRY_S  # pushed on after a success
-            return True
-
-    def release(self, now: float, ok: bool, skipped: bool = False) -> None:
-        with self.lock:
-            if skipped:
-                self.next_at = now  # the budget said no: at the next refresh
-            elif ok:
-                self.last_at, self.next_at = now, now + self.every_s
+def _live_target(target: Target) -> bool:
+    """Accounts whose risk is recomputed: own key (a sub-account's brackets need its key), USD-M or COIN-M."""
+    return target.account.live_risk_on and target.master is None and target.market in LIVE_MARKETS
 
 
-@dataclass
-class BracketReader:
-    """One account's brackets in one market (Binance adjusts them per user: `notionalCoef`)."""
-
-    alias: str
-    market: str
-    values: Mapping[str, Sequence[Bracket]] = field(default_factory=dict)
-    reader: _Reader = field(default_factory=lambda: _Reader(BRACKETS_EVERY_S))
-
-    def expire(self) -> None:
-        """ACCOUNT_CONFIG_UPDATE: read again at the next refresh, though not twice within a minute."""
-        with self.reader.lock:
-            self.reader.next_at = min(self.reader.next_at, self.reader.last_at + BRACKETS_MIN_GAP_S)
-
-    def refresh(self, client: Client, deadline: float) -> None:
-        """Read the brackets if due (after a successful refresh, in its fetch thread)."""
-        now = time.monotonic()
-        if not self.reader.claim(now):
-            return
-        try:
-            values = fetch_brackets(client, self.market, deadline)
-        except Skipped:
-            self.reader.release(now, False, skipped=True)
-            return
-        except ScrapeError as exc:
-            log.warning("reading the account's brackets failed; keeping what is known", extra=fields(
-                alias=self.alias, market=self.market, reason=exc.reason, status=exc.status, code=exc.code,
-                error=exc.detail))
-            detach(exc)
-            self.reader.release(now, False)
-            return
-        self.values = shared_tables(values)
-        self.reader.release(now, True)
+def _unchanged(snapshot: Snapshot, value: Any) -> Snapshot:
+    return snapshot  # brackets and contract sizes are not figures: the engine hands them to LiveRisk
 
 
-class ContractSizes:
-    """COIN-M contract sizes of one COIN-M host (public exchangeInfo, weight 1), shared by its accounts."""
+BRACKETS = MetadataKind(
+    name="brackets", call=lambda target: LEVERAGE_BRACKET_CALLS[target.market], applies=_live_target,
+    apply=_unchanged, interval_s=BRACKETS_EVERY_S, retry_s=RETRY_S, value=shared_tables)
+"""An account's brackets (Binance adjusts them per user, `notionalCoef`): read once its data is in, then
+hourly and soon after an ACCOUNT_CONFIG_UPDATE, in the weight the data leaves over (metadata.py)."""
 
-    def __init__(self) -> None:
-        self.values: Mapping[str, Decimal] = {}
-        self.reader = _Reader(SIZES_EVERY_S)
-
-    def refresh(self, host: Host, transport: Transport, deadline: float) -> None:
-        now = time.monotonic()
-        if not self.reader.claim(now):
-            return
-        try:
-            values = fetch_contract_sizes(host, transport, deadline)
-        except Skipped:
-            self.reader.release(now, False, skipped=True)
-            return
-        except ScrapeError as exc:
-            log.warning("reading COIN-M contract sizes failed; keeping what is known", extra=fields(
-                host=host.label, reason=exc.reason, status=exc.status, error=exc.detail))
-            detach(exc)
-            self.reader.release(now, False)
-            return
-        self.values = values
-        self.reader.release(now, True)
+CONTRACT_SIZES = MetadataKind(
+    name="contract_sizes", call=lambda target: CONTRACT_SIZES_CALL,
+    applies=lambda target: _live_target(target) and target.market == "coinm", apply=_unchanged,
+    interval_s=SIZES_EVERY_S, retry_s=RETRY_S, public=True)
+"""COIN-M contract sizes (public exchangeInfo, weight 1, unsigned), read like the brackets, then daily."""
 
 
 @dataclass
@@ -181,7 +119,6 @@ class LiveRiskBook:
         self._held: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}  # target key -> (market, symbol)
         self._watched: dict[str, frozenset[str]] = {}
         self._cache: dict[tuple[str, str], _Cached] = {}
-        self.sizes: dict[str, ContractSizes] = {}  # COIN-M base URL -> its contract sizes
 
     # ---- the market streams' side --------------------------------------------------------------
     def mark(self, market: str, symbol: str, price: Decimal, time_ms: int) -> None:
@@ -230,6 +167,17 @@ class LiveRiskBook:
         return changed
 
     # ---- the recomputation -----------------------------------------------------------------------
+    def marks_for(self, market: str, snapshot: Snapshot, rest_started: float,
+                  sizes: Mapping[str, Decimal]) -> dict[str, Decimal]:
+        """The fresh marks live risk would recompute `snapshot` at (empty: nothing to recompute)."""
+        symbols = live_symbols(snapshot)
+        if not symbols:
+            return {}
+        marks = self.fresh_marks(market, symbols, rest_started)
+        if market == "pm":  # a CM position is told from a UM one by its contract size: none, not recomputed
+            marks = {s: m for s, m in marks.items() if symbol_market(market, s) == "usdm" or s in sizes}
+        return marks
+
     def fresh_marks(self, market: str, symbols: Iterable[str], rest_started: float) -> dict[str, Decimal]:
         """The marks of `symbols` that are trustworthy now and newer than the REST read under them."""
         up = self._markets_up()
@@ -245,15 +193,9 @@ class LiveRiskBook:
                 out[symbol] = price
         return out
 
-    def at(self, key: tuple[str, str], market: str, snapshot: Snapshot, rest_started: float,
+    def at(self, key: tuple[str, str], market: str, snapshot: Snapshot, marks: Mapping[str, Decimal],
            brackets: Mapping[str, Sequence[Bracket]], sizes: Mapping[str, Decimal]) -> Snapshot:
-        """The account's coherent state recomputed at the fresh marks (itself when there are none)."""
-        symbols = live_symbols(snapshot)
-        if not symbols:
-            return snapshot
-        marks = self.fresh_marks(market, symbols, rest_started)
-        if market == "pm":  # a CM position is told from a UM one by its contract size: none, not recomputed
-            marks = {s: m for s, m in marks.items() if symbol_market(market, s) == "usdm" or s in sizes}
+        """The account's coherent state recomputed at `marks` (from marks_for; itself when there are none)."""
         if not marks:
             return snapshot
         cached = self._cache.get(key)

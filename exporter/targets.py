@@ -19,8 +19,6 @@ from exporter.config import AccountConfig, Config
 from exporter.endpoints import HOST_KINDS, Call, coinm_calls, pm_calls, sub_account_calls, usdm_calls
 from exporter.governor import Governor
 from exporter.hosts import Host
-from exporter.liverisk import LIVE_MARKETS, BracketReader
-from exporter.modes import ModeReader
 from exporter.transport import Pools
 
 
@@ -36,8 +34,6 @@ class Target:
     calls: tuple[Call, ...]
     master: str | None = None  # sub-accounts: the master account's alias
     email: str | None = None
-    modes: ModeReader | None = None  # USD-M accounts read with their own key
-    brackets: BracketReader | None = None  # live risk (USD-M, COIN-M) of accounts read with their own key
 
     @property
     def key(self) -> tuple[str, str]:
@@ -136,10 +132,7 @@ class Topology:
             calls = coinm_calls(account.endpoint, account.positions)
         else:
             calls = pm_calls(account.positions)
-        live = account.live_risk_on and market in LIVE_MARKETS
-        return Target(account.alias, market, account, host, self.client(account, host), calls,
-                      modes=ModeReader(account.alias) if market == "usdm" else None,
-                      brackets=BracketReader(account.alias, market) if live else None)
+        return Target(account.alias, market, account, host, self.client(account, host), calls)
 
     @staticmethod
     def sub_account_target(master: AccountConfig, alias: str, email: str, market: str, host: Host,

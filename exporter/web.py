@@ -30,7 +30,7 @@ from exporter import __version__
 from exporter.engine import Engine
 from exporter.exposition import encode_text
 from exporter.httpserver import Environ, StartResponse, WsgiApp
-from exporter.render import families
+from exporter.render import Fragments, families
 from exporter.webconfig import BasicAuth, WebConfig
 
 Rendered = tuple[list[tuple[str, str]], bytes]  # headers and body of one exposition
@@ -53,15 +53,19 @@ def scrape_budget(environ: Environ) -> float | None:
 class ScrapeCollector(Collector):
     """The metrics of one HTTP request: `/metrics` (all accounts) or `/probe` (one account)."""
 
-    def __init__(self, engine: Engine, aliases: list[str], budget: float | None, include_exporter: bool) -> None:
+    def __init__(self, engine: Engine, aliases: list[str], budget: float | None, include_exporter: bool,
+                 fragments: Fragments | None = None) -> None:
         self.engine = engine
         self.aliases = aliases
         self.budget = budget
         self.include_exporter = include_exporter
+        self.fragments = fragments  # each target's encoded families, reused until its data changes
 
     def collect(self) -> Iterator[Metric]:
         result = self.engine.scrape(self.aliases, self.budget)
-        yield from families(result, self.engine.config.skip_zero_balances, self.include_exporter)
+        if self.fragments is not None and self.include_exporter:  # /metrics covers every target: forget the rest
+            self.fragments.prune({view.target.key for view in result.targets})
+        yield from families(result, self.engine.config.skip_zero_balances, self.include_exporter, self.fragments)
 
 
 def _text(start_response: StartResponse, status: str, body: str,
@@ -212,11 +216,12 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
     """
 
     shared = SharedRenders()
+    fragments = Fragments()
 
     def metrics(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         def make_registry() -> CollectorRegistry:
             registry = scrape_registry(ScrapeCollector(engine, engine.aliases(), scrape_budget(environ),
-                                                       include_exporter=True))
+                                                       include_exporter=True, fragments=fragments))
             if exporter_metrics is not None:
                 registry.register(_Families(exporter_metrics))
             ProcessCollector(registry=registry)
@@ -235,7 +240,7 @@ def make_app(engine: Engine, telemetry_path: str = "/metrics", auth: BasicAuth |
             return _text(start_response, "400 Bad Request",
                          f"unknown target {target[:64]!r}: not an account alias\n")
         return exposition(lambda: scrape_registry(ScrapeCollector(engine, [target], scrape_budget(environ),
-                                                                  include_exporter=False)),
+                                                                  include_exporter=False, fragments=fragments)),
                           ("probe", target), shared, environ, start_response)
 
     def lifecycle_reload(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

@@ -180,3 +180,15 @@ def test_liverisk_quick(tmp_path: Path) -> None:
     # Every sample saw its mark (the harness found the new price in the exposition).
     assert live["latency"]["metrics"]["samples"] == 2 and live["latency"]["probe"]["samples"] == 2
     assert {"cpu_pct", "rss_mb", "rest_weight_per_min"} <= polling.keys()
+
+
+def test_encode_quick_beside_another_checkout(tmp_path: Path) -> None:
+    """Quick mode, with this checkout as its own baseline: both trees run, both cases, every answer 200."""
+    out_json = tmp_path / "encode.json"
+    out = _finish(_start(["-m", "benchmarks.encode", "--accounts", "5", "--scrapes", "2", "--baseline", str(REPO),
+                          "--output", str(out_json)]))
+    assert "| N | case |" in out
+    report = json.loads(out_json.read_text())
+    runs = {(r["tree"], r["accounts"], r["case"]) for r in report["runs"]}
+    assert runs == {(t, 5, c) for t in ("this", "baseline") for c in ("changed", "unchanged")}
+    assert all(r["body_bytes"] > 0 for r in report["runs"])

@@ -203,8 +203,11 @@ def test_budget_plan_says_what_freshness_the_config_gets() -> None:
     finally:
         engine.close()
     assert plan.host == "fapi.binance.com" and plan.accounts == 300 and plan.round_weight == 1500
-    assert plan.demand_per_minute == 6000 and plan.budget_per_minute == 1200 and not plan.fits
-    assert plan.refresh_every_s == 76.25  # 1500 weight at 1200 per 61 s (the cap's 1 s of slack)
+    # 1500 weight every 15 s, plus each account's modes (weight 5) every 900 s: 6000 + 100 a minute.
+    assert plan.demand_per_minute == 6100 and plan.budget_per_minute == 1200 and not plan.fits
+    assert [(p.kind, p.weight, p.interval_s, p.count) for p in plan.periodic] == [("modes", 5, 900.0, 300)]
+    # 1500 weight at what the modes leave of 1200 per 61 s (the cap's 1 s of slack): 1200/61 - 100/60 a second
+    assert round(plan.refresh_every_s, 2) == 83.31
     small = Engine(parse_config({"accounts": accounts[:10]}, "c.yaml", {}))
     try:
         assert small.budget_plans()[0].fits and small.budget_plans()[0].refresh_every_s == 15
@@ -220,7 +223,7 @@ def test_budget_plan_is_logged_at_start(sim: Simulator, tmp_path: Path, run_expo
     exp.stop()
     line = next(line for line in exp.logs().splitlines() if "weight budget" in line)
     assert "level=warn" in line and "each account is refreshed about every refresh_every_s seconds" in line
-    assert "demand_per_minute=900 budget_per_minute=50 refresh_every_s=18.3" in line
+    assert "demand_per_minute=901 budget_per_minute=50 refresh_every_s=18.7" in line  # modes: 3 x 5 / 15 min
 
 
 def _pem(key, password: bytes | None = None) -> bytes:

@@ -211,12 +211,12 @@ def test_a_connection_with_bytes_past_its_answer_carries_no_other_accounts_reque
     asked for (here a whole second answer) poisons its connection, which must then be closed, not
     handed to the next account, whose request would read those bytes as its own answer.
 
-    The account's mode read (accountConfig) is switched off: it would follow the balance on the
-    same connection before the tail arrives, read the tail as its answer, and leave its own
+    The account's mode read (accountConfig, a metadata kind) is switched off: it would follow the
+    balance on the same connection before the tail arrives, read the tail as its answer, and leave its own
     answer racing the next account's request, which no client can tell apart (see Transport).
     """
-    from exporter.modes import ModeReader
-    monkeypatch.setattr(ModeReader, "refresh", lambda self, client, deadline, snapshot: snapshot)
+    from exporter import engine
+    monkeypatch.setattr(engine, "KINDS", ())  # no metadata kind: no mode read
     smuggled = json.dumps([dict(OFFICIAL_ROW, balance="666.00000000")]).encode()
     balance_requests = itertools.count()
 

@@ -110,6 +110,9 @@ def stack() -> Iterator[Stack]:
             wait_until(lambda: all(engine.streams.state(k).up and engine.states[k].last_ok is not None
                                    for k in engine.streams.streams), timeout=10)
             wait_until(lambda: all(state.last_ok is not None for state in engine.states.values()), timeout=10)
+            # brackets and contract sizes: metadata reads after the data, in the weight it leaves over
+            wait_until(lambda: all(job.read_once for job in engine.meta.values()), timeout=10)
+            assert {kind for _, kind in engine.meta} == {"modes", "brackets", "contract_sizes"}
             # stream gaps ask for a REST refresh each; let them finish before the tests count requests
             wait_until(lambda: all(s.inflight is None and not s.queued for s in engine.states.values()))
             wait_until(lambda: stack.metrics().get((NS + "market_stream_up", (("market", "coinm"),))) == 1.0

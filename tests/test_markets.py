@@ -257,18 +257,18 @@ def test_a_bug_applying_discovery_does_not_stop_later_discoveries(sim: Simulator
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Mocked: no answer from a live server makes applying a list fail; if it ever did, the master
     must not stay 'running' (and never discover again) for the rest of the process."""
-    from exporter.engine import Engine
+    from exporter import discovery as discovery_module
 
-    real = Engine._apply_discovery
+    real = discovery_module.apply
     calls = []
 
-    def flaky(self, discovery, emails):  # type: ignore[no-untyped-def]
+    def flaky(discovery, emails, members):  # type: ignore[no-untyped-def]
         calls.append(len(emails))
         if len(calls) == 1:
             raise RuntimeError("a bug")
-        return real(self, discovery, emails)
+        return real(discovery, emails, members)
 
-    monkeypatch.setattr(Engine, "_apply_discovery", flaky)
+    monkeypatch.setattr(discovery_module, "apply", flaky)
     h = make_harness(config(sim, markets=[], sub_accounts={"include": ["bot-00*"], "discovery_interval_seconds": 1}))
     m = wait_until(lambda: (lambda s: s if value(s, "binance_futures_sub_accounts", master="desk") else None)(
         h.scrape()), timeout=10, interval=0.3)
