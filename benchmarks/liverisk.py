@@ -157,9 +157,17 @@ def orders_run(args: Any, tmp: Path, log: Any) -> dict[str, Any]:
             exp.stop()
 
 
-def weight_per_minute(sim: SimProcess, since: int, t0: float, t1: float) -> float:
-    entries = sim.requests(since)["entries"]
-    return round(sum(e[5] for e in entries if t0 <= e[0] < t1) * 60.0 / max(1e-9, t1 - t0), 1)
+def weight_per_minute(sim: SimProcess, since: int, t0: float, t1: float) -> dict[str, float]:
+    """REST weight per minute in the window: in all, and the metadata reads (once-an-hour brackets,
+    modes every 15 minutes, exchangeInfo) apart from the data refreshes."""
+    out = {"total": 0.0, "data": 0.0, "brackets": 0.0, "modes": 0.0, "other": 0.0}
+    for at, path, _acct, _email, _status, weight in sim.requests(since)["entries"]:
+        if t0 <= at < t1:
+            kind = ("brackets" if "leverageBracket" in path else "modes" if "accountConfig" in path
+                    else "data" if path.endswith(("/account", "/positionRisk", "/balance")) else "other")
+            out[kind] += weight
+            out["total"] += weight
+    return {k: round(v * 60.0 / max(1e-9, t1 - t0), 1) for k, v in out.items()}
 
 
 def steady(exp: ExporterProcess, session: requests.Session, seconds: float, interval: float) -> dict[str, Any]:
