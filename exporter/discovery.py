@@ -18,10 +18,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.client import REASONS, Client, ScrapeError, Skipped
+from exporter.client import Client, ScrapeError, Skipped
 from exporter.config import AccountConfig, SubAccounts
 from exporter.endpoints import SUB_ACCOUNT_MAX_PAGES, SUB_ACCOUNT_PAGE_SIZE, sub_account_list_call
 from exporter.hosts import Host
+from exporter.labelvalues import SCRAPE_ERROR_REASONS
 from exporter.logs import fields
 from exporter.targets import Target, Topology
 from exporter.transport import detach
@@ -45,7 +46,7 @@ class Discovery:
     running: bool = False
     ran_at: float | None = None  # monotonic start of the latest run
     listed: bool = False  # a run has succeeded
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SCRAPE_ERROR_REASONS, 0))
     without_futures: dict[tuple[str, str], float] = field(default_factory=dict)  # (email, market): monotonic
 
     def note_without_futures(self, email: str, market: str, now: float) -> None:

@@ -40,6 +40,7 @@ from exporter.discovery import view as discovery_view
 from exporter.endpoints import SUB_ACCOUNT_PAGE_SIZE
 from exporter.governor import Admission
 from exporter.hosts import Host
+from exporter.labelvalues import DEFERRED, STALE
 from exporter.logs import fields
 from exporter.metadata import MetaJob
 from exporter.metakinds import KINDS
@@ -576,9 +577,9 @@ class Engine:
         elif last is not None and last.error is not None:
             down = last.error.reason  # the latest fetch failed
         elif ok is not None:
-            down = "stale"  # its latest values are older than max_data_age_seconds
+            down = STALE  # its latest values are older than max_data_age_seconds
         else:
-            down = "deferred"  # no fetch yet: waiting for the budget (a cold start) or a back-off, or in flight
+            down = DEFERRED  # no fetch yet: waiting for the budget (a cold start) or a back-off, or in flight
         stream_view = None if stream is None else stream.view()
         return TargetView(
             version=(target, target.host.label, up, down, last, ok, errors, stream_view, *metadata),

@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from exporter.client import REASONS, ScrapeError
+from exporter.client import ScrapeError
 from exporter.governor import WINDOW_S, Admission
 from exporter.hosts import Host
+from exporter.labelvalues import SCRAPE_ERROR_REASONS
 from exporter.logs import fields
 from exporter.metadata import MetaJob
 from exporter.parsing import Snapshot
@@ -77,7 +78,7 @@ class TargetState:
     asked: bool = False  # a scrape asked for it: until its first attempt, metadata of its host waits
     last: Attempt | None = None
     last_ok: Attempt | None = None
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SCRAPE_ERROR_REASONS, 0))
 
     @property
     def cold(self) -> bool:
