@@ -42,6 +42,7 @@ from exporter.labelvalues import SCRAPE_ERROR_REASONS
 from exporter.logs import fields
 from exporter.metadata import MetaJob
 from exporter.parsing import Snapshot
+from exporter.streams.tuning import KEEPALIVE_S
 from exporter.targets import Target
 
 log = logging.getLogger("exporter.engine")  # the budget lines keep the logger they always had
@@ -50,9 +51,9 @@ log = logging.getLogger("exporter.engine")  # the budget lines keep the logger t
 # enough above 1 that the steady flow (each account refreshed about every refresh_every_s) never
 # takes it, so only refreshes a cold start's burst held back at the cap catch up at once.
 OVERDUE_SHARE = 1.25
-# listenKey keep-alive (PUT, weight 1) every 30 minutes per user data stream: counted in the plan.
+# listenKey keep-alive (PUT, weight 1) per user data stream, at the stream layer's period: counted in the plan.
 KEEPALIVE_WEIGHT = 1
-KEEPALIVE_EVERY_S = 30 * 60.0
+KEEPALIVE_EVERY_S = KEEPALIVE_S
 
 
 @dataclass(frozen=True)
