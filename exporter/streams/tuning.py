@@ -21,8 +21,7 @@ from websockets.exceptions import ConnectionClosed
 @dataclass
 class Tuning:
     """Timings and bounds a test or benchmark may change, each written once: the default is the
-    production value, and the module constant of the same name in capitals is that default (as in
-    exporter/httpserver/limits.py)."""
+    production value (as in exporter/httpserver/limits.py)."""
 
     handshake_timeout_s: float = 10.0
     # Binance pings every 3-5 minutes; our own ping finds a silent dead peer.
@@ -55,20 +54,8 @@ class Tuning:
     send_interval_s: float = 0.5
 
 
-HANDSHAKE_TIMEOUT_S = Tuning.handshake_timeout_s
-PING_INTERVAL_S = Tuning.ping_interval_s
-PING_TIMEOUT_S = Tuning.ping_timeout_s
+# The default the weight plan counts keep-alives at (exporter/scheduler.py), which builds no Tuning.
 KEEPALIVE_S = Tuning.keepalive_s
-PLANNED_RECONNECT_S = Tuning.planned_reconnect_s
-BACKOFF_BASE_S = Tuning.backoff_base_s
-BACKOFF_MAX_S = Tuning.backoff_max_s
-MAX_MESSAGE_BYTES = Tuning.max_message_bytes
-FLOOD_RATE = Tuning.flood_rate
-FLOOD_BURST = Tuning.flood_burst
-PING_RATE = Tuning.ping_rate
-PING_BURST = Tuning.ping_burst
-OUTGOING_MAX_BYTES = Tuning.outgoing_max_bytes
-SEND_INTERVAL_S = Tuning.send_interval_s
 
 # Not tunable.
 KEEPALIVE_RETRY_S = 60.0
