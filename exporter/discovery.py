@@ -24,7 +24,7 @@ from exporter.endpoints import SUB_ACCOUNT_MAX_PAGES, SUB_ACCOUNT_PAGE_SIZE, sub
 from exporter.hosts import Host
 from exporter.labelvalues import SCRAPE_ERROR_REASONS
 from exporter.logs import fields
-from exporter.targets import Target, Topology
+from exporter.targets import Target, TargetKey, Topology
 from exporter.transport import detach
 
 log = logging.getLogger("exporter.engine")  # the discovery lines keep the logger they always had
@@ -106,7 +106,7 @@ class Members(Protocol):
     def taken_aliases(self, master: str) -> set[str]:
         """Aliases in use by anything but this master's sub-accounts."""
 
-    def swap_subs(self, discovery: Discovery, wanted: dict[tuple[str, str], Target],
+    def swap_subs(self, discovery: Discovery, wanted: dict[TargetKey, Target],
                   aliases: list[str]) -> list[str] | None:
         """Make the master's sub-account targets these, at once; the previous aliases, or None
         if the discovery is no longer current (its master was removed or changed)."""
@@ -171,7 +171,7 @@ def apply(discovery: Discovery, emails: list[str], members: Members) -> None:
     if not members.discovery_current(discovery):
         return
     taken = members.taken_aliases(master.alias)
-    wanted: dict[tuple[str, str], Target] = {}
+    wanted: dict[TargetKey, Target] = {}
     aliases: list[str] = []
     now = time.monotonic()
     for email, alias in select(master.sub_accounts, emails):
