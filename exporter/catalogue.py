@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from exporter.labelvalues import DOWN_REASONS, SCRAPE_ERROR_REASONS, STREAM_EVENT_KINDS
 from exporter.schema import (
     ACCOUNT_CONFIG,
     ACCOUNT_LABELS,
@@ -101,6 +102,8 @@ class Family:
     freshness: Freshness = "rest"
     # (market, where the value comes from); () for a field-fed family: read from ENDPOINT_LAYOUTS.
     declared_sources: tuple[tuple[str, str], ...] = ()
+    # (label, its fixed set of values) for labels that carry one (exporter/labelvalues.py).
+    label_values: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def full_name(self) -> str:
@@ -249,8 +252,9 @@ _SUB_ACCOUNT_LIST = (("usdm", "/sapi/v1/sub-account/list"), ("coinm", "/sapi/v1/
 
 
 def _live(name: str, labels: tuple[str, ...], text: str, sources: tuple[tuple[str, str], ...],
-          kind: Literal["gauge", "counter"] = "gauge") -> Family:
-    return Family(name, labels, text, kind, "live", sources)
+          kind: Literal["gauge", "counter"] = "gauge",
+          label_values: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> Family:
+    return Family(name, labels, text, kind, "live", sources, label_values)
 
 
 # ---- per account, besides its answers: thresholds, info, health ------------------------------
@@ -287,14 +291,15 @@ UP = _live("up", ACCOUNT_LABELS, "1 while the account has values to export: its 
 DOWN_REASON = _live("down_reason", ("alias", "market", "reason"), "Why up is 0, while it is: 1 for the reason, one "
                     "of the error reasons of scrape_errors_total (the latest fetch failed), deferred (no fetch yet: "
                     "waiting for the weight budget, e.g. during a cold start, or for a back-off) or stale (the latest "
-                    "values are older than max_data_age_seconds).", _each(ALL_MARKETS, _EXPORTER))
+                    "values are older than max_data_age_seconds).", _each(ALL_MARKETS, _EXPORTER),
+                    label_values=(("reason", DOWN_REASONS),))
 REQUEST_DURATION_SECONDS = _live("request_duration_seconds", ACCOUNT_LABELS, "How long the account's latest fetch "
                                  "took.", _each(ALL_MARKETS, _EXPORTER))
 LAST_SUCCESS_TIMESTAMP_SECONDS = _live("last_success_timestamp_seconds", ACCOUNT_LABELS, "When the account's "
                                        "latest successful fetch (the values exported) was made, Unix seconds.",
                                        _each(ALL_MARKETS, _EXPORTER))
 SCRAPE_ERRORS = _live("scrape_errors", ("alias", "market", "reason"), "Failed fetches by account and reason.",
-                      _each(ALL_MARKETS, _EXPORTER), "counter")
+                      _each(ALL_MARKETS, _EXPORTER), "counter", (("reason", SCRAPE_ERROR_REASONS),))
 
 # ---- user data streams (accounts with user_stream: true) -------------------------------------
 STREAM_UP = _live("stream_up", ACCOUNT_LABELS, "1 while the account's user data stream is connected with a valid "
@@ -302,7 +307,7 @@ STREAM_UP = _live("stream_up", ACCOUNT_LABELS, "1 while the account's user data 
 STREAM_EVENTS = _live("stream_events", ("alias", "market", "event"), "User data stream messages by event: "
                       "ACCOUNT_UPDATE, MARGIN_CALL, ACCOUNT_CONFIG_UPDATE, riskLevelChange, listenKeyExpired, other "
                       "(any other event), invalid (not a sane event: dropped, and the connection is made again).",
-                      _each(ALL_MARKETS, _STREAM), "counter")
+                      _each(ALL_MARKETS, _STREAM), "counter", (("event", STREAM_EVENT_KINDS),))
 STREAM_RECONNECTS = _live("stream_reconnects", ACCOUNT_LABELS, "User data stream connection attempts after the "
                           "first connection (after a failure, a new listenKey, or the planned daily reconnect).",
                           _each(ALL_MARKETS, _STREAM), "counter")
@@ -327,7 +332,8 @@ SUB_ACCOUNTS = _live("sub_accounts", ("master",), "Sub-accounts exported for thi
                      "kept by include/exclude, with a futures account in at least one configured market.",
                      _SUB_ACCOUNT_LIST)
 SUB_ACCOUNT_DISCOVERY_ERRORS = _live("sub_account_discovery_errors", ("master", "reason"), "Failed sub-account "
-                                     "discoveries by master and reason.", _SUB_ACCOUNT_LIST, "counter")
+                                     "discoveries by master and reason.", _SUB_ACCOUNT_LIST, "counter",
+                                     (("reason", SCRAPE_ERROR_REASONS),))
 
 # ---- per API host: Binance's figure, the exporter's budget and use, back-off, clock ---------
 USED_WEIGHT = _live("used_weight", ("host", "interval"), "Request weight Binance reports used by this IP in the "
@@ -406,4 +412,12 @@ def reference() -> str:
             out.append(f"| `{name}` | {f.type} | {labels} | {', '.join(f.markets) or '-'} | {_paths(f.sources)} | "
                        f"{f.freshness} | {f.help} |")
         out.append("")
+    out += ["### Label values", "", "Labels whose values are a fixed set (declared in `exporter/labelvalues.py`):", "",
+            "| metric | label | values |", "|---|---|---|"]
+    for _, section in SECTIONS:
+        for f in section:
+            name = f.full_name + ("_total" if f.type == "counter" else "")
+            for label, values in f.label_values:
+                out.append(f"| `{name}` | `{label}` | {', '.join(f'`{v}`' for v in values)} |")
+    out.append("")
     return "\n".join(out)

@@ -22,17 +22,6 @@ from exporter.secrets import Secret
 from exporter.signing import Signer, signed_query
 from exporter.transport import Response, Transport, TransportError
 
-REASONS = (
-    "timeout",
-    "connection",
-    "rate_limited",
-    "ip_banned",
-    "auth",
-    "signature",
-    "timestamp",
-    "http_error",
-    "bad_response",
-)
 AUTH_CODES = {-2014, -2015, -1002, -2008}
 RETRY_STATUSES = {500, 502, 503, 504, 408}
 RETRY_PAUSE_S = 0.2

@@ -516,7 +516,7 @@ class AccountConfig:
         "USDⓈ-M accounts in Multi-Assets mode: low-balance threshold for the whole margin pool's available "
         "balance, in USD, exported as `binance_futures_min_account_available_balance`. Without it, such an "
         "account's USD stablecoin threshold of `min_available_balance` (USDT, USDC, FDUSD, BUSD; the highest) "
-        "is read as USD. See [Margin modes](../README.md#margin-modes-and-what-each-ratio-means)."))
+        "is read as USD. See [Margin modes](../docs/metrics.md#margin-modes-and-what-each-ratio-means)."))
     markets: tuple[str, ...] = key(("usdm",), choices(MARKETS, allow_empty=True), shared=True, help=(
         "Each market is its own fetch, with its own `up`, errors and host budget. `[]` only with "
         "`sub_accounts`."))
@@ -532,7 +532,7 @@ class AccountConfig:
     user_stream: bool = key(False, BOOLEAN, shared=True, help=(
         "Keep the account's user data streams open (one per market): margin calls and balance changes within "
         "a second, at no request weight (see [User data streams]"
-        "(../README.md#user-data-streams-margin-calls-within-a-second)). `--demo` turns it on. Sub-accounts "
+        "(../docs/operations.md#user-data-streams-margin-calls-within-a-second)). `--demo` turns it on. Sub-accounts "
         "found through a master key cannot stream."))
     stream_base_url: str = key(DEFAULT_STREAM_BASE_URL, STREAM_URL, "USDⓈ-M user data WebSocket base.",
                                shared=True)

@@ -18,12 +18,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter.client import REASONS, Client, ScrapeError, Skipped
+from exporter.client import Client, ScrapeError, Skipped
 from exporter.config import AccountConfig, SubAccounts
 from exporter.endpoints import SUB_ACCOUNT_MAX_PAGES, SUB_ACCOUNT_PAGE_SIZE, sub_account_list_call
 from exporter.hosts import Host
+from exporter.labelvalues import SCRAPE_ERROR_REASONS
 from exporter.logs import fields
-from exporter.targets import Target, Topology
+from exporter.targets import Target, TargetKey, Topology
 from exporter.transport import detach
 
 log = logging.getLogger("exporter.engine")  # the discovery lines keep the logger they always had
@@ -45,7 +46,7 @@ class Discovery:
     running: bool = False
     ran_at: float | None = None  # monotonic start of the latest run
     listed: bool = False  # a run has succeeded
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SCRAPE_ERROR_REASONS, 0))
     without_futures: dict[tuple[str, str], float] = field(default_factory=dict)  # (email, market): monotonic
 
     def note_without_futures(self, email: str, market: str, now: float) -> None:
@@ -105,7 +106,7 @@ class Members(Protocol):
     def taken_aliases(self, master: str) -> set[str]:
         """Aliases in use by anything but this master's sub-accounts."""
 
-    def swap_subs(self, discovery: Discovery, wanted: dict[tuple[str, str], Target],
+    def swap_subs(self, discovery: Discovery, wanted: dict[TargetKey, Target],
                   aliases: list[str]) -> list[str] | None:
         """Make the master's sub-account targets these, at once; the previous aliases, or None
         if the discovery is no longer current (its master was removed or changed)."""
@@ -170,7 +171,7 @@ def apply(discovery: Discovery, emails: list[str], members: Members) -> None:
     if not members.discovery_current(discovery):
         return
     taken = members.taken_aliases(master.alias)
-    wanted: dict[tuple[str, str], Target] = {}
+    wanted: dict[TargetKey, Target] = {}
     aliases: list[str] = []
     now = time.monotonic()
     for email, alias in select(master.sub_accounts, emails):

@@ -41,6 +41,7 @@ from exporter.discovery import view as discovery_view
 from exporter.endpoints import SUB_ACCOUNT_PAGE_SIZE
 from exporter.governor import Admission
 from exporter.hosts import Host
+from exporter.labelvalues import DEFERRED, STALE
 from exporter.liverisk import LIVE_MARKETS, LiveRiskBook
 from exporter.logs import fields
 from exporter.metadata import MetaJob
@@ -63,7 +64,7 @@ from exporter.streams.events import StreamView
 from exporter.streams.manager import StreamManager
 from exporter.streams.market import MarketStreams
 from exporter.streams.tuning import Tuning
-from exporter.targets import Target, Topology
+from exporter.targets import Target, TargetKey, Topology
 from exporter.transport import Pools, Watchdog, detach
 
 log = logging.getLogger("exporter.engine")
@@ -141,13 +142,13 @@ class Engine:
         self.pools = Pools(config.max_concurrency, self.watchdog)
         self.topology = Topology(config, self.pools)
         self.hosts = self.topology.hosts
-        self.states: dict[tuple[str, str], TargetState] = {}
-        self.by_alias: dict[str, list[tuple[str, str]]] = {}
+        self.states: dict[TargetKey, TargetState] = {}
+        self.by_alias: dict[str, list[TargetKey]] = {}
         self.pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="fetch")
         self._cond = threading.Condition()  # an RLock: the dispatchers ask waiting_data() while holding it
         self.scheduler = Scheduler(self._cond, self._current, self._start, self._urgent_due, self._run_meta,
                                    self._waiting_data)
-        self.meta: dict[tuple[tuple[str, str], str], MetaJob] = {}  # (target key, kind): one per target and kind
+        self.meta: dict[tuple[TargetKey, str], MetaJob] = {}  # (target key, kind): one per target and kind
         self.discoveries: dict[str, Discovery] = {}  # replaced, never changed in place: read without a lock
         self._subs_of: dict[str, list[str]] = {}  # master alias -> sub-account aliases, in order
         self._started = False
@@ -179,7 +180,7 @@ class Engine:
             return [s.target for s in self.states.values()
                     if s.target.account.user_stream and s.target.master is None]
 
-    def _modes_changed(self, key: tuple[str, str]) -> None:
+    def _modes_changed(self, key: TargetKey) -> None:
         """ACCOUNT_CONFIG_UPDATE: the modes the REST side caches are old; read them soon (in leftover weight)."""
         with self._cond:
             jobs = [self.meta.get((key, kind)) for kind in ("modes", "brackets")]
@@ -257,7 +258,7 @@ class Engine:
             self.states[target.key] = TargetState(target)
             self.by_alias.setdefault(target.alias, []).append(target.key)
 
-    def remove_target(self, key: tuple[str, str], state: TargetState | None = None) -> None:
+    def remove_target(self, key: TargetKey, state: TargetState | None = None) -> None:
         """Forget a target (its series go with it); with `state`, only if that is still the target's state."""
         with self._cond:
             if state is not None and self.states.get(key) is not state:
@@ -274,7 +275,7 @@ class Engine:
 
     def _sync_meta(self) -> None:
         """One metadata job per target and kind that applies (call with _cond held); kept targets keep theirs."""
-        jobs: dict[tuple[tuple[str, str], str], MetaJob] = {}
+        jobs: dict[tuple[TargetKey, str], MetaJob] = {}
         for key, state in self.states.items():
             target = state.target
             for kind in KINDS:
@@ -389,7 +390,7 @@ class Engine:
                     self._subs_of[master].remove(sub)
             for alias, targets, discovery in built:
                 self._register(alias, targets, discovery)
-            order: dict[str, list[tuple[str, str]]] = {}  # config order, each master followed by its subs
+            order: dict[str, list[TargetKey]] = {}  # config order, each master followed by its subs
             for account in config.accounts:
                 for name in (account.alias, *self._subs_of.get(account.alias, ())):
                     if name in self.by_alias:
@@ -434,9 +435,9 @@ class Engine:
         with self._cond:
             return alias in self.by_alias
 
-    def keys_for(self, aliases: Iterable[str]) -> list[tuple[str, str]]:
+    def keys_for(self, aliases: Iterable[str]) -> list[TargetKey]:
         """The targets of these accounts; a master's include its sub-accounts'."""
-        keys: dict[tuple[str, str], None] = {}
+        keys: dict[TargetKey, None] = {}
         with self._cond:
             for alias in aliases:
                 for name in (alias, *self._subs_of.get(alias, ())):
@@ -612,9 +613,9 @@ class Engine:
         elif last is not None and last.error is not None:
             down = last.error.reason  # the latest fetch failed
         elif ok is not None:
-            down = "stale"  # its latest values are older than max_data_age_seconds
+            down = STALE  # its latest values are older than max_data_age_seconds
         else:
-            down = "deferred"  # no fetch yet: waiting for the budget (a cold start) or a back-off, or in flight
+            down = DEFERRED  # no fetch yet: waiting for the budget (a cold start) or a back-off, or in flight
         stream_view = None if stream is None else stream.view()
         return TargetView(
             # live risk: the marks it was recomputed at (and the contract sizes) are part of what it shows
@@ -669,7 +670,7 @@ class Engine:
         self.live.hold(target.key, target.market, snapshot)
 
     # ---- user data streams -----------------------------------------------------------------
-    def stream_refresh(self, key: tuple[str, str], gap: bool) -> None:
+    def stream_refresh(self, key: TargetKey, gap: bool) -> None:
         """A stream event (or a gap in the stream) wants the account refreshed by REST, first in line.
 
         Coalesced: while one is queued or pending, more events add nothing; one arriving
@@ -732,7 +733,7 @@ class Engine:
         with self._cond:
             return {a for a in self.by_alias if a not in self._subs_of.get(master, ())}
 
-    def swap_subs(self, discovery: Discovery, wanted: dict[tuple[str, str], Target],
+    def swap_subs(self, discovery: Discovery, wanted: dict[TargetKey, Target],
                   aliases: list[str]) -> list[str] | None:
         master = discovery.master.alias
         with self._cond:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.endpoints import Call
 from exporter.hosts import Host
 from exporter.parsing import Snapshot
+from exporter.targets import TargetKey
 
 if TYPE_CHECKING:
     from exporter.client import Client
@@ -53,7 +54,7 @@ class MetaJob:
     """One kind of metadata of one target: its latest value and when to read it again."""
 
     kind: MetadataKind
-    key: tuple[str, str]
+    key: TargetKey
     host: Host
     client: Client
     call: Call

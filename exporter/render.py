@@ -20,6 +20,7 @@ from exporter.engine import HostView, ScrapeResult, TargetView
 from exporter.exposition import EncodedFamily, Encoder, Part, encode_parts
 from exporter.parsing import Snapshot
 from exporter.schema import PM_ACCOUNT_STATUSES
+from exporter.targets import TargetKey
 
 
 def _gauge(name: str) -> GaugeMetricFamily:
@@ -326,8 +327,8 @@ class Fragments:
 
     def __init__(self, max_bytes: int = FRAGMENTS_MAX_BYTES) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], _Entry] = {}
-        self._sizes: dict[tuple[str, str], int] = {}
+        self._entries: dict[TargetKey, _Entry] = {}
+        self._sizes: dict[TargetKey, int] = {}
         self._bytes = 0
         self.max_bytes = max_bytes
 
@@ -353,7 +354,7 @@ class Fragments:
                 self._bytes = kept
         return parts
 
-    def prune(self, keep: set[tuple[str, str]]) -> None:
+    def prune(self, keep: set[TargetKey]) -> None:
         with self._lock:
             if len(self._entries) > len(keep):
                 self._entries = {k: v for k, v in self._entries.items() if k in keep}

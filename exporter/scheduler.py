@@ -35,12 +35,14 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from exporter.client import REASONS, ScrapeError
+from exporter.client import ScrapeError
 from exporter.governor import WINDOW_S, Admission
 from exporter.hosts import Host
+from exporter.labelvalues import SCRAPE_ERROR_REASONS
 from exporter.logs import fields
 from exporter.metadata import MetaJob
 from exporter.parsing import Snapshot
+from exporter.streams.tuning import KEEPALIVE_S
 from exporter.targets import Target
 
 log = logging.getLogger("exporter.engine")  # the budget lines keep the logger they always had
@@ -49,9 +51,9 @@ log = logging.getLogger("exporter.engine")  # the budget lines keep the logger t
 # enough above 1 that the steady flow (each account refreshed about every refresh_every_s) never
 # takes it, so only refreshes a cold start's burst held back at the cap catch up at once.
 OVERDUE_SHARE = 1.25
-# listenKey keep-alive (PUT, weight 1) every 30 minutes per user data stream: counted in the plan.
+# listenKey keep-alive (PUT, weight 1) per user data stream, at the stream layer's period: counted in the plan.
 KEEPALIVE_WEIGHT = 1
-KEEPALIVE_EVERY_S = 30 * 60.0
+KEEPALIVE_EVERY_S = KEEPALIVE_S
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class TargetState:
     asked: bool = False  # a scrape asked for it: until its first attempt, metadata of its host waits
     last: Attempt | None = None
     last_ok: Attempt | None = None
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SCRAPE_ERROR_REASONS, 0))
 
     @property
     def cold(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from dataclasses import replace as dataclasses_replace
+from typing import TypeAlias
 from urllib.parse import urlsplit
 
 from exporter.client import Client, HostClock
@@ -20,6 +21,10 @@ from exporter.endpoints import HOST_KINDS, Call, coinm_calls, pm_calls, sub_acco
 from exporter.governor import Governor
 from exporter.hosts import Host
 from exporter.transport import Pools
+
+# A target's identity, (alias, market): what engine, scheduler, streams, discovery and render file
+# a target under. A plain tuple, so keys compare and hash as before.
+TargetKey: TypeAlias = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class Target:
     email: str | None = None
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> TargetKey:
         return self.alias, self.market
 
     @property

@@ -46,3 +46,23 @@ def test_every_family_says_where_it_comes_from_and_how_fresh_it_is() -> None:
             assert family.markets and set(family.markets) <= set(ALL_MARKETS), family.name
     assert {path for _, path, _ in ENDPOINT_LAYOUTS} >= {"/fapi/v3/balance", "/dapi/v1/balance", "/papi/v1/account"}
     assert sum(len(section) for _, section in SECTIONS) == len(FAMILIES)
+
+
+def test_label_values_are_declared_once_on_the_families_that_carry_them() -> None:
+    from exporter import labelvalues
+    from exporter.streams import events
+
+    carried = {(f.name, label): values for f in FAMILIES.values() for label, values in f.label_values}
+    for (name, label), values in carried.items():
+        assert label in FAMILIES[name].labels, (name, label)
+        assert values and len(set(values)) == len(values), (name, label)
+    assert carried[("scrape_errors", "reason")] is labelvalues.SCRAPE_ERROR_REASONS
+    assert carried[("sub_account_discovery_errors", "reason")] is labelvalues.SCRAPE_ERROR_REASONS
+    assert carried[("down_reason", "reason")][:len(labelvalues.SCRAPE_ERROR_REASONS)] == labelvalues.SCRAPE_ERROR_REASONS
+    assert carried[("stream_events", "event")] is labelvalues.STREAM_EVENT_KINDS
+    # the stream layer counts by the declared set, and every value shows in the reference
+    assert tuple(events.StreamState().events) == labelvalues.STREAM_EVENT_KINDS
+    text = reference()
+    for values in carried.values():
+        for value in values:
+            assert f"`{value}`" in text

@@ -451,5 +451,5 @@ def test_sharded_overlay_sends_each_account_to_exactly_one_replica() -> None:
         assert labels["__address__"] in replica_addresses
         assert labels["__address__"].startswith(f"{sts['metadata']['name']}-{hashmod(alias, replicas)}.")
         assert labels["job"].startswith("binance-futures"), "BinanceFuturesExporterDown matches binance-futures.*"
-    # the README's sharding section uses the same source label and modulus: same shard per alias
+    # docs/deploy.md's sharding section uses the same source label and modulus: same shard per alias
     assert [r["sourceLabels"] for r in hashmods] == [["__param_target"]]

@@ -196,8 +196,8 @@ def test_the_plan_counts_every_periodic_read() -> None:
     assert [(p.kind, p.weight, p.interval_s, p.count) for p in sapi.periodic] == [("sub-account list", 1, 300.0, 1)]
 
 
-def test_the_readmes_budget_tables_follow_the_plan() -> None:
-    """The README's refresh intervals are what the plan computes (balance, account + positions, Portfolio
+def test_the_budget_tables_follow_the_plan() -> None:
+    """docs/operations.md's refresh intervals are what the plan computes (balance, account + positions, Portfolio
     Margin, COIN-M columns), and its periodic reads carry the declared weights and intervals."""
     import re
 
@@ -210,7 +210,7 @@ def test_the_readmes_budget_tables_follow_the_plan() -> None:
     from exporter.scheduler import KEEPALIVE_EVERY_S, KEEPALIVE_WEIGHT
     from exporter.streams.tuning import KEEPALIVE_S
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
     columns = [{}, {"endpoint": "account", "positions": True}, {"markets": ["pm"]}, {"markets": ["coinm"]}]
     rows = re.findall(r"^\| (\d+) \| (.+) \|$", readme.split("| accounts on one host |")[1].split("\n\n")[0], re.M)
     assert [int(n) for n, _ in rows] == [10, 30, 60, 100, 300, 500, 1000]

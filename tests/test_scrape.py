@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import ACCOUNTS, ALL_SECRETS, OFFICIAL_ROW, config_dict, parse_metrics, rows_b, value
-from exporter.client import REASONS
+from exporter.labelvalues import SCRAPE_ERROR_REASONS as REASONS
 from testkit import Fault, SimAccount, Simulator
 
 

@@ -265,12 +265,12 @@ def test_events_add_assets_and_positions_only_within_a_bound_pruned_on_apply() -
     assert list(state.assets) == ["ONEMORE"]
 
 
-def test_readme_says_per_figure_how_fresh_it_is() -> None:
-    """The README's freshness table agrees with FRESHNESS, the one declaration the overlay follows."""
+def test_the_docs_say_per_figure_how_fresh_it_is() -> None:
+    """docs/operations.md's freshness table agrees with FRESHNESS, the one declaration the overlay follows."""
     from pathlib import Path
 
     from exporter.streams.events import FRESHNESS
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
     rows = [line for line in readme.splitlines() if line.startswith("| `") and "event-fresh" in line
             or line.startswith("| `") and "recomputed" in line or line.startswith("| `") and "REST-only" in line]
     words = {"event": "event-fresh", "recomputed": "recomputed"}

@@ -22,6 +22,7 @@ from dataclasses import replace as dataclasses_replace
 from typing import Any, TypeVar
 
 from exporter.forced_close import ForcedClose, OnceSet
+from exporter.labelvalues import STREAM_EVENT_KINDS
 from exporter.parsing import (
     ASSET_RE,
     POSITION_SIDES,
@@ -34,9 +35,6 @@ from exporter.parsing import (
 )
 from exporter.schema import PM_ACCOUNT_STATUSES
 
-# The label values of binance_futures_stream_events_total{event}: a fixed set.
-EVENTS = ("ACCOUNT_UPDATE", "MARGIN_CALL", "ACCOUNT_CONFIG_UPDATE", "riskLevelChange", "listenKeyExpired",
-          "other", "invalid")
 MARGIN_CALL_EVENTS = frozenset({"MARGIN_CALL", "riskLevelChange"})
 MAX_EVENT_MS = 2**53
 MAX_ROWS = 10_000
@@ -48,7 +46,7 @@ MODE_METRICS = ("multi_assets_mode", "hedge_mode")
 
 @dataclass(frozen=True)
 class Event:
-    """One validated event; `kind` is one of EVENTS (never "invalid")."""
+    """One validated event; `kind` is one of STREAM_EVENT_KINDS (never "invalid")."""
 
     kind: str
     time_ms: int  # E
@@ -288,7 +286,7 @@ class StreamState:
         self.up = False
         self.connected_at: float | None = None  # monotonic start of the current gap-free run
         self.last_event_wall: float | None = None
-        self.events = dict.fromkeys(EVENTS, 0)
+        self.events = dict.fromkeys(STREAM_EVENT_KINDS, 0)
         self.reconnects = 0
         self.margin_calls = 0
         # Forced closes (ORDER_TRADE_UPDATE), counted once per order: kept across reconnects (a

@@ -23,7 +23,7 @@ from exporter.streams.connection import Connection, Link, Member
 from exporter.streams.events import StreamState
 from exporter.streams.tuning import MAX_STREAMS_PER_CONNECTION, REST_THREADS, AttemptLimiter, Tuning
 from exporter.streams.user import UserConnection, UserLink, UserMember
-from exporter.targets import Target
+from exporter.targets import Target, TargetKey
 from exporter.transport import Pools
 
 _T = TypeVar("_T")
@@ -93,9 +93,9 @@ class Layer:
 class StreamManager:
     """The user data streams of every account configured with `user_stream: true`."""
 
-    def __init__(self, targets: Iterable[Target], on_event: Callable[[tuple[str, str], bool], None],
+    def __init__(self, targets: Iterable[Target], on_event: Callable[[TargetKey, bool], None],
                  connections_per_5m: int, pools: Pools, tuning: Tuning | None = None,
-                 on_modes: Callable[[tuple[str, str]], None] | None = None, keys_per_connection: int = 1) -> None:
+                 on_modes: Callable[[TargetKey], None] | None = None, keys_per_connection: int = 1) -> None:
         """`on_event(key, gap)`: an event (or a gap, then True) asks for a REST refresh of the account.
         `on_modes(key)`: ACCOUNT_CONFIG_UPDATE changed the account's modes (re-read them by REST).
         `keys_per_connection` > 1: USD-M accounts share connections (stream mode)."""
@@ -107,8 +107,8 @@ class StreamManager:
                               modes_changed=on_modes)
         self._pools = pools  # listenKey calls share each host's pool with the REST refreshes
         self._lock = threading.Lock()
-        self.streams: dict[tuple[str, str], UserMember] = {}
-        self._conn_of: dict[tuple[str, str], Connection] = {}
+        self.streams: dict[TargetKey, UserMember] = {}
+        self._conn_of: dict[TargetKey, Connection] = {}
         for target in targets:
             self.streams[target.key] = self._member(target)
 
@@ -135,7 +135,7 @@ class StreamManager:
                 self.streams[member.target.key] = member
         self.layer.loop.call(self._respawn, gone, added)  # not running yet: start() opens them all
 
-    def _respawn(self, gone: list[tuple[str, str]], added: list[UserMember]) -> None:
+    def _respawn(self, gone: list[TargetKey], added: list[UserMember]) -> None:
         """On the loop: members that are gone leave their connections, new ones are placed."""
         for key in gone:
             conn = self._conn_of.pop(key, None)
@@ -165,7 +165,7 @@ class StreamManager:
         """Connections the streams use (open or being opened)."""
         return len(self.layer.connections)
 
-    def state(self, key: tuple[str, str]) -> StreamState | None:
+    def state(self, key: TargetKey) -> StreamState | None:
         member = self.streams.get(key)
         return None if member is None else member.state
 

@@ -17,59 +17,56 @@ from dataclasses import dataclass
 
 from websockets.exceptions import ConnectionClosed
 
-KEEPALIVE_S = 30 * 60.0  # a listenKey lives 60 minutes; a failed PUT is retried well inside that
+
+@dataclass
+class Tuning:
+    """Timings and bounds a test or benchmark may change, each written once: the default is the
+    production value (as in exporter/httpserver/limits.py)."""
+
+    handshake_timeout_s: float = 10.0
+    # Binance pings every 3-5 minutes; our own ping finds a silent dead peer.
+    ping_interval_s: float = 60.0
+    ping_timeout_s: float = 30.0
+    # A listenKey lives 60 minutes; a failed PUT is retried well inside that.
+    keepalive_s: float = 30 * 60.0
+    # Binance cuts every connection at 24 h.
+    planned_reconnect_s: float = 23.5 * 3600
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 300.0
+    # One ACCOUNT_UPDATE carries the changed assets and positions only (~150 bytes each): 256 KiB
+    # is well over a thousand. With at most 4 frames buffered before websockets stops reading the
+    # socket, one connection holds about 1 MiB at worst, whatever the server sends.
+    max_message_bytes: int = 256 * 1024
+    # Binance's user streams carry a handful of events a second at most; past this a server is
+    # flooding: messages per second, sustained, per member.
+    flood_rate: float = 200.0
+    flood_burst: float = 2000.0
+    # What we send back is bounded too. Each ping a server sends costs a pong (and Binance counts
+    # pongs against its 10 messages a second): pings past this rate (per second, sustained; Binance
+    # pings every 3-5 minutes) drop the connection.
+    ping_rate: float = 1.0
+    ping_burst: float = 10.0
+    # Bytes waiting to be written: past this, or past websockets' write limit for longer than the
+    # ping timeout, the peer is not reading: dropped like one that does not answer.
+    outgoing_max_bytes: int = 64 * 1024
+    # SUBSCRIBE / UNSUBSCRIBE: one message carries many names; at most one message per this many
+    # seconds (Binance allows 10 incoming messages a second, pings and pongs included).
+    send_interval_s: float = 0.5
+
+
+# The default the weight plan counts keep-alives at (exporter/scheduler.py), which builds no Tuning.
+KEEPALIVE_S = Tuning.keepalive_s
+
+# Not tunable.
 KEEPALIVE_RETRY_S = 60.0
-PLANNED_RECONNECT_S = 23.5 * 3600  # Binance cuts every connection at 24 h
 ATTEMPT_WINDOW_S = 300.0  # Binance: 300 connection attempts per 5 minutes per IP
-# One ACCOUNT_UPDATE carries the changed assets and positions only (~150 bytes each): 256 KiB
-# is well over a thousand. With at most 4 frames buffered before websockets stops reading the
-# socket, one connection holds about 1 MiB at worst, whatever the server sends.
-MAX_MESSAGE_BYTES = 256 * 1024
-MAX_QUEUE = 4
-HANDSHAKE_TIMEOUT_S = 10.0
-PING_INTERVAL_S = 60.0  # Binance pings every 3-5 minutes; our own ping finds a silent dead peer
-PING_TIMEOUT_S = 30.0
-BACKOFF_BASE_S = 1.0
-BACKOFF_MAX_S = 300.0
+MAX_QUEUE = 4  # frames websockets buffers before it stops reading the socket
 STABLE_AFTER_S = 60.0  # a connection that lived this long resets the back-off
-# Binance's user streams carry a handful of events a second at most; past this a server is flooding.
-FLOOD_RATE = 200.0  # messages per second, sustained, per member
-FLOOD_BURST = 2000.0
-# What we send back is bounded too. Each ping a server sends costs a pong (and Binance counts
-# pongs against its 10 messages a second): pings past this rate drop the connection.
-PING_RATE = 1.0  # per second, sustained (Binance pings every 3-5 minutes)
-PING_BURST = 10.0
-# Bytes waiting to be written: past OUTGOING_MAX_BYTES, or past websockets' write limit for
-# longer than the ping timeout, the peer is not reading: dropped like one that does not answer.
-OUTGOING_MAX_BYTES = 64 * 1024
-# SUBSCRIBE / UNSUBSCRIBE: one message carries many names; at most one message per
-# SEND_INTERVAL_S (Binance allows 10 incoming messages a second, pings and pongs included).
-SEND_INTERVAL_S = 0.5
 MAX_PARAMS = 200  # names per SUBSCRIBE message
 MAX_STREAMS_PER_CONNECTION = 1024  # Binance's limit
 RESPONSE_TIMEOUT_S = 10.0  # a SUBSCRIBE unanswered this long counts as refused
 REST_THREADS = 4
 CLOSE_TOO_BIG = 1009  # what websockets closes with when a message exceeds max_size
-
-
-@dataclass
-class Tuning:
-    """Timings, overridable by tests and benchmarks (defaults are the production values)."""
-
-    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
-    ping_interval_s: float = PING_INTERVAL_S
-    ping_timeout_s: float = PING_TIMEOUT_S
-    keepalive_s: float = KEEPALIVE_S
-    planned_reconnect_s: float = PLANNED_RECONNECT_S
-    backoff_base_s: float = BACKOFF_BASE_S
-    backoff_max_s: float = BACKOFF_MAX_S
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    flood_rate: float = FLOOD_RATE
-    flood_burst: float = FLOOD_BURST
-    ping_rate: float = PING_RATE
-    ping_burst: float = PING_BURST
-    outgoing_max_bytes: int = OUTGOING_MAX_BYTES
-    send_interval_s: float = SEND_INTERVAL_S
 
 
 class Renew(Exception):

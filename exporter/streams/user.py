@@ -34,7 +34,7 @@ from exporter.secrets import Secret
 from exporter.streams.connection import Connection, Link, Member, is_response
 from exporter.streams.events import Event, StreamState, parse_data, split_envelope
 from exporter.streams.tuning import KEEPALIVE_RETRY_S, Bucket, Degraded, Renew
-from exporter.targets import Target
+from exporter.targets import Target, TargetKey
 
 log = logging.getLogger("exporter.streams")
 # ORDER_TRADE_UPDATE: only its forced closes (liquidation, ADL) are counted; every other order
@@ -86,9 +86,9 @@ class UserMember(Member):
 class UserLink:
     """What user connections need beyond the Link: the account's REST resync and event delivery."""
 
-    resync: Callable[[tuple[str, str]], None]  # a gap: refresh the account by REST, at once
-    refresh: Callable[[tuple[str, str]], None]  # an applied event: refresh it (spaced)
-    modes_changed: Callable[[tuple[str, str]], None] | None
+    resync: Callable[[TargetKey], None]  # a gap: refresh the account by REST, at once
+    refresh: Callable[[TargetKey], None]  # an applied event: refresh it (spaced)
+    modes_changed: Callable[[TargetKey], None] | None
 
 
 class UserConnection(Connection):
