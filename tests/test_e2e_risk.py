@@ -174,12 +174,14 @@ def test_exactly_the_right_alerts_fire(risk_stack: PromAPI) -> None:
 
     def firing():
         series = api.query('ALERTS{alertstate="firing"}')
+        # Per-account alerts only: BinanceFuturesExporterAbsent (no alias) may fire for the moment before
+        # Prometheus' first scrape, with every `for:` shortened to 1s.
         got = {(m["alertname"], m["alias"], m["market"], m.get("symbol", ""), m.get("position_side", ""))
-               for m in (s["metric"] for s in series)}
+               for m in (s["metric"] for s in series) if "alias" in m}
         return got >= EXPECTED_ALERTS, got
 
     poll(firing, "every expected alert firing", deadline)
-    series = api.query("ALERTS")
+    series = api.query('ALERTS{alertname!="BinanceFuturesExporterAbsent"}')
     got = {(m["alertname"], m["alias"], m["market"], m.get("symbol", ""), m.get("position_side", ""))
            for m in (s["metric"] for s in series)}
     assert got == EXPECTED_ALERTS, got - EXPECTED_ALERTS
