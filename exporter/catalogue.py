@@ -202,7 +202,7 @@ ACCOUNT_FAMILIES = _families(
     ("hedge_mode", "1 if the USD-M account is in hedge mode (LONG and SHORT positions), 0 in one-way mode "
                    "(dualSidePosition of /fapi/v1/accountConfig, read at start and every 15 minutes)."),
     ("pm_uni_mmr", "Portfolio Margin unified maintenance margin ratio (uniMMR); Binance liquidates "
-                   "at a low uniMMR (see README)."),
+                   "below 1.05 and sends margin-call reminders from 1.5 down (min_uni_mmr)."),
     ("pm_account_equity", "Portfolio Margin account equity in USD (accountEquity)."),
     ("pm_actual_equity", "Portfolio Margin actual equity in USD, without collateral rate (actualEquity)."),
     ("pm_account_maint_margin", "Portfolio Margin account maintenance margin in USD (accountMaintMargin)."),
